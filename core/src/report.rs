@@ -1,0 +1,208 @@
+//! Signed device status reports.
+//!
+//! After every outcome a device signs a report with its own key. A report is
+//! self-certifying: the device id is the hash of the public key it carries, so anyone
+//! can check it without a directory of devices. Which wave a device is in is never
+//! taken from the report; readers compute it from the device id.
+
+use serde::{Deserialize, Serialize};
+
+use crate::gate::Verdict;
+use crate::trust::{Domain, PublicKey, SecretKey, SignatureBytes};
+use crate::{DeviceId, Millis, ReleaseId, codec};
+
+/// Longest free text (reason, site, class) a report may carry.
+pub const MAX_TEXT: usize = 256;
+
+/// What happened on the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Committed after the health check passed on the new version.
+    Committed,
+    /// The install failed before activation; the active slot was never touched.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Activated, then went back to the previous slot.
+    RolledBack {
+        /// Why.
+        reason: String,
+        /// True when an operator's revoke caused it (says nothing about health).
+        revoked: bool,
+    },
+}
+
+impl Outcome {
+    /// What this outcome means for the health gate.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Self::Committed => Verdict::Success,
+            Self::Failed { .. } | Self::RolledBack { revoked: false, .. } => Verdict::Failure,
+            Self::RolledBack { revoked: true, .. } => Verdict::Neutral,
+        }
+    }
+}
+
+/// The signed body of a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The device's public key; its hash is the device id.
+    pub device_key: [u8; 32],
+    /// The device's site.
+    pub site: String,
+    /// The device's class.
+    pub class: String,
+    /// The release the outcome is about.
+    pub release: ReleaseId,
+    /// What happened.
+    pub outcome: Outcome,
+    /// What the device runs now, if anything.
+    pub active: Option<ReleaseId>,
+    /// Monotonic per device: a newer report replaces an older one.
+    pub sequence: u64,
+    /// When the device sent it.
+    pub sent_at: Millis,
+}
+
+/// A report and the device's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedReport {
+    /// The body.
+    pub report: Report,
+    /// By the key in `report.device_key`.
+    pub signature: SignatureBytes,
+}
+
+/// Why a report was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// The signature does not verify under the key the report carries.
+    #[error("report signature does not verify")]
+    BadSignature,
+    /// The carried key is not a valid ed25519 key.
+    #[error("report carries an invalid device key")]
+    BadKey,
+    /// A text field over [`MAX_TEXT`] bytes.
+    #[error("report field {field} is longer than {MAX_TEXT} bytes")]
+    TooLong {
+        /// Which field.
+        field: &'static str,
+    },
+}
+
+impl SignedReport {
+    /// Signs `report` with the device key (whose public half must be `report.device_key`).
+    pub fn sign(report: Report, key: &SecretKey) -> Self {
+        let signature = key.sign(Domain::Report, &codec::encode(&report)).bytes;
+        Self { report, signature }
+    }
+
+    /// Checks the signature and the field limits.
+    pub fn verify(self) -> Result<VerifiedReport, ReportError> {
+        let r = &self.report;
+        for (field, text) in [("site", &r.site), ("class", &r.class)] {
+            if text.len() > MAX_TEXT {
+                return Err(ReportError::TooLong { field });
+            }
+        }
+        if let Outcome::Failed { reason } | Outcome::RolledBack { reason, .. } = &r.outcome
+            && reason.len() > MAX_TEXT
+        {
+            return Err(ReportError::TooLong { field: "reason" });
+        }
+        let key = PublicKey::from_bytes(&r.device_key).map_err(|_| ReportError::BadKey)?;
+        if !key.verifies(Domain::Report, &codec::encode(r), &self.signature) {
+            return Err(ReportError::BadSignature);
+        }
+        Ok(VerifiedReport { device: DeviceId::of_public_key(&r.device_key), signed: self })
+    }
+
+    /// The on-wire form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Parses the on-wire form; does not verify.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, codec::DecodeError> {
+        codec::decode(bytes)
+    }
+}
+
+/// A report whose signature was checked. Only [`SignedReport::verify`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedReport {
+    device: DeviceId,
+    signed: SignedReport,
+}
+
+impl VerifiedReport {
+    /// The reporting device.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The body.
+    pub fn report(&self) -> &Report {
+        &self.signed.report
+    }
+
+    /// With signature, to forward.
+    pub fn signed(&self) -> &SignedReport {
+        &self.signed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::tests::key;
+
+    fn report(k: &SecretKey) -> Report {
+        Report {
+            device_key: k.public().to_bytes(),
+            site: "s1".into(),
+            class: "gw".into(),
+            release: ReleaseId::from_bytes([1; 32]),
+            outcome: Outcome::Failed { reason: "health check exit 1".into() },
+            active: None,
+            sequence: 1,
+            sent_at: 5,
+        }
+    }
+
+    #[test]
+    fn signed_report_verifies_and_names_its_device() {
+        let k = key(3);
+        let v = SignedReport::sign(report(&k), &k).verify().unwrap();
+        assert_eq!(v.device(), DeviceId::of_public_key(&k.public().to_bytes()));
+    }
+
+    #[test]
+    fn forged_report_is_rejected() {
+        let (victim, forger) = (key(3), key(4));
+        let signed = SignedReport::sign(report(&victim), &forger);
+        assert_eq!(signed.verify(), Err(ReportError::BadSignature));
+    }
+
+    #[test]
+    fn oversized_reason_is_rejected() {
+        let k = key(3);
+        let mut r = report(&k);
+        r.outcome = Outcome::Failed { reason: "x".repeat(MAX_TEXT + 1) };
+        assert_eq!(SignedReport::sign(r, &k).verify(), Err(ReportError::TooLong { field: "reason" }));
+    }
+
+    #[test]
+    fn revoke_rollbacks_are_neutral() {
+        assert_eq!(
+            Outcome::RolledBack { reason: "revoked".into(), revoked: true }.verdict(),
+            Verdict::Neutral
+        );
+        assert_eq!(
+            Outcome::RolledBack { reason: "health".into(), revoked: false }.verdict(),
+            Verdict::Failure
+        );
+    }
+}

@@ -1,0 +1,449 @@
+//! Keys, signatures and trust roots.
+//!
+//! Every signature covers a domain-separation prefix followed by the canonical encoding
+//! of the signed value, so a signature over a manifest can never be replayed as one over
+//! a directive or a report ([`Domain`]). A [`TrustRoot`] lists publisher keys and a
+//! threshold; a manifest is valid only with `threshold` distinct valid signatures from
+//! keys in the root (TUF's threshold signatures). The only way to hold a
+//! [`VerifiedManifest`] is [`TrustRoot::verify_manifest`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::manifest::{Manifest, ManifestError, SignedManifest};
+use crate::{Millis, ReleaseId};
+
+/// What a signature is for; its prefix is signed before the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// A release manifest.
+    Manifest,
+    /// A halt, resume or revoke directive.
+    Directive,
+    /// A device status report.
+    Report,
+}
+
+impl Domain {
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            Self::Manifest => b"otamesh/v1/sig/manifest\0",
+            Self::Directive => b"otamesh/v1/sig/directive\0",
+            Self::Report => b"otamesh/v1/sig/report\0",
+        }
+    }
+
+    /// The exact bytes a signature in this domain covers.
+    pub fn message(self, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(self.prefix().len() + body.len());
+        m.extend_from_slice(self.prefix());
+        m.extend_from_slice(body);
+        m
+    }
+}
+
+/// A short key identifier: the first 8 bytes of BLAKE3 over the public key. Only a hint
+/// to find the key; verification always uses the full key from the trust root.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KeyId([u8; 8]);
+
+impl KeyId {
+    /// The id of a public key.
+    pub fn of(public: &[u8; 32]) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"otamesh/v1/key-id\0");
+        h.update(public);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        Self(id)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// An ed25519 secret key (a publisher's or a device's). Debug output hides it.
+#[derive(Clone)]
+pub struct SecretKey(SigningKey);
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey(public {})", self.public())
+    }
+}
+
+impl SecretKey {
+    /// A key from 32 secret bytes. The core has no randomness: callers supply the seed
+    /// from the OS (keygen) or from a deterministic stream (tests, simulator).
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Self(SigningKey::from_bytes(&seed))
+    }
+
+    /// The 32 secret bytes, for writing a key file.
+    pub fn to_seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// The public half.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    /// Signs `body` in `domain`.
+    pub fn sign(&self, domain: Domain, body: &[u8]) -> Signature {
+        let sig = self.0.sign(&domain.message(body));
+        Signature { key: self.public().key_id(), bytes: SignatureBytes(sig.to_bytes()) }
+    }
+
+    /// Adds this key's signature to a manifest.
+    pub fn sign_manifest(&self, manifest: Manifest) -> SignedManifest {
+        let signature = self.sign(Domain::Manifest, &manifest.canonical_bytes());
+        SignedManifest { manifest, signatures: vec![signature] }
+    }
+}
+
+/// An ed25519 public key, hex in text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    /// Parses 32 raw bytes; fails on bytes that are not a curve point.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
+        VerifyingKey::from_bytes(bytes).map(Self).map_err(|_| KeyError::NotAPoint)
+    }
+
+    /// The 32 raw bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// Its short id.
+    pub fn key_id(&self) -> KeyId {
+        KeyId::of(&self.to_bytes())
+    }
+
+    /// Whether `signature` is this key's, in `domain`, over `body`. Uses strict
+    /// verification (rejects small-order keys and non-canonical signatures).
+    pub fn verifies(&self, domain: Domain, body: &[u8], signature: &SignatureBytes) -> bool {
+        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+        self.0.verify_strict(&domain.message(body), &sig).is_ok()
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.to_bytes()))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.key_id())
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut bytes).map_err(|_| KeyError::NotHex)?;
+        Self::from_bytes(&bytes)
+    }
+}
+
+/// Why a key could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A key is 64 hex digits, as `otamesh keygen` writes it.
+    #[error("not a key: expected 64 hex digits as written by `otamesh keygen`")]
+    NotHex,
+    /// The bytes are not a valid ed25519 public key.
+    #[error("not a valid ed25519 public key")]
+    NotAPoint,
+}
+
+/// 64 signature bytes (serde handles arrays only up to 32 on its own).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SignatureBytes(pub [u8; 64]);
+
+impl fmt::Debug for SignatureBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SignatureBytes({}..)", hex::encode(&self.0[..6]))
+    }
+}
+
+impl Serialize for SignatureBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SignatureBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SignatureBytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 signature bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                <[u8; 64]>::try_from(v).map(SignatureBytes).map_err(|_| E::invalid_length(v.len(), &self))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// One signature and the id of the key that claims to have made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Which key; looked up in the trust root.
+    pub key: KeyId,
+    /// The ed25519 signature.
+    pub bytes: SignatureBytes,
+}
+
+/// Publisher keys and how many of them must sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustRoot {
+    keys: BTreeMap<KeyId, PublicKey>,
+    threshold: usize,
+}
+
+/// Why a trust root could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustRootError {
+    /// The threshold must be between 1 and the number of distinct keys.
+    #[error("threshold {threshold} is not between 1 and the {keys} distinct keys listed")]
+    Threshold {
+        /// Requested threshold.
+        threshold: usize,
+        /// Distinct keys.
+        keys: usize,
+    },
+}
+
+/// Why a signed value was not accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// Fewer distinct trusted keys signed validly than the threshold requires.
+    #[error(
+        "{valid} valid signature(s) from trusted keys, {threshold} required ({untrusted} by unknown keys, {invalid} invalid)"
+    )]
+    TooFewSignatures {
+        /// Distinct trusted keys with a valid signature.
+        valid: usize,
+        /// Required.
+        threshold: usize,
+        /// Signatures by keys not in the trust root.
+        untrusted: usize,
+        /// Signatures by trusted keys that did not verify.
+        invalid: usize,
+    },
+    /// The manifest is structurally wrong.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The manifest's `expires_at` has passed; ask the publisher for a fresh one.
+    #[error("manifest expired at {expires_at} ms (now {now} ms)")]
+    Expired {
+        /// When it expired.
+        expires_at: Millis,
+        /// The time of the check.
+        now: Millis,
+    },
+}
+
+impl TrustRoot {
+    /// A root of `keys` requiring `threshold` distinct signatures.
+    pub fn new(keys: impl IntoIterator<Item = PublicKey>, threshold: usize) -> Result<Self, TrustRootError> {
+        let keys: BTreeMap<_, _> = keys.into_iter().map(|k| (k.key_id(), k)).collect();
+        if threshold == 0 || threshold > keys.len() {
+            return Err(TrustRootError::Threshold { threshold, keys: keys.len() });
+        }
+        Ok(Self { keys, threshold })
+    }
+
+    /// A root of one key, threshold 1 (what a bare `.pub` file means).
+    pub fn single(key: PublicKey) -> Self {
+        Self { keys: BTreeMap::from([(key.key_id(), key)]), threshold: 1 }
+    }
+
+    /// The keys, by id.
+    pub fn keys(&self) -> impl Iterator<Item = &PublicKey> {
+        self.keys.values()
+    }
+
+    /// The number of distinct valid signatures required.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// Counts signatures in `domain` over `body`; succeeds with `threshold` distinct
+    /// trusted keys.
+    pub fn check_signatures(
+        &self,
+        domain: Domain,
+        body: &[u8],
+        signatures: &[Signature],
+    ) -> Result<(), VerifyError> {
+        let mut valid = BTreeSet::new();
+        let (mut untrusted, mut invalid) = (0, 0);
+        for sig in signatures {
+            match self.keys.get(&sig.key) {
+                None => untrusted += 1,
+                Some(key) if key.verifies(domain, body, &sig.bytes) => {
+                    valid.insert(sig.key);
+                }
+                Some(_) => invalid += 1,
+            }
+        }
+        if valid.len() >= self.threshold {
+            return Ok(());
+        }
+        Err(VerifyError::TooFewSignatures {
+            valid: valid.len(),
+            threshold: self.threshold,
+            untrusted,
+            invalid,
+        })
+    }
+
+    /// Checks structure, signatures and expiry at `now`.
+    pub fn verify_manifest(
+        &self,
+        signed: SignedManifest,
+        now: Millis,
+    ) -> Result<VerifiedManifest, VerifyError> {
+        signed.manifest.check()?;
+        let body = signed.manifest.canonical_bytes();
+        self.check_signatures(Domain::Manifest, &body, &signed.signatures)?;
+        if let Some(expires_at) = signed.manifest.expires_at
+            && now >= expires_at
+        {
+            return Err(VerifyError::Expired { expires_at, now });
+        }
+        Ok(VerifiedManifest { id: signed.manifest.release_id(), signed })
+    }
+}
+
+/// A manifest whose signatures, structure and expiry were checked against a trust
+/// root. Only [`TrustRoot::verify_manifest`] makes one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedManifest {
+    id: ReleaseId,
+    signed: SignedManifest,
+}
+
+impl VerifiedManifest {
+    /// The release id.
+    pub fn id(&self) -> ReleaseId {
+        self.id
+    }
+
+    /// The manifest body.
+    pub fn manifest(&self) -> &Manifest {
+        &self.signed.manifest
+    }
+
+    /// The manifest with its signatures, to store or forward.
+    pub fn signed(&self) -> &SignedManifest {
+        &self.signed
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::manifest::tests::sample;
+
+    pub(crate) fn key(n: u8) -> SecretKey {
+        SecretKey::from_seed([n; 32])
+    }
+
+    const NOW: Millis = 1_750_000_000_000;
+
+    #[test]
+    fn signed_manifest_verifies() {
+        let k = key(1);
+        let root = TrustRoot::single(k.public());
+        let v = root.verify_manifest(k.sign_manifest(sample(1)), NOW).unwrap();
+        assert_eq!(v.id(), sample(1).release_id());
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let root = TrustRoot::single(key(1).public());
+        let err = root.verify_manifest(key(2).sign_manifest(sample(1)), NOW).unwrap_err();
+        assert!(matches!(err, VerifyError::TooFewSignatures { valid: 0, untrusted: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn tampered_body_is_refused() {
+        let k = key(1);
+        let mut signed = k.sign_manifest(sample(1));
+        signed.manifest.sequence += 1;
+        let err = TrustRoot::single(k.public()).verify_manifest(signed, NOW).unwrap_err();
+        assert!(matches!(err, VerifyError::TooFewSignatures { invalid: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn threshold_counts_distinct_keys() {
+        let (a, b) = (key(1), key(2));
+        let root = TrustRoot::new([a.public(), b.public()], 2).unwrap();
+        let mut signed = a.sign_manifest(sample(1));
+        // The same key twice is still one signature.
+        signed.signatures.push(signed.signatures[0].clone());
+        assert!(root.verify_manifest(signed.clone(), NOW).is_err());
+        signed.signatures.push(b.sign(Domain::Manifest, &signed.manifest.canonical_bytes()));
+        root.verify_manifest(signed, NOW).unwrap();
+    }
+
+    #[test]
+    fn threshold_must_be_reachable() {
+        assert!(TrustRoot::new([key(1).public()], 2).is_err());
+        assert!(TrustRoot::new([key(1).public()], 0).is_err());
+    }
+
+    #[test]
+    fn expired_manifest_is_refused() {
+        let k = key(1);
+        let m = sample(1);
+        let expires_at = m.expires_at.unwrap();
+        let err = TrustRoot::single(k.public()).verify_manifest(k.sign_manifest(m), expires_at).unwrap_err();
+        assert!(matches!(err, VerifyError::Expired { .. }));
+    }
+
+    #[test]
+    fn manifest_signature_is_not_a_directive_signature() {
+        let k = key(1);
+        let body = sample(1).canonical_bytes();
+        let sig = k.sign(Domain::Manifest, &body);
+        assert!(k.public().verifies(Domain::Manifest, &body, &sig.bytes));
+        assert!(!k.public().verifies(Domain::Directive, &body, &sig.bytes));
+        assert!(!k.public().verifies(Domain::Report, &body, &sig.bytes));
+    }
+
+    #[test]
+    fn public_key_hex_round_trip() {
+        let p = key(9).public();
+        assert_eq!(p.to_string().parse::<PublicKey>().unwrap(), p);
+        assert_eq!("zz".parse::<PublicKey>(), Err(KeyError::NotHex));
+    }
+}

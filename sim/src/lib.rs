@@ -1,0 +1,1 @@
+//! The otamesh simulator (to be built).
