@@ -131,9 +131,15 @@ pub enum Action {
     Report(Outcome),
 }
 
-/// What the rest of the world looks like when the machine decides.
+/// What the rest of the world looks like when the machine decides. The release and
+/// policy live here rather than in the machine, so a simulator can keep a million
+/// machines that share one policy.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
+    /// The release.
+    pub release: &'a ReleaseInfo,
+    /// Its rollout policy, from the signed manifest.
+    pub policy: &'a RolloutPolicy,
     /// Outcome reports heard for this release.
     pub tally: &'a Tally,
     /// Devices of this site installing right now (this device excluded).
@@ -143,9 +149,7 @@ pub struct Context<'a> {
 /// One device's progress through one release. See the module docs for the drain rule.
 #[derive(Debug, Clone)]
 pub struct Lifecycle {
-    release: ReleaseInfo,
     device: DeviceInfo,
-    policy: RolloutPolicy,
     state: State,
     halted: bool,
     wake_at: Option<Millis>,
@@ -154,8 +158,8 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     /// A fresh machine for an admitted release; it wants a timeout at `now`.
-    pub fn new(release: ReleaseInfo, device: DeviceInfo, policy: RolloutPolicy, now: Millis) -> Self {
-        Self::with_state(release, device, policy, State::Idle, now)
+    pub fn new(device: DeviceInfo, now: Millis) -> Self {
+        Self::with_state(device, State::Idle, now)
     }
 
     /// The release info, device info and policy of a manifest, for [`Lifecycle::new`].
@@ -172,14 +176,8 @@ impl Lifecycle {
 
     /// Rebuilds a machine after a crash from its last persisted state (see the table in
     /// the module docs). Drain actions before anything else.
-    pub fn recover(
-        release: ReleaseInfo,
-        device: DeviceInfo,
-        policy: RolloutPolicy,
-        state: State,
-        now: Millis,
-    ) -> Self {
-        let mut m = Self::with_state(release, device, policy, state.clone(), now);
+    pub fn recover(device: DeviceInfo, state: State, now: Millis) -> Self {
+        let mut m = Self::with_state(device, state.clone(), now);
         m.wake_at = None;
         match state {
             State::Idle | State::Waiting | State::Staged => m.wake_at = Some(now),
@@ -196,14 +194,8 @@ impl Lifecycle {
         m
     }
 
-    fn with_state(
-        release: ReleaseInfo,
-        device: DeviceInfo,
-        policy: RolloutPolicy,
-        state: State,
-        now: Millis,
-    ) -> Self {
-        Self { release, device, policy, state, halted: false, wake_at: Some(now), actions: VecDeque::new() }
+    fn with_state(device: DeviceInfo, state: State, now: Millis) -> Self {
+        Self { device, state, halted: false, wake_at: Some(now), actions: VecDeque::new() }
     }
 
     /// The current state; persist it after every `handle_*` call.
@@ -211,14 +203,9 @@ impl Lifecycle {
         &self.state
     }
 
-    /// The release this machine is for.
-    pub fn release(&self) -> &ReleaseInfo {
-        &self.release
-    }
-
-    /// The device's wave, `None` when the release skips waves or has none.
-    pub fn wave(&self) -> Option<usize> {
-        self.policy.wave_of(self.release.kind, self.device.position)
+    /// The device's wave under `policy`, `None` when the release skips waves or has none.
+    pub fn wave(&self, policy: &RolloutPolicy, release: &ReleaseInfo) -> Option<usize> {
+        policy.wave_of(release.kind, self.device.position)
     }
 
     /// Whether an operator halt holds this machine.
@@ -248,7 +235,7 @@ impl Lifecycle {
                 if self.halted {
                     return;
                 }
-                match decide(&self.policy, &self.release, &self.device, now, ctx.tally) {
+                match decide(ctx.policy, ctx.release, &self.device, now, ctx.tally) {
                     Decision::Go => {
                         self.state = State::Fetching;
                         self.actions.push_back(Action::Fetch);
@@ -258,8 +245,8 @@ impl Lifecycle {
                 }
             }
             State::Staged => {
-                let gate_breached = self.policy.gate.as_ref().is_some_and(|g| g.breached(ctx.tally));
-                if self.halted || gate_breached || !self.policy.may_install(ctx.site_installing) {
+                let gate_breached = ctx.policy.gate.as_ref().is_some_and(|g| g.breached(ctx.tally));
+                if self.halted || gate_breached || !ctx.policy.may_install(ctx.site_installing) {
                     return;
                 }
                 self.state = State::Installing;
@@ -422,10 +409,6 @@ mod tests {
 
     const T0: Millis = 1_700_000_000_000;
 
-    fn release() -> ReleaseInfo {
-        ReleaseInfo { id: ReleaseId::from_bytes([1; 32]), kind: UpdateKind::Firmware, created_at: T0 }
-    }
-
     fn device(position: u32) -> DeviceInfo {
         DeviceInfo { position, utc_offset_min: 0 }
     }
@@ -434,24 +417,28 @@ mod tests {
         std::iter::from_fn(|| m.poll_action()).collect()
     }
 
-    fn ctx(tally: &Tally) -> Context<'_> {
-        Context { tally, site_installing: 0 }
+    static RELEASE: ReleaseInfo =
+        ReleaseInfo { id: ReleaseId::from_bytes([1; 32]), kind: UpdateKind::Firmware, created_at: T0 };
+
+    fn ctx<'a>(policy: &'a RolloutPolicy, tally: &'a Tally) -> Context<'a> {
+        Context { release: &RELEASE, policy, tally, site_installing: 0 }
     }
 
     /// Drives a machine through a whole install with the given health result, as a
     /// driver would: advance to each timeout, execute actions, feed results back.
     fn run(m: &mut Lifecycle, health: Result<(), String>) -> Vec<Action> {
         let tally = Tally::default();
+        let policy = RolloutPolicy::default();
         let mut seen = Vec::new();
         let mut now = T0;
         for _ in 0..10 {
             if let Some(t) = m.poll_timeout() {
                 now = now.max(t);
-                m.handle_timeout(now, ctx(&tally));
+                m.handle_timeout(now, ctx(&policy, &tally));
             }
             for a in drain(m) {
                 match &a {
-                    Action::Fetch => m.handle_fetched(now, ctx(&tally)),
+                    Action::Fetch => m.handle_fetched(now, ctx(&policy, &tally)),
                     Action::Install => m.handle_installed(now, Ok(())),
                     Action::Activate => m.handle_activated(now),
                     Action::RunHealthCheck => m.handle_health(now, health.clone()),
@@ -469,7 +456,7 @@ mod tests {
 
     #[test]
     fn happy_path_commits_and_reports_success() {
-        let mut m = Lifecycle::new(release(), device(0), RolloutPolicy::default(), T0);
+        let mut m = Lifecycle::new(device(0), T0);
         let actions = run(&mut m, Ok(()));
         assert_eq!(m.state(), &State::Committed);
         assert_eq!(
@@ -487,7 +474,7 @@ mod tests {
 
     #[test]
     fn failed_health_check_rolls_back_and_reports_failure() {
-        let mut m = Lifecycle::new(release(), device(0), RolloutPolicy::default(), T0);
+        let mut m = Lifecycle::new(device(0), T0);
         let actions = run(&mut m, Err("exit 1".into()));
         assert_eq!(m.state(), &State::RolledBack(Reason::HealthCheckFailed("exit 1".into())));
         assert!(actions.contains(&Action::Rollback));
@@ -500,10 +487,11 @@ mod tests {
 
     #[test]
     fn install_failure_never_touches_the_active_slot() {
-        let mut m = Lifecycle::new(release(), device(0), RolloutPolicy::default(), T0);
-        m.handle_timeout(T0, ctx(&Tally::default()));
+        let policy = RolloutPolicy::default();
+        let mut m = Lifecycle::new(device(0), T0);
+        m.handle_timeout(T0, ctx(&policy, &Tally::default()));
         let _ = drain(&mut m);
-        m.handle_fetched(T0, ctx(&Tally::default()));
+        m.handle_fetched(T0, ctx(&policy, &Tally::default()));
         assert_eq!(drain(&mut m), vec![Action::Install]);
         m.handle_installed(T0, Err("disk full".into()));
         let actions = drain(&mut m);
@@ -521,25 +509,26 @@ mod tests {
             ],
             ..Default::default()
         };
-        let mut m = Lifecycle::new(release(), device(500_000), policy, T0);
-        m.handle_timeout(T0, ctx(&Tally::default()));
+        let mut m = Lifecycle::new(device(500_000), T0);
+        m.handle_timeout(T0, ctx(&policy, &Tally::default()));
         assert_eq!(m.state(), &State::Waiting);
         assert_eq!(m.poll_timeout(), Some(T0 + 60_000));
-        assert_eq!(m.wave(), Some(1));
-        m.handle_timeout(T0 + 60_000, ctx(&Tally::default()));
+        assert_eq!(m.wave(&policy, &RELEASE), Some(1));
+        m.handle_timeout(T0 + 60_000, ctx(&policy, &Tally::default()));
         assert_eq!(m.state(), &State::Fetching);
     }
 
     #[test]
     fn halt_holds_then_resume_releases() {
-        let mut m = Lifecycle::new(release(), device(0), RolloutPolicy::default(), T0);
+        let policy = RolloutPolicy::default();
+        let mut m = Lifecycle::new(device(0), T0);
         m.handle_halt(T0, true);
-        m.handle_timeout(T0, ctx(&Tally::default()));
+        m.handle_timeout(T0, ctx(&policy, &Tally::default()));
         assert_eq!(m.state(), &State::Waiting);
         assert!(drain(&mut m).is_empty());
         m.handle_halt(T0 + 5, false);
         assert_eq!(m.poll_timeout(), Some(T0 + 5));
-        m.handle_timeout(T0 + 5, ctx(&Tally::default()));
+        m.handle_timeout(T0 + 5, ctx(&policy, &Tally::default()));
         assert_eq!(drain(&mut m), vec![Action::Fetch]);
     }
 
@@ -549,12 +538,12 @@ mod tests {
             gate: Some(HealthGate { max_failure_ratio: 0.0, min_reports: 1 }),
             ..Default::default()
         };
-        let mut m = Lifecycle::new(release(), device(0), policy, T0);
+        let mut m = Lifecycle::new(device(0), T0);
         let mut tally = Tally::default();
-        m.handle_timeout(T0, ctx(&tally));
+        m.handle_timeout(T0, ctx(&policy, &tally));
         let _ = drain(&mut m);
         let _ = tally.record(DeviceId::from_bytes([9; 32]), 1, Verdict::Failure, 0);
-        m.handle_fetched(T0, ctx(&tally));
+        m.handle_fetched(T0, ctx(&policy, &tally));
         assert_eq!(m.state(), &State::Staged);
         assert!(drain(&mut m).is_empty());
     }
@@ -562,19 +551,19 @@ mod tests {
     #[test]
     fn site_concurrency_limit_holds_install() {
         let policy = RolloutPolicy { max_concurrent_per_site: Some(1), ..Default::default() };
-        let mut m = Lifecycle::new(release(), device(0), policy, T0);
+        let mut m = Lifecycle::new(device(0), T0);
         let tally = Tally::default();
-        m.handle_timeout(T0, ctx(&tally));
+        m.handle_timeout(T0, ctx(&policy, &tally));
         let _ = drain(&mut m);
-        m.handle_fetched(T0, Context { tally: &tally, site_installing: 1 });
+        m.handle_fetched(T0, Context { site_installing: 1, ..ctx(&policy, &tally) });
         assert_eq!(m.state(), &State::Staged);
-        m.handle_timeout(T0 + 1, Context { tally: &tally, site_installing: 0 });
+        m.handle_timeout(T0 + 1, ctx(&policy, &tally));
         assert_eq!(drain(&mut m), vec![Action::Install]);
     }
 
     #[test]
     fn revoke_after_commit_rolls_back_neutrally() {
-        let mut m = Lifecycle::new(release(), device(0), RolloutPolicy::default(), T0);
+        let mut m = Lifecycle::new(device(0), T0);
         let _ = run(&mut m, Ok(()));
         m.handle_revoke(T0 + 10);
         let actions = drain(&mut m);
@@ -585,8 +574,9 @@ mod tests {
 
     #[test]
     fn revoke_while_fetching_stops_the_fetch() {
-        let mut m = Lifecycle::new(release(), device(0), RolloutPolicy::default(), T0);
-        m.handle_timeout(T0, ctx(&Tally::default()));
+        let policy = RolloutPolicy::default();
+        let mut m = Lifecycle::new(device(0), T0);
+        m.handle_timeout(T0, ctx(&policy, &Tally::default()));
         let _ = drain(&mut m);
         m.handle_revoke(T0);
         assert_eq!(drain(&mut m), vec![Action::StopFetch]);
@@ -595,7 +585,7 @@ mod tests {
     #[test]
     fn recovery_table() {
         let rec = |s: State| {
-            let mut m = Lifecycle::recover(release(), device(0), RolloutPolicy::default(), s, T0);
+            let mut m = Lifecycle::recover(device(0), s, T0);
             (m.state().clone(), drain(&mut m), m.poll_timeout())
         };
         // (state at crash, state after, actions, wants a timeout)
