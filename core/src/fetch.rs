@@ -647,7 +647,7 @@ mod tests {
 
     fn all_bits(n: usize) -> Vec<u8> {
         let mut b = vec![0xffu8; n.div_ceil(8)];
-        if n % 8 != 0 {
+        if !n.is_multiple_of(8) {
             *b.last_mut().unwrap() = (1u8 << (n % 8)) - 1;
         }
         b
@@ -876,11 +876,11 @@ mod tests {
         };
         for _ in 0..200_000 {
             // Gossip: every device learns every other's bitfield.
-            for i in 0..planners.len() {
-                let bits = planners[i].bitfield();
-                for j in 0..planners.len() {
+            let all_bits: Vec<Vec<u8>> = planners.iter().map(Planner::bitfield).collect();
+            for (j, p) in planners.iter_mut().enumerate() {
+                for (i, bits) in all_bits.iter().enumerate() {
                     if i != j {
-                        planners[j].handle_peer_have(now, members[i], &bits).unwrap();
+                        p.handle_peer_have(now, members[i], bits).unwrap();
                     }
                 }
             }

@@ -40,7 +40,9 @@ pub enum AnnounceError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// No peer became ready in time.
-    #[error("no peer subscribed to releases within {0} s: check that --peer points at a running otamesh node")]
+    #[error(
+        "no peer subscribed to releases within {0} s: check that --peer points at a running otamesh node"
+    )]
     NoPeer(u64),
     /// libp2p could not be set up or the runtime failed.
     #[error("network: {0}")]

@@ -249,8 +249,8 @@ impl NodeArgs {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), reason: e.to_string() })
 }
 
@@ -315,9 +315,12 @@ mod tests {
         assert!(e.to_string().contains("--site"), "{e}");
         let e = NodeArgs { site: None, ..base.clone() }.resolve().unwrap_err();
         assert!(matches!(e, ConfigError::Missing { key: "site" }));
-        let ok = NodeArgs { peer: vec!["/ip4/1.2.3.4/tcp/5/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()], ..base }
-            .resolve()
-            .unwrap();
+        let ok = NodeArgs {
+            peer: vec!["/ip4/1.2.3.4/tcp/5/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
+            ..base
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(ok.peers.len(), 1);
     }
 }

@@ -13,8 +13,8 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use libp2p::identity::Keypair;
 use libp2p::PeerId;
+use libp2p::identity::Keypair;
 use otamesh_core::manifest::SignedManifest;
 use otamesh_core::{DeviceId, ReleaseId, VerifiedManifest};
 
@@ -56,6 +56,9 @@ pub enum DataDirError {
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
     move |source| DataDirError::Io { path: path.to_owned(), source }
 }
+
+/// A saved manifest file and what reading it gave.
+pub type SavedManifest = (PathBuf, Result<SignedManifest, StoreError>);
 
 /// An open, locked data directory.
 #[derive(Debug)]
@@ -132,7 +135,7 @@ impl DataDir {
     }
 
     /// Every saved manifest (not re-verified), with its file name for error messages.
-    pub fn manifests(&self) -> Result<Vec<(PathBuf, Result<SignedManifest, StoreError>)>, DataDirError> {
+    pub fn manifests(&self) -> Result<Vec<SavedManifest>, DataDirError> {
         let dir = self.root.join("releases");
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io(&dir))? {

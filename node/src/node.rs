@@ -44,7 +44,7 @@ use crate::wire::{
 /// How often a node gossips its have-bitfields even when nothing changed.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The shortest gap between two have-bitfield messages.
-const HAVE_MIN_GAP: Duration = Duration::from_millis(200);
+const HAVE_MIN_GAP: Duration = Duration::from_millis(300);
 /// A site peer not heard for this long is no longer a member.
 const MEMBER_TTL: Millis = 5_000;
 /// How often unconnected static peers are dialled again.
@@ -204,8 +204,11 @@ fn build_swarm(keypair: libp2p::identity::Keypair, with_mdns: bool) -> Result<Sw
             let rr = request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(60))
                 .with_max_concurrent_streams(1024);
-            let chunks =
-                request_response::Behaviour::with_codec(ChunkCodec, [(CHUNK_PROTOCOL, ProtocolSupport::Full)], rr);
+            let chunks = request_response::Behaviour::with_codec(
+                ChunkCodec,
+                [(CHUNK_PROTOCOL, ProtocolSupport::Full)],
+                rr,
+            );
             let identify = identify::Behaviour::new(identify::Config::new("/otamesh/1".into(), key.public()));
             let mdns = if with_mdns {
                 Some(mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id())?)
@@ -310,7 +313,9 @@ impl Node {
                 .and_then(|m| self.trust.verify_manifest(m, now_ms()).map_err(|e| e.to_string()));
             match verified {
                 Ok(v) => self.adopt(v, false),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "saved manifest no longer valid; ignored"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "saved manifest no longer valid; ignored")
+                }
             }
         }
     }
@@ -548,11 +553,8 @@ impl Node {
     }
 
     fn publish_have(&mut self) {
-        let haves = self
-            .releases
-            .iter()
-            .map(|(id, r)| Have { release: *id, bits: r.planner.bitfield() })
-            .collect();
+        let haves =
+            self.releases.iter().map(|(id, r)| Have { release: *id, bits: r.planner.bitfield() }).collect();
         let msg = SiteMessage { sent_at: now_ms(), class: self.config.class.clone(), haves };
         let topic = self.site_topic.clone();
         match self.swarm.behaviour_mut().gossipsub.publish(topic, codec::encode(&msg)) {
@@ -710,14 +712,17 @@ impl Node {
             match origin.index().await {
                 Ok(index) => {
                     for e in index.releases {
-                        if e.class != class || known.contains(&e.release_id) || rejected.contains(&e.manifest) {
+                        if e.class != class || known.contains(&e.release_id) || rejected.contains(&e.manifest)
+                        {
                             continue;
                         }
                         match origin.manifest(&e.manifest).await {
                             Ok(bytes) => {
                                 let _ = tx.send(Internal::OriginManifest { bytes, url: e.manifest }).await;
                             }
-                            Err(err) => tracing::warn!(error = %err, "cannot fetch a manifest the origin lists"),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "cannot fetch a manifest the origin lists")
+                            }
                         }
                     }
                 }
@@ -783,7 +788,9 @@ impl Node {
                 match verified {
                     Ok(v) if v.id() == release => self.adopt(v, false),
                     Ok(_) => tracing::warn!(peer = %pending.peer, "peer answered with another manifest"),
-                    Err(e) => tracing::warn!(peer = %pending.peer, error = %e, "peer sent an invalid manifest"),
+                    Err(e) => {
+                        tracing::warn!(peer = %pending.peer, error = %e, "peer sent an invalid manifest")
+                    }
                 }
             }
             (Want::Manifest(release), _) => {
@@ -797,7 +804,9 @@ impl Node {
         match request.want {
             Want::Manifest(release) => {
                 let response = match self.releases.get(&release) {
-                    Some(r) => Response { id, status: wire::Status::Found, body: r.manifest.signed().to_bytes() },
+                    Some(r) => {
+                        Response { id, status: wire::Status::Found, body: r.manifest.signed().to_bytes() }
+                    }
                     None => Response { id, status: wire::Status::NotFound, body: Vec::new() },
                 };
                 let _ = self.swarm.behaviour_mut().chunks.send_response(channel, response);
@@ -816,7 +825,9 @@ impl Node {
                             }
                             (wire::Status::Found, bytes)
                         }
-                        Ok(Err(crate::store::StoreError::MissingChunk { .. })) => (wire::Status::NotFound, Vec::new()),
+                        Ok(Err(crate::store::StoreError::MissingChunk { .. })) => {
+                            (wire::Status::NotFound, Vec::new())
+                        }
                         Ok(Err(e)) => {
                             tracing::error!(%peer, error = %e, "cannot read a chunk to serve");
                             (wire::Status::Failed, Vec::new())
@@ -939,7 +950,11 @@ async fn ingest(store: Store, source: Source, chunk: ChunkId, bytes: Vec<u8>) ->
             }
         }
     });
-    work.await.unwrap_or_else(|e| Internal::Failed { source, chunk, reason: format!("store task failed: {e}") })
+    work.await.unwrap_or_else(|e| Internal::Failed {
+        source,
+        chunk,
+        reason: format!("store task failed: {e}"),
+    })
 }
 
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {

@@ -38,7 +38,9 @@ pub enum OriginError {
         status: u16,
     },
     /// The body is larger than the file can legitimately be.
-    #[error("origin {url}: body exceeds {limit} bytes; the origin serves something else than an otamesh store")]
+    #[error(
+        "origin {url}: body exceeds {limit} bytes; the origin serves something else than an otamesh store"
+    )]
     TooLarge {
         /// The URL.
         url: String,

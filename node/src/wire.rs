@@ -131,7 +131,8 @@ impl libp2p::request_response::Codec for ChunkCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let header: ResponseHeader = codec::decode(&read_frame(io, MAX_HEADER_BYTES).await?).map_err(invalid)?;
+        let header: ResponseHeader =
+            codec::decode(&read_frame(io, MAX_HEADER_BYTES).await?).map_err(invalid)?;
         let body = read_frame(io, MAX_BODY_BYTES).await?;
         Ok(Response { id: header.id, status: header.status, body })
     }
@@ -194,8 +195,10 @@ mod tests {
     fn requests_and_responses_round_trip() {
         let req = Request { id: 7, want: Want::Chunk(ChunkId::of(b"x")) };
         let mut buf = Vec::new();
-        block_on(ChunkCodec.write_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new(&mut buf), req)).unwrap();
-        let back = block_on(ChunkCodec.read_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new(buf))).unwrap();
+        block_on(ChunkCodec.write_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new(&mut buf), req))
+            .unwrap();
+        let back =
+            block_on(ChunkCodec.read_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new(buf))).unwrap();
         assert_eq!(back, req);
         let res = Response { id: 7, status: Status::Found, body: vec![1; 300_000] };
         assert_eq!(round_trip_response(res.clone()).unwrap(), res);
@@ -207,10 +210,14 @@ mod tests {
         let bytes = [0xff, 0xff, 0xff, 0xff, 0, 0];
         let r = block_on(ChunkCodec.read_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new(bytes)));
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
-        let r = block_on(ChunkCodec.read_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new([0, 0, 0, 5, 1])));
+        let r = block_on(
+            ChunkCodec.read_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new([0, 0, 0, 5, 1])),
+        );
         assert!(r.is_err());
         // Garbage header of a valid length.
-        let r = block_on(ChunkCodec.read_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new([0, 0, 0, 1, 0xff])));
+        let r = block_on(
+            ChunkCodec.read_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new([0, 0, 0, 1, 0xff])),
+        );
         assert!(r.is_err());
     }
 
