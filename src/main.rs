@@ -1,1 +1,51 @@
-fn main() {}
+//! `otamesh`: the command line. This file only parses arguments and dispatches; each
+//! command lives in `commands/`.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Peer-to-peer over-the-air updates for fleets of edge devices.
+#[derive(Debug, Parser)]
+#[command(name = "otamesh", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate an ed25519 key pair: PREFIX.key (secret, mode 0600) and PREFIX.pub.
+    Keygen(commands::keygen::Args),
+    /// Chunk an artifact, sign its manifest and add both to a release store.
+    Publish(commands::publish::Args),
+    /// Check a manifest's signatures (and with --store, every chunk): exit 0 valid, 1 invalid.
+    Verify(commands::verify::Args),
+    /// Show what a manifest or directive file says.
+    Inspect(commands::inspect::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(args) => commands::keygen::run(args),
+        Command::Publish(args) => commands::publish::run(args),
+        Command::Verify(args) => commands::verify::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
