@@ -25,6 +25,8 @@ enum Command {
     Verify(commands::verify::Args),
     /// Show what a manifest or directive file says.
     Inspect(commands::inspect::Args),
+    /// Print a node's audit log; --verify proves it unmodified.
+    Audit(commands::audit::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => commands::publish::run(args),
         Command::Verify(args) => commands::verify::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Audit(args) => commands::audit::run(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
