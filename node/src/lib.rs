@@ -9,7 +9,11 @@
 
 pub mod clock;
 pub mod db;
+pub mod device;
 pub mod hooks;
 pub mod keys;
 pub mod slots;
 pub mod store;
+
+#[cfg(test)]
+pub(crate) mod testkit;

@@ -220,33 +220,11 @@ fn sync_dir(dir: &Path) -> Result<(), SlotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otamesh_core::chunking::{ChunkerConfig, VerifiedChunk, chunk};
-    use otamesh_core::manifest::{FORMAT_VERSION, Payload, UpdateKind};
-    use otamesh_core::rollout::RolloutPolicy;
+    use crate::testkit::{self, put_chunks};
 
     fn release(store: &Store, data: &[u8]) -> Manifest {
-        let chunks = chunk(data, ChunkerConfig::default()).unwrap();
-        let mut off = 0;
-        for c in &chunks {
-            store
-                .put_chunk(&VerifiedChunk::new(c.id, data[off..off + c.len as usize].to_vec()).unwrap())
-                .unwrap();
-            off += c.len as usize;
-        }
-        Manifest {
-            format: FORMAT_VERSION,
-            vendor: "v".into(),
-            product: "p".into(),
-            class: "gw".into(),
-            sequence: 1,
-            version: "1".into(),
-            kind: UpdateKind::Firmware,
-            payload: Payload { size: data.len() as u64, digest: *blake3::hash(data).as_bytes(), chunks },
-            precursor: None,
-            created_at: 1,
-            expires_at: None,
-            rollout: RolloutPolicy::default(),
-        }
+        put_chunks(store, data);
+        testkit::manifest(data, 1, Default::default())
     }
 
     fn setup() -> (tempfile::TempDir, Store, Slots) {

@@ -292,35 +292,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otamesh_core::chunking::{ChunkerConfig, chunk};
-    use otamesh_core::manifest::{FORMAT_VERSION, Manifest, Payload, UpdateKind};
-    use otamesh_core::rollout::RolloutPolicy;
-    use otamesh_core::{SecretKey, TrustRoot};
+    use crate::testkit;
 
     fn release(store: &Store, data: &[u8], sequence: u64) -> VerifiedManifest {
-        let chunks = chunk(data, ChunkerConfig::default()).unwrap();
-        let mut off = 0;
-        for c in &chunks {
-            let bytes = data[off..off + c.len as usize].to_vec();
-            off += c.len as usize;
-            store.put_chunk(&VerifiedChunk::new(c.id, bytes).unwrap()).unwrap();
-        }
-        let m = Manifest {
-            format: FORMAT_VERSION,
-            vendor: "acme".into(),
-            product: "gw".into(),
-            class: "gw".into(),
-            sequence,
-            version: "1".into(),
-            kind: UpdateKind::Firmware,
-            payload: Payload { size: data.len() as u64, digest: *blake3::hash(data).as_bytes(), chunks },
-            precursor: None,
-            created_at: 1,
-            expires_at: None,
-            rollout: RolloutPolicy::default(),
-        };
-        let key = SecretKey::from_seed([1; 32]);
-        TrustRoot::single(key.public()).verify_manifest(key.sign_manifest(m), 2).unwrap()
+        testkit::put_chunks(store, data);
+        testkit::sign(testkit::manifest(data, sequence, Default::default()))
     }
 
     #[test]
