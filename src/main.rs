@@ -25,6 +25,8 @@ enum Command {
     Verify(commands::verify::Args),
     /// Show what a manifest or directive file says.
     Inspect(commands::inspect::Args),
+    /// Sign a halt, resume or revoke directive for a release into an origin store.
+    Directive(commands::directive::Args),
     /// Print a node's audit log; --verify proves it unmodified.
     Audit(commands::audit::Args),
 }
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => commands::publish::run(args),
         Command::Verify(args) => commands::verify::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Directive(args) => commands::directive::run(args),
         Command::Audit(args) => commands::audit::run(args),
     };
     result.unwrap_or_else(|e| {

@@ -2,6 +2,7 @@
 //! code; errors carry context naming the file and the fix, printed on one line.
 
 pub mod audit;
+pub mod directive;
 pub mod inspect;
 pub mod keygen;
 pub mod publish;
