@@ -357,7 +357,7 @@ impl Demo {
         let early = self.early_wave2(&r1);
         checks.push(Check::new(
             "1.0.0 was staged: no wave 2 device committed before wave 2 opened",
-            early.is_empty(),
+            converged && early.is_empty(),
             if early.is_empty() {
                 format!("wave 2 opened {} s after publication", self.args.wave_after)
             } else {
