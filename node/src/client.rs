@@ -2,13 +2,14 @@
 //!
 //! The views are deliberately lenient: every field is optional or defaults, so a
 //! client talks to older and newer nodes alike and shows what is missing as absent
-//! rather than failing. Unknown fields are ignored.
+//! rather than failing. Unknown fields are ignored, and ids are read as hex text or
+//! as the array of digest bytes that serde makes of a raw id.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
 /// How long one API request may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,6 +69,7 @@ pub struct Client {
 #[serde(default)]
 pub struct StatusView {
     /// Device id, hex.
+    #[serde(deserialize_with = "opt_id")]
     pub device_id: Option<String>,
     /// libp2p peer id.
     pub peer_id: Option<String>,
@@ -94,6 +96,7 @@ pub struct StatusView {
 #[serde(default)]
 pub struct ActiveView {
     /// Release id, hex.
+    #[serde(deserialize_with = "opt_id")]
     pub release_id: Option<String>,
     /// Sequence.
     pub sequence: Option<u64>,
@@ -106,6 +109,7 @@ pub struct ActiveView {
 #[serde(default)]
 pub struct ReleaseView {
     /// Release id, hex.
+    #[serde(deserialize_with = "id")]
     pub release_id: String,
     /// Sequence.
     pub sequence: Option<u64>,
@@ -132,14 +136,17 @@ pub struct FleetView {
 #[serde(default)]
 pub struct FleetDevice {
     /// Device id, hex.
+    #[serde(deserialize_with = "id")]
     pub device_id: String,
     /// Site.
     pub site: Option<String>,
     /// Class.
     pub class: Option<String>,
     /// The release it runs.
+    #[serde(deserialize_with = "opt_id")]
     pub active: Option<String>,
     /// The release its newest report is about.
+    #[serde(deserialize_with = "opt_id")]
     pub release: Option<String>,
     /// That report's outcome: `committed`, `failed`, `rolled_back`, `revoked`.
     pub state: Option<String>,
@@ -152,6 +159,7 @@ pub struct FleetDevice {
 #[serde(default)]
 pub struct ReportView {
     /// Release id, hex.
+    #[serde(deserialize_with = "opt_id")]
     pub release: Option<String>,
     /// Devices per outcome.
     pub outcomes: BTreeMap<String, u64>,
@@ -289,6 +297,31 @@ impl Metrics {
     }
 }
 
+/// An id as hex text or as the array of its bytes.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdRepr {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl IdRepr {
+    fn into_hex(self) -> String {
+        match self {
+            Self::Text(s) => s,
+            Self::Bytes(b) => hex::encode(b),
+        }
+    }
+}
+
+fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    IdRepr::deserialize(d).map(IdRepr::into_hex)
+}
+
+fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<IdRepr>::deserialize(d)?.map(IdRepr::into_hex))
+}
+
 /// The innermost error of a chain: "Connection refused (os error 111)" rather than
 /// "error sending request".
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
@@ -335,5 +368,10 @@ mod tests {
         assert_eq!(s.releases[0].release_id, "cd");
         let s: StatusView = serde_json::from_str(r#"{"active":null,"state":null}"#).unwrap();
         assert!(s.active.is_none());
+        let s: StatusView =
+            serde_json::from_str(r#"{"active":{"release_id":[1,2,255],"sequence":1,"version":"1"}}"#).unwrap();
+        assert_eq!(s.active.unwrap().release_id.as_deref(), Some("0102ff"));
+        let r: ReportView = serde_json::from_str(r#"{"release":[171],"outcomes":{"committed":1}}"#).unwrap();
+        assert_eq!(r.release.as_deref(), Some("ab"));
     }
 }
