@@ -1,9 +1,15 @@
-//! The `otamesh` command line: clap dispatch only.
+//! `otamesh`: the command line. This file only parses arguments and dispatches; each
+//! command lives in `commands/`.
+
+mod commands;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Peer-to-peer over-the-air updates for fleets of edge devices.
 #[derive(Debug, Parser)]
-#[command(name = "otamesh", version, about = "Peer-to-peer over-the-air updates for fleets of edge devices")]
+#[command(name = "otamesh", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -11,16 +17,51 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Generate an ed25519 key pair: PREFIX.key (secret, mode 0600) and PREFIX.pub.
+    Keygen(commands::keygen::Args),
+    /// Chunk an artifact, sign its manifest and add both to a release store.
+    Publish(commands::publish::Args),
+    /// Check a manifest's signatures (and with --store, every chunk): exit 0 valid, 1 invalid.
+    Verify(commands::verify::Args),
+    /// Show what a manifest or directive file says.
+    Inspect(commands::inspect::Args),
+    /// Sign a halt, resume or revoke directive for a release into an origin store.
+    Directive(commands::directive::Args),
+    /// Print a node's audit log; --verify proves it unmodified.
+    Audit(commands::audit::Args),
     /// Run a device node: gossip releases, fetch chunks LAN-first, serve /status and /metrics.
     Node(otamesh_node::cli::NodeArgs),
     /// Push a signed manifest into the mesh through a running node.
     Announce(otamesh_node::cli::AnnounceArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Node(args) => otamesh_node::cli::run_node(args)?,
-        Command::Announce(args) => otamesh_node::cli::run_announce(args)?,
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(args) => commands::keygen::run(args),
+        Command::Publish(args) => commands::publish::run(args),
+        Command::Verify(args) => commands::verify::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Directive(args) => commands::directive::run(args),
+        Command::Audit(args) => commands::audit::run(args),
+        Command::Node(args) => {
+            otamesh_node::cli::run_node(args).map(|()| ExitCode::SUCCESS).map_err(Into::into)
+        }
+        Command::Announce(args) => {
+            otamesh_node::cli::run_announce(args).map(|()| ExitCode::SUCCESS).map_err(Into::into)
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
-    Ok(())
 }

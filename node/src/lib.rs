@@ -11,6 +11,9 @@
 //! - [`node`]: the daemon's event loop, driving the core's fetch planner.
 //! - [`announce`]: `otamesh announce`.
 //! - [`cli`]: the entry points the `otamesh` binary calls.
+//! - [`db`]: SQLite state: lifecycle per release, slots, the hash-chained audit log.
+//! - [`slots`]: A/B slot directories and the atomic switch.
+//! - [`hooks`]: the install hook and the health check.
 
 pub mod announce;
 pub mod api;
@@ -18,9 +21,16 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod datadir;
+pub mod db;
+pub mod device;
+pub mod hooks;
 pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod origin;
+pub mod slots;
 pub mod store;
 pub mod wire;
+
+#[cfg(test)]
+pub(crate) mod testkit;

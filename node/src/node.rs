@@ -24,7 +24,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, tcp, yamux};
 use otamesh_core::chunking::VerifiedChunk;
 use otamesh_core::fetch::{Output, Planner, PlannerConfig, Source};
-use otamesh_core::lifecycle::admit;
+use otamesh_core::lifecycle::{Facts, admit};
 use otamesh_core::manifest::SignedManifest;
 use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, TrustRoot, VerifiedManifest, codec};
 use tokio::sync::{mpsc, watch};
@@ -598,7 +598,14 @@ impl Node {
             return;
         }
         let m = manifest.manifest();
-        if let Err(refusal) = admit(m, &self.config.class, None, false) {
+        // Issue 5 passes the installed sequence and the directive book here.
+        let facts = Facts {
+            class: &self.config.class,
+            installed: None,
+            revoke_target: false,
+            rolled_back_before: false,
+        };
+        if let Err(refusal) = admit(m, &facts) {
             tracing::debug!(release = %id, reason = %refusal, "release not for this device");
             return;
         }

@@ -5,7 +5,8 @@
 //!   chunks/ab/abcdef…        one file per chunk, named by its BLAKE3 id, fanned out
 //!                            by the first hex byte
 //!   manifests/<release>.manifest   signed manifests, canonical encoding
-//!   index.json               the releases in the store, for pollers
+//!   directives/<release>-<sequence>.directive   signed halt / resume / revoke
+//!   index.json               the releases and directives in the store, for pollers
 //! ```
 //!
 //! Any static web server over this directory is an origin; a node's own local store
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use otamesh_core::chunking::VerifiedChunk;
+use otamesh_core::directive::{Order, VerifiedDirective};
 use otamesh_core::manifest::SignedManifest;
 use otamesh_core::{ChunkId, Millis, ReleaseId, VerifiedManifest};
 use serde::{Deserialize, Serialize};
@@ -57,6 +59,19 @@ pub struct IndexEntry {
     pub manifest: String,
 }
 
+/// What the index says about one directive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectiveEntry {
+    /// The release it is about.
+    pub release_id: ReleaseId,
+    /// Its sequence.
+    pub sequence: u64,
+    /// `halt`, `resume` or `revoke`.
+    pub order: String,
+    /// The directive file's path relative to the store root.
+    pub path: String,
+}
+
 /// The store's `index.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Index {
@@ -64,6 +79,9 @@ pub struct Index {
     pub format: u16,
     /// Releases by class, then sequence.
     pub releases: Vec<IndexEntry>,
+    /// Signed directives, by release then sequence.
+    #[serde(default)]
+    pub directives: Vec<DirectiveEntry>,
 }
 
 /// Why a store operation failed.
@@ -238,9 +256,38 @@ impl Store {
             manifest: rel,
         });
         index.releases.sort_by(|a, b| (&a.class, a.sequence).cmp(&(&b.class, b.sequence)));
+        self.write_index(&index)
+    }
+
+    fn write_index(&self, index: &Index) -> Result<(), StoreError> {
         // Invariant: the index is plain strings and integers, always serializable.
-        let json = serde_json::to_vec_pretty(&index).expect("index serializes");
+        let json = serde_json::to_vec_pretty(index).expect("index serializes");
         write_atomic(&self.root.join(INDEX_FILE), &json)
+    }
+
+    /// Writes a verified directive and lists it in the index, so polling nodes find it.
+    pub fn put_directive(&self, directive: &VerifiedDirective) -> Result<String, StoreError> {
+        let d = directive.directive();
+        let rel = format!("directives/{}-{}.directive", d.release, d.sequence);
+        let dir = self.root.join("directives");
+        fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        write_atomic(&self.root.join(&rel), &directive.signed().to_bytes())?;
+        let mut index = self.index()?;
+        index.directives.retain(|e| !(e.release_id == d.release && e.sequence == d.sequence));
+        let order = match d.order {
+            Order::Halt => "halt",
+            Order::Resume => "resume",
+            Order::Revoke { .. } => "revoke",
+        };
+        index.directives.push(DirectiveEntry {
+            release_id: d.release,
+            sequence: d.sequence,
+            order: order.to_owned(),
+            path: rel.clone(),
+        });
+        index.directives.sort_by_key(|e| (e.release_id, e.sequence));
+        self.write_index(&index)?;
+        Ok(rel)
     }
 
     /// Reads the manifest of `release` (not verified).
@@ -292,35 +339,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otamesh_core::chunking::{ChunkerConfig, chunk};
-    use otamesh_core::manifest::{FORMAT_VERSION, Manifest, Payload, UpdateKind};
-    use otamesh_core::rollout::RolloutPolicy;
-    use otamesh_core::{SecretKey, TrustRoot};
+    use crate::testkit;
 
     fn release(store: &Store, data: &[u8], sequence: u64) -> VerifiedManifest {
-        let chunks = chunk(data, ChunkerConfig::default()).unwrap();
-        let mut off = 0;
-        for c in &chunks {
-            let bytes = data[off..off + c.len as usize].to_vec();
-            off += c.len as usize;
-            store.put_chunk(&VerifiedChunk::new(c.id, bytes).unwrap()).unwrap();
-        }
-        let m = Manifest {
-            format: FORMAT_VERSION,
-            vendor: "acme".into(),
-            product: "gw".into(),
-            class: "gw".into(),
-            sequence,
-            version: "1".into(),
-            kind: UpdateKind::Firmware,
-            payload: Payload { size: data.len() as u64, digest: *blake3::hash(data).as_bytes(), chunks },
-            precursor: None,
-            created_at: 1,
-            expires_at: None,
-            rollout: RolloutPolicy::default(),
-        };
-        let key = SecretKey::from_seed([1; 32]);
-        TrustRoot::single(key.public()).verify_manifest(key.sign_manifest(m), 2).unwrap()
+        testkit::put_chunks(store, data);
+        testkit::sign(testkit::manifest(data, sequence, Default::default()))
     }
 
     #[test]
@@ -360,6 +383,24 @@ mod tests {
         let other = release(&store, &[8u8; 100_000], 1);
         assert!(matches!(store.put_manifest(&other), Err(StoreError::SequenceTaken { .. })));
         assert_eq!(store.index().unwrap().releases.len(), 1, "index unchanged by a refused put");
+    }
+
+    #[test]
+    fn directives_are_indexed() {
+        use otamesh_core::directive::{Directive, SignedDirective};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let release = ReleaseId::from_bytes([3; 32]);
+        for (sequence, order) in [(2, Order::Resume), (1, Order::Halt)] {
+            let d = Directive { release, order, sequence, issued_at: 5 };
+            let v =
+                testkit::trust().verify_directive(SignedDirective::sign(d, &testkit::publisher())).unwrap();
+            let rel = store.put_directive(&v).unwrap();
+            assert!(dir.path().join(rel).is_file());
+        }
+        let index = store.index().unwrap();
+        let seqs: Vec<_> = index.directives.iter().map(|e| (e.sequence, e.order.as_str())).collect();
+        assert_eq!(seqs, vec![(1, "halt"), (2, "resume")]);
     }
 
     #[test]
