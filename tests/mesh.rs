@@ -64,33 +64,6 @@ fn twelve_nodes_in_three_sites_fetch_each_chunk_over_the_wan_about_once_per_site
     assert!(lan >= 8.0 * size as f64 * 0.9, "most bytes came over the LAN: {lan}");
 }
 
-/// Benchmark, not a test: two nodes on loopback; the second fetches the whole release
-/// from the first. Size from `OTAMESH_BENCH_MIB` (default 256).
-#[test]
-#[ignore]
-fn stress_bench_two_nodes_lan_transfer() {
-    let mib: usize = std::env::var("OTAMESH_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    let dir = TestDir::new();
-    let key = publisher();
-    let trust = write_trust(dir.path(), &key);
-    let store = dir.path().join("origin");
-    let data = noise(9, mib * MIB);
-    publish(&store, &key, &data, "gw", 1);
-    drop(data);
-    let origin = Origin::start(&store, None);
-    let seed = Node::start(dir.path(), "seed", "s", &trust, &["--origin".into(), origin.url.clone()]);
-    wait_for(Duration::from_secs(600), "the seed holds the release", || seed.complete());
-    let t0 = std::time::Instant::now();
-    let leech = Node::start(dir.path(), "leech", "s", &trust, &["--peer".into(), seed.addr()]);
-    wait_for(Duration::from_secs(600), "the leech holds the release", || leech.complete());
-    let secs = t0.elapsed().as_secs_f64();
-    let lan = leech.metric("otamesh_chunk_bytes_total{source=\"lan\"}");
-    println!(
-        "two nodes: {mib} MiB in {secs:.2} s including start-up = {:.1} MiB/s (lan bytes {lan})",
-        mib as f64 / secs
-    );
-}
-
 #[test]
 fn a_peer_serving_corrupt_chunks_is_banned_and_everyone_completes() {
     let dir = TestDir::new();

@@ -81,10 +81,12 @@ impl DataDir {
             .write(true)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        match lock.try_lock() {
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(DataDirError::Locked { path: root.to_owned() }),
-            Err(fs::TryLockError::Error(e)) => return Err(DataDirError::Io { path: lock_path, source: e }),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Err(DataDirError::Locked { path: root.to_owned() });
+            }
+            Err(e) => return Err(DataDirError::Io { path: lock_path, source: e.into() }),
         }
         let releases = root.join("releases");
         fs::create_dir_all(&releases).map_err(io(&releases))?;

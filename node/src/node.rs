@@ -598,15 +598,14 @@ impl Node {
             return;
         }
         let m = manifest.manifest();
-        if let Err(refusal) = admit(
-            m,
-            &Facts {
-                class: &self.config.class,
-                installed: None,
-                revoke_target: false,
-                rolled_back_before: false,
-            },
-        ) {
+        // Issue 5 passes the installed sequence and the directive book here.
+        let facts = Facts {
+            class: &self.config.class,
+            installed: None,
+            revoke_target: false,
+            rolled_back_before: false,
+        };
+        if let Err(refusal) = admit(m, &facts) {
             tracing::debug!(release = %id, reason = %refusal, "release not for this device");
             return;
         }
