@@ -369,7 +369,8 @@ mod tests {
         let s: StatusView = serde_json::from_str(r#"{"active":null,"state":null}"#).unwrap();
         assert!(s.active.is_none());
         let s: StatusView =
-            serde_json::from_str(r#"{"active":{"release_id":[1,2,255],"sequence":1,"version":"1"}}"#).unwrap();
+            serde_json::from_str(r#"{"active":{"release_id":[1,2,255],"sequence":1,"version":"1"}}"#)
+                .unwrap();
         assert_eq!(s.active.unwrap().release_id.as_deref(), Some("0102ff"));
         let r: ReportView = serde_json::from_str(r#"{"release":[171],"outcomes":{"committed":1}}"#).unwrap();
         assert_eq!(r.release.as_deref(), Some("ab"));
