@@ -81,6 +81,8 @@ pub struct Setup<'a> {
     pub class: &'a str,
     /// Origin poll interval, seconds.
     pub poll_interval_s: f64,
+    /// The nodes' working directory, where their hooks run.
+    pub cwd: &'a Path,
 }
 
 impl Fleet {
@@ -129,6 +131,7 @@ impl Fleet {
                 fs::File::create(&log).with_context(|| format!("cannot create the log {}", log.display()))?;
             let child = Command::new(setup.exe)
                 .args(&args)
+                .current_dir(setup.cwd)
                 .env("RUST_LOG", "info,libp2p_gossipsub=warn")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
