@@ -86,6 +86,11 @@ const POLL_INTERVAL_S: f64 = 1.0;
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// How long past wave 2's opening the demo watches a halted release before revoking it.
 const HALT_GRACE: Duration = Duration::from_secs(5);
+/// How long the demo keeps watching after the revoke brought every device back.
+const SETTLE: Duration = Duration::from_secs(3);
+/// Lifecycle states between "the wave came" and an outcome. (`staged` is not one: a
+/// halted device stays staged.)
+const IN_FLIGHT: [&str; 4] = ["fetching", "installing", "activated", "checking"];
 /// The marker that makes a directory one this command may replace.
 const MARKER: &str = ".otamesh-demo";
 const GOOD: &str = "1.0.0";
@@ -400,13 +405,14 @@ impl Demo {
         let first_wave: Vec<usize> = (0..n).filter(|&i| r2.waves[i] == 0).collect();
         let devices = self.devices.clone();
         let limit = Duration::from_secs(self.args.wave_after + 45);
+        // Settled: wave 2 is overdue and no wave 1 device is still on its way. Once the
+        // gate breaches, wave 1 devices that had not installed yet never will.
         let settled = self
             .watch(&r2, &hex2, limit, |s: &Sample| {
                 s.t >= wave2_opens + HALT_GRACE.as_secs_f64()
-                    && first_wave.iter().all(|&i| {
-                        s.active(i) == Some(&hex2)
-                            || matches!(s.outcome(Some(devices[i]), &hex2), Some("rolled_back" | "failed"))
-                    })
+                    && first_wave
+                        .iter()
+                        .all(|&i| !IN_FLIGHT.contains(&s.phase(i, Some(devices[i]), &hex2).as_str()))
             })
             .await?;
         let bytes_2 = self.bytes().await;
@@ -460,6 +466,14 @@ impl Demo {
                 (0..n).all(|i| s.active(i) == Some(&hex1))
             })
             .await?;
+        // Watch a little longer: a revoked release must stay revoked.
+        let settle_from = self.samples.len();
+        let settle_until = self.now_s() + SETTLE.as_secs_f64();
+        let stayed = self
+            .watch(&r2, &hex1, SETTLE * 2, |s: &Sample| {
+                s.t >= settle_until && (0..n).all(|i| s.active(i) == Some(&hex1))
+            })
+            .await?;
         let bytes_3 = self.bytes().await;
         let revoke = self.revoke_findings(&r1, &r2, revoke_from, revoke_s);
         checks.push(Check::new(
@@ -467,8 +481,8 @@ impl Demo {
             back,
             if back {
                 format!(
-                    "{} devices had committed {BAD}; all back on {GOOD} {} after the revoke",
-                    revoke.rolled_back.len(),
+                    "{} had committed {BAD}; all back on {GOOD} {} after the revoke",
+                    count_devices(revoke.rolled_back.len()),
                     revoke.all_back_s.map_or_else(|| "-".to_owned(), |t| format!("{t:.1} s"))
                 )
             } else {
@@ -477,6 +491,19 @@ impl Demo {
                     .map(|i| self.fleet.nodes[i].name.clone())
                     .collect();
                 format!("not back on {GOOD} after 45 s: {}", stuck.join(", "))
+            },
+        ));
+        let reinstalled: Vec<String> = (0..n)
+            .filter(|&i| self.samples[settle_from..].iter().any(|s| s.active(i) == Some(&hex2)))
+            .map(|i| self.fleet.nodes[i].name.clone())
+            .collect();
+        checks.push(Check::new(
+            "1.1.0 stays revoked",
+            back && stayed && reinstalled.is_empty(),
+            if reinstalled.is_empty() {
+                format!("every device still ran {GOOD} {} s later", SETTLE.as_secs())
+            } else {
+                format!("ran {BAD} again: {}", reinstalled.join(", "))
             },
         ));
         let per_release = vec![r1_bytes, bytes_3.since(bytes_1)];
@@ -583,7 +610,11 @@ impl Demo {
             r.new_chunks
         );
         println!("           wave 1 ({WAVE1_PERCENT}%) now: {}", names(0).join(", "));
-        println!("           wave 2 (100%) at +{} s: {} devices", self.args.wave_after, names(1).len());
+        println!(
+            "           wave 2 (100%) at +{} s: {}",
+            self.args.wave_after,
+            count_devices(names(1).len())
+        );
     }
 
     /// Samples every node until `done` holds or `limit` passes; shows progress towards
@@ -713,14 +744,17 @@ impl Demo {
             for i in 0..n {
                 let name = self.fleet.nodes[i].name.clone();
                 let outcome = s.outcome(Some(self.devices[i]), hex);
-                if matches!(outcome, Some("rolled_back" | "failed")) {
+                // Seen in the fleet's reports, or in the device's own status.
+                let phase = s.phase(i, Some(self.devices[i]), hex);
+                if matches!(outcome, Some("rolled_back" | "failed"))
+                    || matches!(phase.as_str(), "rolled_back" | "failed")
+                {
                     health.insert(name.clone());
                 }
                 if s.active(i) == Some(hex) {
                     committed.insert(name.clone());
                 }
                 if r.waves[i] >= 1 {
-                    let phase = s.phase(i, Some(self.devices[i]), hex);
                     let installed = s.active(i) == Some(hex)
                         || outcome.is_some()
                         || matches!(phase.as_str(), "installing" | "activated" | "checking" | "committed");
@@ -733,8 +767,13 @@ impl Demo {
                 }
             }
         }
+        let wave1: Vec<String> =
+            (0..n).filter(|&i| r.waves[i] == 0).map(|i| self.fleet.nodes[i].name.clone()).collect();
+        let held_back =
+            wave1.iter().filter(|d| !health.contains(*d) && !committed.contains(*d)).cloned().collect();
         GateFindings {
-            wave1: (0..n).filter(|&i| r.waves[i] == 0).map(|i| self.fleet.nodes[i].name.clone()).collect(),
+            held_back,
+            wave1,
             wave1_failing_site: (0..n).filter(|&i| r.waves[i] == 0 && failing[i]).count(),
             health_rollbacks: health.into_iter().collect(),
             committed: committed.into_iter().collect(),
@@ -775,9 +814,11 @@ impl Demo {
         // Any node will do: they all hear the same signed reports.
         let reporter = &self.fleet.nodes[0].api;
         let mut release_reports = Vec::new();
-        for (r, b) in releases.iter().zip(&per_release) {
+        let bad_installed = bad.as_ref().map(|b| b.gate.health_rollbacks.len() + b.gate.committed.len());
+        for (i, (r, b)) in releases.iter().zip(&per_release).enumerate() {
             let node_report = reporter.report(&r.hex).await.ok();
-            release_reports.push(self.release_report(r, *b, node_report.as_ref()));
+            let installed = if i == 0 { None } else { bad_installed };
+            release_reports.push(self.release_report(r, *b, node_report.as_ref(), installed));
         }
         let has_reports = release_reports.iter().all(|r| r.node_report);
         checks.push(Check::new(
@@ -832,6 +873,7 @@ impl Demo {
             bad_release: bad.map(|b| BadReport {
                 release: releases.get(1).map(|r| r.hex.clone()).unwrap_or_default(),
                 wave1: b.gate.wave1,
+                wave1_held_back: b.gate.held_back,
                 wave1_failing_site: b.gate.wave1_failing_site,
                 rolled_back_by_health_check: b.gate.health_rollbacks,
                 committed: b.gate.committed,
@@ -853,7 +895,13 @@ impl Demo {
         Ok(Played { checks, bad_release_hex: releases.get(1).map(|r| r.hex.clone()).unwrap_or_default() })
     }
 
-    fn release_report(&self, r: &Release, b: Bytes, node: Option<&ReportView>) -> ReleaseReport {
+    fn release_report(
+        &self,
+        r: &Release,
+        b: Bytes,
+        node: Option<&ReportView>,
+        installed: Option<usize>,
+    ) -> ReleaseReport {
         let base = r.created_at;
         let rel = |ms: Option<u64>| ms.map(|t| (t as f64 - base as f64) / 1000.0);
         let waves = r
@@ -882,9 +930,8 @@ impl Demo {
             .find(|s| s.t >= r.published_s && (0..self.devices.len()).all(|i| s.active(i) == Some(&r.hex)))
             .map(|s| s.t - r.published_s);
         let reported = node.map_or(0, |n| n.outcomes.values().sum::<u64>());
-        // Every device of 1.0.0 commits; of 1.1.0 only wave 1 reports an outcome.
-        let expected_outcomes =
-            if r.sequence == 1 { r.waves.len() } else { r.waves.iter().filter(|w| **w == 0).count() };
+        // Every device of 1.0.0 commits; of 1.1.0 the devices seen to install it report.
+        let expected_outcomes = installed.unwrap_or(r.waves.len());
         ReleaseReport {
             version: r.version.clone(),
             release_id: r.hex.clone(),
@@ -1005,6 +1052,8 @@ impl Demo {
 
 struct GateFindings {
     wave1: Vec<String>,
+    /// Wave 1 devices the breached gate stopped before they installed.
+    held_back: Vec<String>,
     wave1_failing_site: usize,
     health_rollbacks: Vec<String>,
     committed: Vec<String>,
@@ -1109,6 +1158,7 @@ struct WaveSummary {
 struct BadReport {
     release: String,
     wave1: Vec<String>,
+    wave1_held_back: Vec<String>,
     wave1_failing_site: usize,
     rolled_back_by_health_check: Vec<String>,
     committed: Vec<String>,
@@ -1154,9 +1204,17 @@ fn render(report: &Report, args: &Args) -> String {
                 _ => "no outcomes".into(),
             };
             out.push_str(&format!(
-                "  wave {}   {:>3}%, {:>2} devices, opens {:+.1} s: {counts}; {window}\n",
-                w.wave, w.percent, w.devices, w.opens_at_s
+                "  wave {}   {:>3}%, {:>2}, opens {:+.1} s: {counts}; {window}\n",
+                w.wave,
+                w.percent,
+                count_devices(w.devices),
+                w.opens_at_s
             ));
+        }
+        if !r.outcomes.is_empty() {
+            let outcomes: Vec<String> =
+                r.outcomes.iter().map(|(k, v)| format!("{v} {}", k.replace('_', " "))).collect();
+            out.push_str(&format!("  devices  {} (each device's newest outcome)\n", outcomes.join(", ")));
         }
         for (reason, n) in &r.failure_reasons {
             out.push_str(&format!("  failed   {n} x {reason}\n"));
@@ -1183,6 +1241,12 @@ fn render(report: &Report, args: &Args) -> String {
             b.later_wave_installs.len(),
             b.later_wave_devices
         ));
+        if !b.wave1_held_back.is_empty() {
+            out.push_str(&format!(
+                "           held back by the gate before installing, though in wave 1: {}\n",
+                b.wave1_held_back.join(", ")
+            ));
+        }
         let times: Vec<String> = b
             .rolled_back_by_revoke
             .iter()
@@ -1296,6 +1360,10 @@ fn patched(v1: &[u8]) -> Vec<u8> {
     let end = (start + len).min(v2.len());
     v2[start..end].copy_from_slice(&patch[..end - start]);
     v2
+}
+
+fn count_devices(n: usize) -> String {
+    if n == 1 { "1 device".into() } else { format!("{n} devices") }
 }
 
 fn list(items: &[String]) -> String {
