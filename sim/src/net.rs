@@ -76,6 +76,7 @@ struct Scratch {
     adj: Vec<u32>,
     fill: Vec<u32>,
     fixed: Vec<bool>,
+    eff: Vec<f64>,
     order: Vec<u32>,
     links: Vec<LinkId>,
 }
@@ -215,7 +216,9 @@ impl Net {
             self.groups[group as usize].dirty = false;
             self.advance(group, now);
             let before = self.groups[group as usize].rate_sum;
-            self.solve(group);
+            if !self.solve_tree(group) {
+                self.solve(group);
+            }
             let g = &mut self.groups[group as usize];
             g.version = g.version.wrapping_add(1);
             let version = g.version;
@@ -271,6 +274,111 @@ impl Net {
             let f = &mut self.flows[id as usize];
             f.remaining -= f.rate * dt;
         }
+    }
+
+    /// The common case, solved in a few linear passes: every flow of the group crosses
+    /// the same root link (the site LAN, the origin, or none) and one inner link (its
+    /// source's uplink, its site's WAN), and inner links partition the flows. Such
+    /// constraints are laminar, and max-min fairness on them is nested water-filling:
+    /// each inner link's own level, then the root's. Returns false for any other shape.
+    fn solve_tree(&mut self, group: u32) -> bool {
+        let Self { caps, flows, groups, scratch: s, .. } = self;
+        let g = &mut groups[group as usize];
+        let ids = &g.flows;
+        let Some(&first) = ids.first() else {
+            g.rate_sum = 0.0;
+            return true;
+        };
+        let root = flows[first as usize].path[1];
+        if ids.iter().any(|&id| flows[id as usize].path[1] != root) {
+            return false;
+        }
+        let finite = |l: LinkId| l != NO_LINK && caps[l as usize].is_finite();
+        s.now = s.now.wrapping_add(1);
+        if s.now == 0 {
+            s.stamp.iter_mut().for_each(|x| *x = 0);
+            s.now = 1;
+        }
+        s.rem.clear();
+        s.n.clear();
+        s.fixed.clear();
+        s.eff.clear();
+        for &id in ids {
+            let f = &flows[id as usize];
+            let l = f.path[0];
+            s.eff.push(f.cap);
+            if !finite(l) {
+                s.fixed.push(true);
+                continue;
+            }
+            if s.stamp[l as usize] != s.now {
+                s.stamp[l as usize] = s.now;
+                s.local[l as usize] = s.rem.len() as u32;
+                s.rem.push(caps[l as usize]);
+                s.n.push(0);
+            }
+            s.n[s.local[l as usize] as usize] += 1;
+            s.fixed.push(false);
+        }
+        // Inner links: a flow below its link's level keeps its ceiling; fixing it only
+        // raises the level for the others, so repeat until nothing changes.
+        loop {
+            let mut changed = false;
+            for (fi, &id) in ids.iter().enumerate() {
+                if s.fixed[fi] {
+                    continue;
+                }
+                let li = s.local[flows[id as usize].path[0] as usize] as usize;
+                if s.eff[fi] * f64::from(s.n[li]) <= s.rem[li] {
+                    s.fixed[fi] = true;
+                    s.rem[li] = (s.rem[li] - s.eff[fi]).max(0.0);
+                    s.n[li] -= 1;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for (fi, &id) in ids.iter().enumerate() {
+            if !s.fixed[fi] {
+                let li = s.local[flows[id as usize].path[0] as usize] as usize;
+                s.eff[fi] = s.rem[li] / f64::from(s.n[li]);
+            }
+        }
+        // The root link, the same way over the inner results.
+        let mut rate_sum = 0.0;
+        if finite(root) {
+            let mut rem = caps[root as usize];
+            let mut n = ids.len() as f64;
+            s.fixed.iter_mut().for_each(|x| *x = false);
+            loop {
+                let mut changed = false;
+                for fi in 0..ids.len() {
+                    if !s.fixed[fi] && s.eff[fi] * n <= rem {
+                        s.fixed[fi] = true;
+                        rem = (rem - s.eff[fi]).max(0.0);
+                        n -= 1.0;
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+            let level = if n > 0.0 { rem / n } else { 0.0 };
+            for fi in 0..ids.len() {
+                if !s.fixed[fi] {
+                    s.eff[fi] = level;
+                }
+            }
+        }
+        for (fi, &id) in ids.iter().enumerate() {
+            flows[id as usize].rate = s.eff[fi];
+            rate_sum += s.eff[fi];
+        }
+        g.rate_sum = rate_sum;
+        true
     }
 
     /// Progressive filling over one group: raise every unfixed flow's rate together;
@@ -489,6 +597,37 @@ mod tests {
         assert!(none.is_empty());
         net.complete(t2.at, t2, &mut ended);
         assert_eq!(ended[1], Ended { flow: big, bytes: 30.0 });
+    }
+
+    #[test]
+    fn tree_solver_agrees_with_progressive_filling() {
+        // Random laminar instances: a root link over inner links over capped flows.
+        for case in 0..200u64 {
+            let r = |n: u64| crate::rng::unit(case, n, crate::rng::Purpose::Churn, 0);
+            let inner = 1 + (r(0) * 5.0) as u32;
+            let mut caps: Vec<f64> = (0..inner).map(|i| 1.0 + r(1 + u64::from(i)) * 100.0).collect();
+            let root = if case % 3 == 0 { f64::INFINITY } else { 1.0 + r(50) * 200.0 };
+            caps.push(root);
+            let flows: Vec<([LinkId; 2], f64)> = (0..1 + (r(60) * 12.0) as u64)
+                .map(|f| {
+                    let link = (r(100 + f) * f64::from(inner)) as u32;
+                    let cap = if r(200 + f) < 0.3 { f64::INFINITY } else { 1.0 + r(300 + f) * 60.0 };
+                    ([link, inner], cap)
+                })
+                .collect();
+            let solve = |tree: bool| {
+                let mut net = Net::new(caps.clone(), 1);
+                let ids: Vec<_> = flows.iter().map(|&(p, c)| net.start(0, 0, p, c, 1e9)).collect();
+                if !(tree && net.solve_tree(0)) {
+                    net.solve(0);
+                }
+                ids.iter().map(|&f| net.rate(f)).collect::<Vec<_>>()
+            };
+            let (a, b) = (solve(true), solve(false));
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "case {case}: tree {a:?} vs filling {b:?}");
+            }
+        }
     }
 
     #[test]
