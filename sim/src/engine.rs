@@ -20,13 +20,13 @@ use otamesh_core::lifecycle::{Action, Context, Lifecycle, Reason, State};
 use otamesh_core::rollout::{DeviceInfo, ReleaseInfo, RolloutPolicy, position};
 use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, fetch};
 
-use crate::net::{Ended, FlowId, LinkId, Micros, Net, Timer};
+use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, Net, Timer};
 use crate::rng::{self, Purpose};
 use crate::scenario::{AnnounceMode, Mode, Scenario, SiteSize};
 
-/// Virtual time zero in the core's clock: a UTC midnight (2023-11-15), plus the
+/// Virtual time zero in the core's clock: 2023-11-15 00:00 UTC (a midnight), plus the
 /// scenario's `start_utc`.
-const MIDNIGHT_MS: Millis = 1_700_006_400_000 - (1_700_006_400_000 % 86_400_000);
+const MIDNIGHT_MS: Millis = 1_700_006_400_000;
 
 const NONE: u32 = u32::MAX;
 
@@ -265,7 +265,7 @@ struct World<'a> {
     net: Net,
     flow_meta: Vec<FlowMeta>,
     live_flows: u64,
-    timers: Vec<(Timer, f64)>,
+    timers: Vec<Flushed>,
     ended: Vec<Ended>,
 
     // Rollout state.
@@ -762,14 +762,16 @@ impl<'a> World<'a> {
         }
         let mut timers = std::mem::take(&mut self.timers);
         self.net.flush(self.now, &mut timers);
-        for (timer, delta) in timers.drain(..) {
-            if timer.group >= self.sites {
-                self.origin_rate += delta;
+        for f in timers.drain(..) {
+            if f.group >= self.sites {
+                self.origin_rate += f.delta;
                 if self.origin_rate > self.origin_peak {
                     self.origin_peak = self.origin_rate;
                 }
             }
-            if timer.at != Micros::MAX {
+            if let Some(timer) = f.timer
+                && timer.at != Micros::MAX
+            {
                 self.push(timer.at, Ev::Net(timer), false);
             }
         }
@@ -918,7 +920,7 @@ impl<'a> World<'a> {
         match action {
             Action::Fetch => {
                 if self.online[i] {
-                    self.fetch_step(d);
+                    self.fetch_begin(d);
                 }
             }
             Action::StopFetch | Action::DiscardInactive | Action::Commit => {}
@@ -1088,7 +1090,7 @@ impl<'a> World<'a> {
         }
         self.sync(d);
         if self.state[i] == FETCHING && self.download[i] == NONE {
-            self.fetch_step(d);
+            self.fetch_begin(d);
         }
     }
 
@@ -1150,7 +1152,9 @@ impl<'a> World<'a> {
 
     // ---- Fetching ---------------------------------------------------------------
 
-    fn fetch_step(&mut self, d: u32) {
+    /// Starts or resumes fetching after a connection set-up of one request latency;
+    /// later requests are pipelined behind transfers, so they add no further delay.
+    fn fetch_begin(&mut self, d: u32) {
         let i = d as usize;
         if self.latency_us == 0 {
             self.fetch_select(d);
@@ -1158,6 +1162,12 @@ impl<'a> World<'a> {
             self.requesting[i] = true;
             let epoch = self.net_epoch[i];
             self.push(self.now + self.latency_us, Ev::FetchStep { d, epoch }, true);
+        }
+    }
+
+    fn fetch_step(&mut self, d: u32) {
+        if !self.requesting[d as usize] {
+            self.fetch_select(d);
         }
     }
 

@@ -38,8 +38,10 @@ pub struct Net {
     caps: Vec<f64>,
     flows: Vec<Flow>,
     free: Vec<FlowId>,
+    freed: Vec<FlowId>,
     groups: Vec<Group>,
     dirty: Vec<u32>,
+    rearm: Vec<u32>,
     scratch: Scratch,
 }
 
@@ -55,13 +57,27 @@ struct Flow {
     live: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Group {
     flows: Vec<FlowId>,
     last: Micros,
-    version: u32,
+    next_at: Micros,
+    armed: Micros,
     rate_sum: f64,
     dirty: bool,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Self {
+            flows: Vec::new(),
+            last: 0,
+            next_at: Micros::MAX,
+            armed: Micros::MAX,
+            rate_sum: 0.0,
+            dirty: false,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -86,16 +102,25 @@ struct Scratch {
 pub struct Timer {
     /// The group.
     pub group: u32,
-    /// When its next flow completes.
+    /// When to call [`Net::complete`].
     pub at: Micros,
-    /// Pass back to [`Net::complete`]; older timers are stale.
-    pub version: u32,
+}
+
+/// What [`Net::flush`] reports about one group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Flushed {
+    /// The group.
+    pub group: u32,
+    /// The change in the sum of its flows' rates.
+    pub delta: f64,
+    /// A timer to schedule, if any.
+    pub timer: Option<Timer>,
 }
 
 /// A flow that ended, and the bytes it moved.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ended {
-    /// The flow (its id may be reused from now on).
+    /// The flow (its id may be reused after the next [`Net::flush`]).
     pub flow: FlowId,
     /// Bytes moved.
     pub bytes: f64,
@@ -118,8 +143,10 @@ impl Net {
             caps,
             flows: Vec::new(),
             free: Vec::new(),
+            freed: Vec::new(),
             groups: vec![Group::default(); groups],
             dirty: Vec::new(),
+            rearm: Vec::new(),
             scratch,
         }
     }
@@ -185,10 +212,17 @@ impl Net {
     }
 
     /// A group's timer fired: ends every flow that is complete at `now` and returns
-    /// them. Returns nothing for a stale timer.
+    /// them. A timer that is no longer due (rates changed since) does nothing but make
+    /// sure the group is armed for its real next completion.
     pub fn complete(&mut self, now: Micros, timer: Timer, out: &mut Vec<Ended>) {
-        let g = &self.groups[timer.group as usize];
-        if g.version != timer.version {
+        let g = &mut self.groups[timer.group as usize];
+        if g.armed == timer.at {
+            g.armed = Micros::MAX;
+        }
+        if g.next_at > now {
+            if g.next_at < g.armed {
+                self.rearm.push(timer.group);
+            }
             return;
         }
         self.advance(timer.group, now);
@@ -208,9 +242,12 @@ impl Net {
         self.mark(timer.group);
     }
 
-    /// Re-solves every group changed since the last flush and returns their new timers
-    /// (and, for each, the change in its rate sum) in the order they were changed.
-    pub fn flush(&mut self, now: Micros, timers: &mut Vec<(Timer, f64)>) {
+    /// Re-solves every group changed since the last flush. Returns, per group, the
+    /// change in its rate sum and, when the driver must schedule one, a timer. A group
+    /// keeps at most one timer armed at or before its next completion: a timer that
+    /// turns out early is cheap to re-arm, while one per change would fill the queue
+    /// with stale entries.
+    pub fn flush(&mut self, now: Micros, out: &mut Vec<Flushed>) {
         let dirty = std::mem::take(&mut self.dirty);
         for &group in &dirty {
             self.groups[group as usize].dirty = false;
@@ -220,25 +257,35 @@ impl Net {
                 self.solve(group);
             }
             let g = &mut self.groups[group as usize];
-            g.version = g.version.wrapping_add(1);
-            let version = g.version;
             let mut at = Micros::MAX;
             for &id in &g.flows {
                 let f = &self.flows[id as usize];
                 if f.rate > 0.0 {
                     let left = f.remaining.max(0.0) / f.rate * 1e6;
-                    at = at.min(g.last + left.ceil() as Micros);
+                    let whole = left as Micros;
+                    at = at.min(g.last + whole + Micros::from((whole as f64) < left));
                 }
             }
-            let delta = g.rate_sum - before;
-            if at != Micros::MAX {
-                timers.push((Timer { group, at, version }, delta));
-            } else if delta != 0.0 {
-                timers.push((Timer { group, at: Micros::MAX, version }, delta));
-            }
+            g.next_at = at;
+            let timer = (at < g.armed).then(|| {
+                g.armed = at;
+                Timer { group, at }
+            });
+            out.push(Flushed { group, delta: g.rate_sum - before, timer });
         }
         self.dirty = dirty;
         self.dirty.clear();
+        let rearm = std::mem::take(&mut self.rearm);
+        for &group in &rearm {
+            let g = &mut self.groups[group as usize];
+            if g.next_at < g.armed {
+                g.armed = g.next_at;
+                out.push(Flushed { group, delta: 0.0, timer: Some(Timer { group, at: g.next_at }) });
+            }
+        }
+        self.rearm = rearm;
+        self.rearm.clear();
+        self.free.append(&mut self.freed);
     }
 
     fn mark(&mut self, group: u32) {
@@ -258,7 +305,9 @@ impl Net {
         if let Some(&moved) = g.flows.get(slot) {
             self.flows[moved as usize].slot = slot as u32;
         }
-        self.free.push(flow);
+        // Not reusable before the next flush: the driver may still be handling the flows
+        // that ended with this one.
+        self.freed.push(flow);
         self.mark(group);
     }
 
@@ -571,7 +620,7 @@ mod tests {
         let mut timers = Vec::new();
         net.flush(0, &mut timers);
         assert_eq!(net.rate(a), 7.0);
-        assert_eq!(timers[0].0.at, 10_000_000);
+        assert_eq!(timers[0].timer.unwrap().at, 10_000_000);
     }
 
     #[test]
@@ -583,18 +632,14 @@ mod tests {
         let big = net.start(0, 0, [0, NO_LINK], f64::INFINITY, 30.0);
         let mut timers = Vec::new();
         net.flush(0, &mut timers);
-        let t = timers.pop().unwrap().0;
+        let t = timers.pop().unwrap().timer.unwrap();
         assert_eq!(t.at, 2_000_000);
         let mut ended = Vec::new();
         net.complete(t.at, t, &mut ended);
         assert_eq!(ended, vec![Ended { flow: small, bytes: 10.0 }]);
         net.flush(t.at, &mut timers);
-        let t2 = timers.pop().unwrap().0;
+        let t2 = timers.pop().unwrap().timer.unwrap();
         assert_eq!(t2.at, 4_000_000);
-        // The first timer is stale now.
-        let mut none = Vec::new();
-        net.complete(t2.at, t, &mut none);
-        assert!(none.is_empty());
         net.complete(t2.at, t2, &mut ended);
         assert_eq!(ended[1], Ended { flow: big, bytes: 30.0 });
     }
@@ -628,6 +673,30 @@ mod tests {
                 assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "case {case}: tree {a:?} vs filling {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn early_timer_rearms_for_the_real_completion() {
+        // A 10 B/s link, one flow of 10 bytes: timer at 1 s. A second flow joins at
+        // 0.5 s and halves the rate: the first timer is early, and firing it arms the
+        // real completion (5 bytes left at 5 B/s: 1.5 s).
+        let mut net = Net::new(vec![10.0], 1);
+        let mut out = Vec::new();
+        let a = net.start(0, 0, [0, NO_LINK], f64::INFINITY, 10.0);
+        net.flush(0, &mut out);
+        let first = out.pop().unwrap().timer.unwrap();
+        assert_eq!(first.at, 1_000_000);
+        net.start(500_000, 0, [0, NO_LINK], f64::INFINITY, 100.0);
+        net.flush(500_000, &mut out);
+        assert_eq!(out.pop().unwrap().timer, None, "a later completion needs no new timer");
+        let mut ended = Vec::new();
+        net.complete(first.at, first, &mut ended);
+        assert!(ended.is_empty());
+        net.flush(first.at, &mut out);
+        let real = out.pop().unwrap().timer.unwrap();
+        assert_eq!(real.at, 1_500_000);
+        net.complete(real.at, real, &mut ended);
+        assert_eq!(ended, vec![Ended { flow: a, bytes: 10.0 }]);
     }
 
     #[test]
