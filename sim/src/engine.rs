@@ -205,7 +205,6 @@ enum FlowKind {
 struct FlowMeta {
     kind: FlowKind,
     dst: u32,
-    src: u32,
     piece: u8,
 }
 
@@ -242,7 +241,7 @@ struct World<'a> {
     have: Vec<u64>,
     download: Vec<FlowId>,
     requesting: Vec<bool>,
-    uploads: Vec<u16>,
+    uplink: Vec<u64>,
     report_seq: Vec<u32>,
     in_blocked: Vec<bool>,
     in_waiters: Vec<bool>,
@@ -252,6 +251,11 @@ struct World<'a> {
     site_start: Vec<u32>,
     site_zone: Vec<i16>,
     holders: Vec<u16>,
+    downloading: Vec<u16>,
+    slots: u16,
+    pool: Vec<u64>,
+    site_upload: Vec<u64>,
+    lan_cap: f64,
     inflight: Vec<u64>,
     wan_count: Vec<u32>,
     wan_flow: Vec<FlowId>,
@@ -384,11 +388,15 @@ impl<'a> World<'a> {
             })
             .collect();
 
-        // Links: device uplinks 0..n, site LANs, site WANs, the origin.
+        // Links: per (site, piece) upload pools, site LANs, site WANs, the origin. A
+        // pool's capacity is the sum of the uplinks of the site's online holders of the
+        // piece, and a LAN's is at most the sum of its online holders' uplinks: peers
+        // stripe requests over every holder, as the fetch planner does chunk by chunk.
         let mbps = |x: f64| x * 1e6 / 8.0;
-        let mut caps = Vec::with_capacity(n as usize + 2 * sites as usize + 1);
-        caps.extend(class.iter().map(|&c| mbps(sc.classes[c as usize].uplink_mbps)));
-        caps.extend((0..sites).map(|_| mbps(sc.network.site_lan_mbps)));
+        let pools = sites as usize * k as usize;
+        let mut caps = Vec::with_capacity(pools + 2 * sites as usize + 1);
+        caps.resize(pools, 0.0);
+        caps.extend((0..sites).map(|_| 0.0));
         caps.extend((0..sites).map(|_| mbps(sc.network.site_wan_mbps)));
         let origin = sc.network.origin_egress_mbps;
         caps.push(if origin > 0.0 { mbps(origin) } else { f64::INFINITY });
@@ -426,7 +434,7 @@ impl<'a> World<'a> {
             have: vec![0; n as usize],
             download: vec![NONE; n as usize],
             requesting: vec![false; n as usize],
-            uploads: vec![0; n as usize],
+            uplink: sc.classes.iter().map(|c| mbps(c.uplink_mbps).round() as u64).collect(),
             report_seq: vec![0; n as usize],
             in_blocked: vec![false; n as usize],
             in_waiters: vec![false; n as usize],
@@ -434,6 +442,11 @@ impl<'a> World<'a> {
             site_start,
             site_zone,
             holders: vec![0; sites as usize * k as usize],
+            pool: vec![0; sites as usize * k as usize],
+            downloading: vec![0; sites as usize * k as usize],
+            slots: sc.network.upload_slots.min(u32::from(u16::MAX)) as u16,
+            site_upload: vec![0; sites as usize],
+            lan_cap: mbps(sc.network.site_lan_mbps),
             inflight: vec![0; sites as usize],
             wan_count: vec![0; sites as usize],
             wan_flow: vec![NONE; sites as usize * k as usize],
@@ -1113,16 +1126,35 @@ impl<'a> World<'a> {
                 }
             }
         }
-        if self.uploads[i] > 0 {
-            let serving: Vec<FlowId> = self
+        // Its pieces leave the site's pools; a piece nobody online holds any more
+        // cannot be striped from anyone: its transfers stop and their receivers choose
+        // again.
+        let have = self.have[i];
+        let up = self.uplink[self.class[i] as usize];
+        let mut orphaned = 0u64;
+        for p in bits(have) {
+            let slot = (s * self.k + p) as usize;
+            self.holders[slot] -= 1;
+            self.pool[slot] -= up;
+            self.net.set_cap(self.now, slot as LinkId, self.pool[slot] as f64, s);
+            if self.holders[slot] == 0 {
+                orphaned |= 1 << p;
+            }
+        }
+        if have != 0 {
+            self.site_upload[s as usize] -= up;
+            self.set_lan_cap(s);
+        }
+        if orphaned != 0 {
+            let stalled: Vec<FlowId> = self
                 .net
                 .group_flows(s)
                 .iter()
                 .copied()
-                .filter(|&f| self.flow_meta[f as usize].src == d)
+                .filter(|&f| orphaned & (1 << self.flow_meta[f as usize].piece) != 0)
                 .collect();
             let mut receivers = Vec::new();
-            for f in serving {
+            for f in stalled {
                 receivers.push(self.flow_meta[f as usize].dst);
                 self.abort_flow(f);
             }
@@ -1132,21 +1164,37 @@ impl<'a> World<'a> {
                 }
             }
         }
-        let have = self.have[i];
-        for p in bits(have) {
-            self.holders[(s * self.k + p) as usize] -= 1;
-        }
+    }
+
+    fn set_lan_cap(&mut self, s: u32) {
+        let cap = self.lan_cap.min(self.site_upload[s as usize] as f64);
+        let link = self.sites * self.k + s;
+        self.net.set_cap(self.now, link, cap, s);
+    }
+
+    /// Device `d` (online, of site `s`) now holds piece `p`; returns whether it is the
+    /// site's first online holder.
+    fn add_holder(&mut self, d: u32, s: u32, p: u32) -> bool {
+        let slot = (s * self.k + p) as usize;
+        let up = self.uplink[self.class[d as usize] as usize];
+        self.holders[slot] += 1;
+        self.pool[slot] += up;
+        self.net.set_cap(self.now, slot as LinkId, self.pool[slot] as f64, s);
+        self.holders[slot] == 1
     }
 
     fn add_holdings(&mut self, d: u32, s: u32) {
         let mut appeared = false;
-        for p in bits(self.have[d as usize]) {
-            let h = &mut self.holders[(s * self.k + p) as usize];
-            *h += 1;
-            appeared |= *h == 1;
+        let have = self.have[d as usize];
+        for p in bits(have) {
+            appeared |= self.add_holder(d, s, p);
+        }
+        if have != 0 {
+            self.site_upload[s as usize] += self.uplink[self.class[d as usize] as usize];
+            self.set_lan_cap(s);
         }
         if appeared {
-            self.wake_waiters(s);
+            self.wake_waiters(s, usize::MAX);
         }
     }
 
@@ -1191,15 +1239,22 @@ impl<'a> World<'a> {
         }
         if self.mode == Mode::Central {
             let bytes = bits(need).map(|p| self.piece_len[p as usize]).sum();
-            self.start_flow(FlowMeta { kind: FlowKind::Central, dst: d, src: NONE, piece: u8::MAX }, bytes);
+            self.start_flow(FlowMeta { kind: FlowKind::Central, dst: d, piece: u8::MAX }, bytes);
             return;
         }
         let rot = (rng::draw(self.seed, u64::from(d), Purpose::PieceOrder, 0) % u64::from(self.k)) as u32;
-        // Rarest first among pieces some online site peer holds.
+        // Rarest first among pieces some online site peer holds and can serve (each
+        // holder serves `upload_slots` peers at once, as swarming clients do).
         let mut best: Option<(u16, u32, u32)> = None;
+        let mut unheld = 0u64;
         for p in bits(need) {
-            let h = self.holders[(s * self.k + p) as usize];
+            let slot = (s * self.k + p) as usize;
+            let h = self.holders[slot];
             if h == 0 {
+                unheld |= 1 << p;
+                continue;
+            }
+            if u32::from(self.downloading[slot]) >= u32::from(h) * u32::from(self.slots) {
                 continue;
             }
             let key = (h, (p + self.k - rot) % self.k, p);
@@ -1208,30 +1263,30 @@ impl<'a> World<'a> {
             }
         }
         if let Some((_, _, p)) = best {
-            let src = self.pick_source(s, p, d);
-            if src != NONE {
-                let meta = FlowMeta { kind: FlowKind::Lan, dst: d, src, piece: p as u8 };
+            let meta = FlowMeta { kind: FlowKind::Lan, dst: d, piece: p as u8 };
+            self.start_flow(meta, self.piece_len[p as usize]);
+            return;
+        }
+        let first_in = |mask: u64| (0..self.k).map(|j| (rot + j) % self.k).find(|&p| mask & (1 << p) != 0);
+        if self.mode == Mode::P2p {
+            // A piece nobody on the site holds comes from the origin; one that peers
+            // hold but cannot serve yet is worth waiting for.
+            if let Some(p) = first_in(unheld) {
+                let meta = FlowMeta { kind: FlowKind::Wan, dst: d, piece: p as u8 };
                 self.start_flow(meta, self.piece_len[p as usize]);
                 return;
             }
         }
-        let first_in = |mask: u64| (0..self.k).map(|j| (rot + j) % self.k).find(|&p| mask & (1 << p) != 0);
-        if self.mode == Mode::P2p {
-            if let Some(p) = first_in(need) {
-                let meta = FlowMeta { kind: FlowKind::Wan, dst: d, src: NONE, piece: p as u8 };
-                self.start_flow(meta, self.piece_len[p as usize]);
-            }
-            return;
-        }
         // p2p-dedup: the piece's rendezvous owner among the site's live fetching
         // members brings it over the WAN; everyone else waits for it on the LAN.
-        let absent = need & !self.inflight[s as usize];
-        if absent != 0
+        let absent = unheld & !self.inflight[s as usize];
+        if self.mode == Mode::P2pDedup
+            && absent != 0
             && self.wan_count[s as usize] < self.sc.network.wan_parallel
             && let Some(p) = first_in(absent)
         {
             let owner = self.wan_owner(s, p);
-            let meta = FlowMeta { kind: FlowKind::WanPiece, dst: owner, src: NONE, piece: p as u8 };
+            let meta = FlowMeta { kind: FlowKind::WanPiece, dst: owner, piece: p as u8 };
             self.start_flow(meta, self.piece_len[p as usize]);
         }
         if !self.in_waiters[i] {
@@ -1252,25 +1307,16 @@ impl<'a> World<'a> {
         range.into_iter().find(|&e| self.ids[e as usize] == owner).expect("the owner is a site member")
     }
 
-    /// The online site member holding piece `p` that serves the fewest peers now.
-    fn pick_source(&self, s: u32, p: u32, d: u32) -> u32 {
-        let mut best = (u16::MAX, NONE);
-        for e in self.site_start[s as usize]..self.site_start[s as usize + 1] {
-            let i = e as usize;
-            if e != d && self.online[i] && self.have[i] & (1 << p) != 0 && self.uploads[i] < best.0 {
-                best = (self.uploads[i], e);
-            }
-        }
-        best.1
-    }
-
     fn start_flow(&mut self, meta: FlowMeta, bytes: f64) {
         let s = self.site[meta.dst as usize];
         let dst_class = &self.sc.classes[self.class[meta.dst as usize] as usize];
         let cap = dst_class.downlink_mbps * 1e6 / 8.0;
         let (group, path) = match meta.kind {
-            FlowKind::Lan => (s, [meta.src as LinkId, self.n + s]),
-            _ => (self.wan_group(s), [self.n + self.sites + s, self.n + 2 * self.sites]),
+            FlowKind::Lan => (s, [s * self.k + u32::from(meta.piece), self.sites * self.k + s]),
+            _ => {
+                let base = self.sites * self.k + self.sites;
+                (self.wan_group(s), [base + s, base + self.sites])
+            }
         };
         let id = self.net.start(self.now, group, path, cap, bytes);
         if self.flow_meta.len() <= id as usize {
@@ -1286,8 +1332,8 @@ impl<'a> World<'a> {
                 self.wan_count[s as usize] += 1;
             }
             FlowKind::Lan => {
-                self.uploads[meta.src as usize] += 1;
                 self.download[meta.dst as usize] = id;
+                self.downloading[(s * self.k + u32::from(meta.piece)) as usize] += 1;
             }
             FlowKind::Central | FlowKind::Wan => self.download[meta.dst as usize] = id,
         }
@@ -1305,8 +1351,8 @@ impl<'a> World<'a> {
         match meta.kind {
             FlowKind::Lan => {
                 self.lan_bytes += bytes;
-                self.uploads[meta.src as usize] -= 1;
                 self.download[meta.dst as usize] = NONE;
+                self.downloading[(s * self.k + u32::from(meta.piece)) as usize] -= 1;
             }
             FlowKind::WanPiece => {
                 self.wan_bytes += bytes;
@@ -1325,9 +1371,9 @@ impl<'a> World<'a> {
     fn abort_flow(&mut self, id: FlowId) {
         let bytes = self.net.stop(self.now, id);
         let meta = self.release_flow(id, bytes);
-        if meta.kind == FlowKind::WanPiece {
-            // Someone else must bring this piece now.
-            self.wake_waiters(self.site[meta.dst as usize]);
+        if matches!(meta.kind, FlowKind::WanPiece | FlowKind::Lan) {
+            // Someone else must bring this piece now, or a serving slot is free.
+            self.wake_waiters(self.site[meta.dst as usize], 1);
         }
     }
 
@@ -1341,12 +1387,17 @@ impl<'a> World<'a> {
         } else {
             let bit = 1u64 << meta.piece;
             if self.have[i] & bit == 0 {
-                self.have[i] |= bit;
-                let h = &mut self.holders[(s * self.k + u32::from(meta.piece)) as usize];
-                *h += 1;
-                if *h == 1 || meta.kind == FlowKind::WanPiece {
-                    self.wake_waiters(s);
+                if self.have[i] == 0 {
+                    self.site_upload[s as usize] += self.uplink[self.class[i] as usize];
+                    self.set_lan_cap(s);
                 }
+                self.have[i] |= bit;
+                let _first = self.add_holder(d, s, u32::from(meta.piece));
+                // A new holder serves `slots` more peers; a LAN transfer also freed its
+                // slot, a WAN one a WAN fetch.
+                self.wake_waiters(s, usize::from(self.slots) + 1);
+            } else if meta.kind == FlowKind::Lan {
+                self.wake_waiters(s, 1);
             }
         }
         if meta.kind != FlowKind::WanPiece && self.online[i] && self.state[i] == FETCHING {
@@ -1354,17 +1405,31 @@ impl<'a> World<'a> {
         }
     }
 
-    fn wake_waiters(&mut self, s: u32) {
+    /// Lets waiting devices of site `s` choose again, until `budget` of them started a
+    /// transfer; the others keep waiting in order.
+    fn wake_waiters(&mut self, s: u32, budget: usize) {
         let list = std::mem::take(&mut self.waiters[s as usize]);
+        let mut started = 0;
+        let mut done = 0;
         for &d in &list {
-            self.in_waiters[d as usize] = false;
-        }
-        for d in list {
+            if started >= budget {
+                break;
+            }
+            done += 1;
             let i = d as usize;
+            self.in_waiters[i] = false;
             if self.online[i] && self.state[i] == FETCHING && self.download[i] == NONE {
                 self.fetch_step(d);
+                if self.download[i] != NONE || self.state[i] != FETCHING {
+                    started += 1;
+                }
             }
         }
+        let readded = std::mem::take(&mut self.waiters[s as usize]);
+        let mut rest = list;
+        rest.drain(..done);
+        rest.extend(readded);
+        self.waiters[s as usize] = rest;
     }
 
     // ---- Results ----------------------------------------------------------------

@@ -191,6 +191,17 @@ impl Net {
         moved
     }
 
+    /// Changes a link's capacity from `now` on; `group` is the group whose flows use
+    /// it (re-solved at the next flush).
+    pub fn set_cap(&mut self, now: Micros, link: LinkId, cap: f64, group: u32) {
+        if self.caps[link as usize] == cap {
+            return;
+        }
+        self.advance(group, now);
+        self.caps[link as usize] = cap;
+        self.mark(group);
+    }
+
     /// Whether `flow` is live.
     pub fn is_live(&self, flow: FlowId) -> bool {
         self.flows.get(flow as usize).is_some_and(|f| f.live)

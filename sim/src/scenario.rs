@@ -190,6 +190,9 @@ pub struct Network {
     /// p2p-dedup: at most this many pieces cross one site's WAN at once.
     #[serde(default = "four")]
     pub wan_parallel: u32,
+    /// p2p modes: each holder of a piece serves at most this many peers at once.
+    #[serde(default = "four")]
+    pub upload_slots: u32,
 }
 
 fn four() -> u32 {
@@ -467,6 +470,9 @@ impl Scenario {
         non_negative("network.latency_ms", n.latency_ms)?;
         if n.wan_parallel == 0 {
             return bad("network.wan_parallel", "0 would never fetch: use at least 1");
+        }
+        if n.upload_slots == 0 {
+            return bad("network.upload_slots", "0 would never share a piece: use at least 1");
         }
         let a = &self.announce;
         non_negative("announce.hop_delay_s", a.hop_delay_s)?;
