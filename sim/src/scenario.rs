@@ -538,8 +538,13 @@ fn apply_set(table: &mut toml::Table, set: &str) -> Result<(), (String, String)>
     };
     let parts: Vec<&str> = path.split('.').collect();
     let fail = |why: &str| Err((path.to_owned(), why.to_owned()));
-    if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
+    if parts.iter().any(|p| p.is_empty()) {
         return fail("--set needs a section and a key, e.g. network.mode=central");
+    }
+    if parts.len() == 1 {
+        // A whole section or list, e.g. class=[{...}].
+        table.insert(path.to_owned(), value);
+        return Ok(());
     }
     let mut cur: &mut toml::Value =
         table.entry(parts[0].to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
