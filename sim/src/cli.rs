@@ -66,9 +66,9 @@ pub struct CompareArgs {
     /// Directory for compare.json and compare.png.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// A variant: comma-separated section.key=value overrides, applied to every
+    /// A variant: `;`-separated section.key=value overrides, applied to every
     /// scenario (repeatable; each scenario runs once per variant).
-    #[arg(long, value_name = "K=V[,K=V...]")]
+    #[arg(long, value_name = "K=V[;K=V...]")]
     pub variant: Vec<String>,
     /// Options shared with a single run.
     #[command(flatten)]
@@ -187,7 +187,10 @@ fn compare(c: CompareArgs) -> Result<(), SimError> {
     let variants: Vec<Vec<String>> = if c.variant.is_empty() {
         vec![Vec::new()]
     } else {
-        c.variant.iter().map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()).collect()
+        c.variant
+            .iter()
+            .map(|v| v.split(';').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+            .collect()
     };
     create_dir(&c.out)?;
     let mut rows = Vec::new();

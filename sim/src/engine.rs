@@ -403,7 +403,7 @@ impl<'a> World<'a> {
         let wan_groups = if origin > 0.0 { 1 } else { sites as usize };
         let net = Net::new(caps, sites as usize + wan_groups);
 
-        let sample_s = sc.sim.sample_s.unwrap_or((sc.sim.duration_s / 500.0).max(1.0));
+        let sample_s = sc.sim.sample_s.unwrap_or((sc.sim.duration_s / 5000.0).max(1.0));
         Self {
             sc,
             seed,

@@ -59,7 +59,7 @@ pub struct Sim {
     pub seed: Option<u64>,
     /// Stop after this much virtual time (seconds) even if devices are still waiting.
     pub duration_s: f64,
-    /// Time-series step in seconds; about 500 rows over the run when absent.
+    /// Time-series step in seconds; `duration_s / 5000` (at least 1 s) when absent.
     #[serde(default)]
     pub sample_s: Option<f64>,
     /// UTC time of day at which the release is published (virtual time zero).
