@@ -64,6 +64,7 @@ pub fn compare(curves: &[Curve], path: &Path) -> Result<(), SimError> {
 
 type DrawResult = Result<(), String>;
 
+
 #[derive(Debug, Clone, Copy)]
 enum Figure<'a> {
     Convergence(&'a RunResult),
@@ -135,7 +136,7 @@ fn draw_convergence<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &RunRes
     let share = |f: &dyn Fn(&[u64; 10]) -> u64| -> Vec<(f64, f64)> {
         r.series.iter().map(|s| (s.t_s / unit, 100.0 * f(&s.states) as f64 / r.devices as f64)).collect()
     };
-    let series: [(&str, RGBColor, Vec<(f64, f64)>); 3] = [
+    let series = [
         ("committed", RGBColor(31, 119, 180), share(&|c| c[7])),
         ("in progress (fetching to health check)", RGBColor(255, 127, 14), share(&|c| c[2..=6].iter().sum())),
         ("rolled back (failed, or revoked)", RGBColor(214, 39, 40), share(&|c| c[8])),
