@@ -1,13 +1,15 @@
-//! The otamesh command line: dispatch only.
+//! `otamesh`: the command line. This file only parses arguments and dispatches; each
+//! command lives in `commands/`.
+
+mod commands;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Peer-to-peer over-the-air updates for fleets of edge devices.
 #[derive(Debug, Parser)]
-#[command(
-    name = "otamesh",
-    version,
-    about = "Peer-to-peer OTA updates for edge fleets, and a rollout simulator"
-)]
+#[command(name = "otamesh", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,13 +17,46 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Simulate a rollout scenario (or compare several): summary.json, timeseries.csv, plots.
+    /// Generate an ed25519 key pair: PREFIX.key (secret, mode 0600) and PREFIX.pub.
+    Keygen(commands::keygen::Args),
+    /// Chunk an artifact, sign its manifest and add both to a release store.
+    Publish(commands::publish::Args),
+    /// Check a manifest's signatures (and with --store, every chunk): exit 0 valid, 1 invalid.
+    Verify(commands::verify::Args),
+    /// Show what a manifest or directive file says.
+    Inspect(commands::inspect::Args),
+    /// Sign a halt, resume or revoke directive for a release into an origin store.
+    Directive(commands::directive::Args),
+    /// Print a node's audit log; --verify proves it unmodified.
+    Audit(commands::audit::Args),
+    /// Simulate a rollout scenario (or `sim compare` several): summary.json, timeseries.csv, plots.
     Sim(otamesh_sim::cli::SimArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Sim(args) => otamesh_sim::cli::run(args)?,
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(args) => commands::keygen::run(args),
+        Command::Publish(args) => commands::publish::run(args),
+        Command::Verify(args) => commands::verify::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Directive(args) => commands::directive::run(args),
+        Command::Audit(args) => commands::audit::run(args),
+        Command::Sim(args) => {
+            otamesh_sim::cli::run(args).map(|()| ExitCode::SUCCESS).map_err(anyhow::Error::from)
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
-    Ok(())
 }

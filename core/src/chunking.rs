@@ -88,6 +88,56 @@ pub fn boundaries(
     Ok(fastcdc::v2020::FastCDC::new(data, config.min, config.avg, config.max).map(|c| (c.offset, c.length)))
 }
 
+/// Chunk bytes that were checked against their id. Only [`VerifiedChunk::new`] makes
+/// one, so a store that takes only `VerifiedChunk`s never holds an unverified byte.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VerifiedChunk {
+    id: ChunkId,
+    bytes: Vec<u8>,
+}
+
+/// Bytes that do not hash to the id they were fetched or stored under.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("chunk {expected} does not match its bytes (they hash to {actual})")]
+pub struct ChunkMismatch {
+    /// The id asked for.
+    pub expected: ChunkId,
+    /// What the bytes hash to.
+    pub actual: ChunkId,
+}
+
+impl VerifiedChunk {
+    /// Checks `bytes` against `id`.
+    pub fn new(id: ChunkId, bytes: Vec<u8>) -> Result<Self, ChunkMismatch> {
+        let actual = ChunkId::of(&bytes);
+        if actual != id {
+            return Err(ChunkMismatch { expected: id, actual });
+        }
+        Ok(Self { id, bytes })
+    }
+
+    /// Its id.
+    pub fn id(&self) -> ChunkId {
+        self.id
+    }
+
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Gives the bytes back.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+impl std::fmt::Debug for VerifiedChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VerifiedChunk({:?}, {} bytes)", self.id, self.bytes.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +185,13 @@ mod tests {
                 assert!(chunks.len() >= 2, "{what}");
             }
         }
+    }
+
+    #[test]
+    fn verified_chunk_checks_its_bytes() {
+        let id = ChunkId::of(b"data");
+        assert!(VerifiedChunk::new(id, b"data".to_vec()).is_ok());
+        assert_eq!(VerifiedChunk::new(id, b"dat4".to_vec()).unwrap_err().expected, id);
     }
 
     #[test]

@@ -19,11 +19,13 @@
 //! - [`gate`]: the per-release tally of reports and the health gate.
 //! - [`lifecycle`]: the per-device state machine.
 //! - [`fetch`]: rendezvous hashing and the chunk fetch planner.
+//! - [`fleet`]: the fleet inventory and rollout reports built from signed reports.
 
 pub mod chunking;
 pub mod codec;
 pub mod directive;
 pub mod fetch;
+pub mod fleet;
 pub mod gate;
 pub mod ids;
 pub mod lifecycle;

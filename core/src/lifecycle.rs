@@ -23,7 +23,12 @@
 //! | Installing | discard the half-written inactive slot, back to Staged |
 //! | Activated | switch to the new slot again (idempotent), then check |
 //! | Checking | the new version may have caused the crash: roll back |
-//! | Committed, RolledBack | nothing to do |
+//! | RolledBack after a failed install | discard the inactive slot again |
+//! | RolledBack otherwise | roll back again (the switch may not have happened) |
+//! | Committed | nothing to do |
+//!
+//! Drivers execute [`Action::Rollback`] and [`Action::DiscardInactive`] idempotently:
+//! a rollback when the release is not the active one changes nothing.
 //!
 //! The active slot is only ever changed by [`Action::Activate`] and
 //! [`Action::Rollback`], both atomic switches, so it is never half-written.
@@ -189,7 +194,11 @@ impl Lifecycle {
             }
             State::Activated => m.actions.push_back(Action::Activate),
             State::Checking => m.roll_back(Reason::CrashedDuringCheck),
-            State::Committed | State::RolledBack(_) => {}
+            // The state is persisted before its side effects run, so they may not have
+            // happened: repeat them. Both are idempotent for the driver.
+            State::RolledBack(Reason::InstallFailed(_)) => m.actions.push_back(Action::DiscardInactive),
+            State::RolledBack(_) => m.actions.push_back(Action::Rollback),
+            State::Committed => {}
         }
         m
     }
@@ -371,19 +380,33 @@ pub enum Refusal {
         /// What is installed.
         installed: Option<u64>,
     },
+    /// This device already tried the release and rolled it back; it is not retried.
+    #[error("this release was rolled back on this device before and is not retried")]
+    RolledBackBefore,
 }
 
-/// Whether a device of `class` running `installed` (its sequence) takes up `manifest`.
-/// `revoke_target` is true when a verified revoke names this release as the one to go
-/// back to: then a lower sequence is allowed.
-pub fn admit(
-    manifest: &Manifest,
-    class: &str,
-    installed: Option<u64>,
-    revoke_target: bool,
-) -> Result<(), Refusal> {
+/// What a device knows about itself when a manifest arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// Its device class.
+    pub class: &'a str,
+    /// The sequence of the release it runs, if any.
+    pub installed: Option<u64>,
+    /// A verified revoke names this release as the one to go back to.
+    pub revoke_target: bool,
+    /// This device already rolled this release back.
+    pub rolled_back_before: bool,
+}
+
+/// Whether a device takes up `manifest`. A release named by a verified revoke as the
+/// one to go back to may have a lower sequence than the installed one.
+pub fn admit(manifest: &Manifest, facts: &Facts<'_>) -> Result<(), Refusal> {
+    let Facts { class, installed, revoke_target, rolled_back_before } = *facts;
     if manifest.class != class {
         return Err(Refusal::OtherClass { manifest: manifest.class.clone(), device: class.to_owned() });
+    }
+    if rolled_back_before && !revoke_target {
+        return Err(Refusal::RolledBackBefore);
     }
     if let Some(installed) = installed
         && manifest.sequence <= installed
@@ -598,17 +621,29 @@ mod tests {
         assert_eq!(state, State::RolledBack(Reason::CrashedDuringCheck));
         assert_eq!(actions[0], Action::Rollback);
         assert_eq!(rec(State::Committed), (State::Committed, vec![], None));
+        let revoked = State::RolledBack(Reason::Revoked);
+        assert_eq!(rec(revoked.clone()), (revoked, vec![Action::Rollback], None));
+        let failed = State::RolledBack(Reason::InstallFailed("disk full".into()));
+        assert_eq!(rec(failed.clone()), (failed, vec![Action::DiscardInactive], None));
     }
 
     #[test]
     fn admission_rules() {
         let m = crate::manifest::tests::sample(5);
-        admit(&m, "gw-arm64", Some(4), false).unwrap();
-        assert!(matches!(admit(&m, "other", None, false), Err(Refusal::OtherClass { .. })));
-        assert!(matches!(admit(&m, "gw-arm64", Some(5), false), Err(Refusal::NotNewer { .. })));
-        admit(&m, "gw-arm64", Some(7), true).unwrap();
+        let facts = |installed, revoke_target, rolled_back_before| Facts {
+            class: "gw-arm64",
+            installed,
+            revoke_target,
+            rolled_back_before,
+        };
+        admit(&m, &facts(Some(4), false, false)).unwrap();
+        let other = Facts { class: "other", ..facts(None, false, false) };
+        assert!(matches!(admit(&m, &other), Err(Refusal::OtherClass { .. })));
+        assert!(matches!(admit(&m, &facts(Some(5), false, false)), Err(Refusal::NotNewer { .. })));
+        admit(&m, &facts(Some(7), true, false)).unwrap();
+        assert_eq!(admit(&m, &facts(Some(4), false, true)), Err(Refusal::RolledBackBefore));
         let mut delta = m.clone();
         delta.precursor = Some(3);
-        assert!(matches!(admit(&delta, "gw-arm64", Some(4), false), Err(Refusal::WrongPrecursor { .. })));
+        assert!(matches!(admit(&delta, &facts(Some(4), false, false)), Err(Refusal::WrongPrecursor { .. })));
     }
 }

@@ -1,0 +1,230 @@
+//! The fleet as a node hears it: inventory and rollout reports from signed reports.
+//!
+//! There is no central server: every node keeps the view it builds from the signed
+//! reports it hears (the seed document's "assess needs" and "review and report"
+//! steps). [`FleetView`] keeps each device's newest report; [`FleetView::rollout`]
+//! summarises one release: devices per outcome and per wave, failure reasons, and when
+//! each wave's reports started and stopped coming in.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::gate::Recorded;
+use crate::report::{Outcome, VerifiedReport};
+use crate::rollout::{RolloutPolicy, position};
+use crate::{DeviceId, Millis, ReleaseId, UpdateKind};
+
+/// What the fleet view knows of one device: its newest report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceEntry {
+    /// The device.
+    pub device: DeviceId,
+    /// Its site.
+    pub site: String,
+    /// Its class.
+    pub class: String,
+    /// The release it runs.
+    pub active: Option<ReleaseId>,
+    /// The release its newest outcome is about.
+    pub release: ReleaseId,
+    /// That outcome.
+    pub outcome: Outcome,
+    /// The report's sequence (newer replaces older).
+    pub sequence: u64,
+    /// When it was sent.
+    pub last_seen: Millis,
+}
+
+/// Every device's newest report, and every outcome per release.
+#[derive(Debug, Clone, Default)]
+pub struct FleetView {
+    devices: BTreeMap<DeviceId, DeviceEntry>,
+    /// Per release, per device: (outcome, sent_at), newest per device.
+    outcomes: BTreeMap<ReleaseId, BTreeMap<DeviceId, (u64, Outcome, Millis)>>,
+}
+
+/// One wave of a rollout report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WaveReport {
+    /// Wave index (0 for a release without waves).
+    pub wave: usize,
+    /// Cumulative percent of the fleet.
+    pub percent: f64,
+    /// When the wave was allowed to start (created_at + offset).
+    pub opens_at: Millis,
+    /// Devices of this wave that committed.
+    pub committed: usize,
+    /// Devices of this wave whose install failed.
+    pub failed: usize,
+    /// Devices of this wave that rolled back.
+    pub rolled_back: usize,
+    /// The first outcome report of the wave.
+    pub first_report_at: Option<Millis>,
+    /// The last outcome report of the wave.
+    pub last_report_at: Option<Millis>,
+}
+
+/// One release's rollout as reports tell it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutReport {
+    /// The release.
+    pub release: ReleaseId,
+    /// Devices per outcome: `committed`, `failed`, `rolled_back`, `revoked`.
+    pub outcomes: BTreeMap<String, usize>,
+    /// Per wave.
+    pub waves: Vec<WaveReport>,
+    /// Failure reasons and how many devices gave each.
+    pub failure_reasons: BTreeMap<String, usize>,
+}
+
+impl FleetView {
+    /// Records a verified report; a report not newer than the device's last is stale.
+    pub fn record(&mut self, report: &VerifiedReport) -> Recorded {
+        let r = report.report();
+        let device = report.device();
+        let previous = self.devices.get(&device).map(|e| e.sequence);
+        if previous.is_some_and(|seq| seq >= r.sequence) {
+            return Recorded::Stale;
+        }
+        self.devices.insert(
+            device,
+            DeviceEntry {
+                device,
+                site: r.site.clone(),
+                class: r.class.clone(),
+                active: r.active,
+                release: r.release,
+                outcome: r.outcome.clone(),
+                sequence: r.sequence,
+                last_seen: r.sent_at,
+            },
+        );
+        self.outcomes
+            .entry(r.release)
+            .or_default()
+            .insert(device, (r.sequence, r.outcome.clone(), r.sent_at));
+        if previous.is_some() { Recorded::Updated } else { Recorded::New }
+    }
+
+    /// Every device heard of, by id.
+    pub fn devices(&self) -> impl Iterator<Item = &DeviceEntry> {
+        self.devices.values()
+    }
+
+    /// The rollout report of `release` under its `policy`.
+    pub fn rollout(
+        &self,
+        release: ReleaseId,
+        kind: UpdateKind,
+        created_at: Millis,
+        policy: &RolloutPolicy,
+    ) -> RolloutReport {
+        let waves_n =
+            if policy.waves.is_empty() || policy.skip_waves.contains(&kind) { 1 } else { policy.waves.len() };
+        let mut waves: Vec<WaveReport> = (0..waves_n)
+            .map(|i| {
+                let (percent, after_s) = policy.waves.get(i).map_or((100.0, 0), |w| (w.percent, w.after_s));
+                WaveReport {
+                    wave: i,
+                    percent: if waves_n == 1 { 100.0 } else { percent },
+                    opens_at: created_at.saturating_add(after_s.saturating_mul(1000)),
+                    committed: 0,
+                    failed: 0,
+                    rolled_back: 0,
+                    first_report_at: None,
+                    last_report_at: None,
+                }
+            })
+            .collect();
+        let mut outcomes = BTreeMap::new();
+        let mut failure_reasons = BTreeMap::new();
+        for (device, (_, outcome, at)) in self.outcomes.get(&release).into_iter().flatten() {
+            let wave = policy.wave_of(kind, position(release, *device)).unwrap_or(0);
+            let w = &mut waves[wave.min(waves_n - 1)];
+            let key = match outcome {
+                Outcome::Committed => {
+                    w.committed += 1;
+                    "committed"
+                }
+                Outcome::Failed { reason } => {
+                    w.failed += 1;
+                    *failure_reasons.entry(reason.clone()).or_insert(0) += 1;
+                    "failed"
+                }
+                Outcome::RolledBack { revoked: true, .. } => "revoked",
+                Outcome::RolledBack { reason, .. } => {
+                    w.rolled_back += 1;
+                    *failure_reasons.entry(reason.clone()).or_insert(0) += 1;
+                    "rolled_back"
+                }
+            };
+            *outcomes.entry(key.to_owned()).or_insert(0) += 1;
+            w.first_report_at = Some(w.first_report_at.map_or(*at, |t| t.min(*at)));
+            w.last_report_at = Some(w.last_report_at.map_or(*at, |t| t.max(*at)));
+        }
+        RolloutReport { release, outcomes, waves, failure_reasons }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SecretKey;
+    use crate::report::{Report, SignedReport};
+    use crate::rollout::Wave;
+
+    fn report(n: u8, release: ReleaseId, outcome: Outcome, sequence: u64) -> VerifiedReport {
+        let key = SecretKey::from_seed([n; 32]);
+        let r = Report {
+            device_key: key.public().to_bytes(),
+            site: format!("site{}", n % 2),
+            class: "gw".into(),
+            release,
+            outcome,
+            active: Some(release),
+            sequence,
+            sent_at: 1000 + u64::from(n),
+        };
+        SignedReport::sign(r, &key).verify().unwrap()
+    }
+
+    #[test]
+    fn newest_report_per_device_wins() {
+        let r = ReleaseId::from_bytes([1; 32]);
+        let mut fleet = FleetView::default();
+        assert_eq!(fleet.record(&report(1, r, Outcome::Committed, 5)), Recorded::New);
+        assert_eq!(fleet.record(&report(1, r, Outcome::Committed, 4)), Recorded::Stale);
+        let failed = Outcome::RolledBack { reason: "health".into(), revoked: false };
+        assert_eq!(fleet.record(&report(1, r, failed.clone(), 6)), Recorded::Updated);
+        assert_eq!(fleet.devices().count(), 1);
+        assert_eq!(fleet.devices().next().unwrap().outcome, failed);
+    }
+
+    #[test]
+    fn rollout_report_counts_per_wave_and_reason() {
+        let r = ReleaseId::from_bytes([2; 32]);
+        let policy = RolloutPolicy {
+            waves: vec![
+                Wave { percent: 50.0, after_s: 0, require_success: None, require_reports: 0 },
+                Wave { percent: 100.0, after_s: 10, require_success: None, require_reports: 0 },
+            ],
+            ..Default::default()
+        };
+        let mut fleet = FleetView::default();
+        for n in 0..20u8 {
+            let outcome =
+                if n % 5 == 0 { Outcome::Failed { reason: "disk full".into() } } else { Outcome::Committed };
+            let _ = fleet.record(&report(n, r, outcome, 1));
+        }
+        let rep = fleet.rollout(r, UpdateKind::Firmware, 0, &policy);
+        assert_eq!(rep.outcomes["committed"], 16);
+        assert_eq!(rep.outcomes["failed"], 4);
+        assert_eq!(rep.failure_reasons["disk full"], 4);
+        assert_eq!(rep.waves.len(), 2);
+        assert_eq!(rep.waves[1].opens_at, 10_000);
+        let per_wave: usize = rep.waves.iter().map(|w| w.committed + w.failed).sum();
+        assert_eq!(per_wave, 20);
+        assert!(rep.waves.iter().all(|w| w.committed > 0), "both waves got devices: {rep:?}");
+    }
+}

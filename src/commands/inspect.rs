@@ -1,0 +1,103 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use otamesh_core::SignedManifest;
+use otamesh_core::directive::{Order, SignedDirective};
+use serde_json::json;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A manifest or directive file.
+    file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let path = args.file.display();
+    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {path}"))?;
+    let value = if let Ok(m) = SignedManifest::from_bytes(&bytes) {
+        manifest_json(&m)
+    } else if let Ok(d) = SignedDirective::from_bytes(&bytes) {
+        directive_json(&d)
+    } else {
+        anyhow::bail!("{path}: neither a manifest nor a directive (truncated or corrupted?)");
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print_text(&value, 0);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn manifest_json(s: &SignedManifest) -> serde_json::Value {
+    let m = &s.manifest;
+    json!({
+        "type": "manifest",
+        "release_id": m.release_id().to_hex(),
+        "format": m.format,
+        "vendor": m.vendor,
+        "product": m.product,
+        "class": m.class,
+        "sequence": m.sequence,
+        "version": m.version,
+        "kind": m.kind.as_str(),
+        "payload": {
+            "size": m.payload.size,
+            "digest": hex::encode(m.payload.digest),
+            "chunks": m.payload.chunks.len(),
+        },
+        "precursor": m.precursor,
+        "created_at": m.created_at,
+        "expires_at": m.expires_at,
+        "rollout": serde_json::to_value(&m.rollout).unwrap_or_default(),
+        "signatures": s.signatures.iter().map(|sig| sig.key.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+fn directive_json(s: &SignedDirective) -> serde_json::Value {
+    let d = &s.directive;
+    let (order, to) = match d.order {
+        Order::Halt => ("halt", None),
+        Order::Resume => ("resume", None),
+        Order::Revoke { to } => ("revoke", Some(to.to_hex())),
+    };
+    json!({
+        "type": "directive",
+        "release_id": d.release.to_hex(),
+        "order": order,
+        "to": to,
+        "sequence": d.sequence,
+        "issued_at": d.issued_at,
+        "signatures": s.signatures.iter().map(|sig| sig.key.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+fn print_text(value: &serde_json::Value, depth: usize) {
+    let Some(map) = value.as_object() else { return };
+    for (k, v) in map {
+        let pad = "  ".repeat(depth);
+        match v {
+            serde_json::Value::Object(_) => {
+                println!("{pad}{k}:");
+                print_text(v, depth + 1);
+            }
+            serde_json::Value::Array(items) => {
+                let items: Vec<String> = items.iter().map(scalar).collect();
+                println!("{pad}{k}: [{}]", items.join(", "));
+            }
+            _ => println!("{pad}{k}: {}", scalar(v)),
+        }
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,304 @@
+//! The release CLI as a user drives it: keygen, publish, verify, inspect, and every bad
+//! input of the Foundation issue, each with its exit code and a one-line message.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use otamesh_core::SignedManifest;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn otamesh(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_otamesh")).args(args).current_dir(dir).output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Deterministic incompressible bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A temp dir with a key pair `pub1` and a published 4 MiB release (sequence 1).
+struct Fixture {
+    dir: tempfile::TempDir,
+    release: String,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(otamesh(dir.path(), &["keygen", "--out", "pub1"]).code, 0);
+        fs::write(dir.path().join("fw1.bin"), noise(1, 4 << 20)).unwrap();
+        let r = publish(dir.path(), "fw1.bin", "1", &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let release = r.stdout.lines().next().unwrap().to_owned();
+        Self { dir, release }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn manifest(&self) -> PathBuf {
+        self.path().join(format!("store/manifests/{}.manifest", self.release))
+    }
+
+    fn verify(&self, extra: &[&str]) -> Run {
+        let m = self.manifest().display().to_string();
+        let mut args = vec!["verify", "--trust", "pub1.pub", "--manifest", &m];
+        args.extend_from_slice(extra);
+        otamesh(self.path(), &args)
+    }
+
+    /// Every file of the store with its size, to prove a failed command changed nothing.
+    fn store_listing(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.path().join("store")];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push((e.path().display().to_string(), e.metadata().unwrap().len()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn publish(dir: &Path, artifact: &str, sequence: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "publish",
+        "--key",
+        "pub1.key",
+        "--artifact",
+        artifact,
+        "--class",
+        "gw",
+        "--version",
+        "1.0",
+        "--sequence",
+        sequence,
+        "--kind",
+        "firmware",
+        "--store",
+        "store",
+    ];
+    args.extend_from_slice(extra);
+    otamesh(dir, &args)
+}
+
+#[test]
+fn publish_then_verify_passes_with_the_store() {
+    let f = Fixture::new();
+    let r = f.verify(&["--store", "store"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(&f.release));
+}
+
+#[test]
+fn delta_publish_reuses_most_chunks() {
+    let f = Fixture::new();
+    let mut v2 = noise(1, 4 << 20);
+    let tail = v2.split_off(2 << 20);
+    v2.extend(noise(2, 256 << 10));
+    v2.extend(tail);
+    fs::write(f.path().join("fw2.bin"), v2).unwrap();
+    let r = publish(f.path(), "fw2.bin", "2", &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // "chunks: 81 (7 new, 91.4% already in the store)"
+    let line = r.stdout.lines().find(|l| l.starts_with("chunks:")).unwrap();
+    let pct: f64 = line
+        .split('(')
+        .nth(1)
+        .unwrap()
+        .split(", ")
+        .nth(1)
+        .unwrap()
+        .split('%')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pct >= 90.0, "{line}");
+}
+
+#[test]
+fn flipped_byte_in_a_chunk_fails_naming_the_chunk() {
+    let f = Fixture::new();
+    let signed = SignedManifest::from_bytes(&fs::read(f.manifest()).unwrap()).unwrap();
+    let victim = signed.manifest.payload.chunks[3].id;
+    let path = f.path().join("store").join(otamesh_node::store::Store::chunk_rel_path(victim));
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[10] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+    let r = f.verify(&["--store", "store"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains(&victim.to_hex()), "{}", r.stderr);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "one line: {}", r.stderr);
+}
+
+#[test]
+fn missing_chunk_fails_naming_the_chunk() {
+    let f = Fixture::new();
+    let signed = SignedManifest::from_bytes(&fs::read(f.manifest()).unwrap()).unwrap();
+    let victim = signed.manifest.payload.chunks[0].id;
+    fs::remove_file(f.path().join("store").join(otamesh_node::store::Store::chunk_rel_path(victim))).unwrap();
+    let r = f.verify(&["--store", "store"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("missing") && r.stderr.contains(&victim.to_hex()), "{}", r.stderr);
+}
+
+#[test]
+fn wrong_key_is_invalid() {
+    let f = Fixture::new();
+    assert_eq!(otamesh(f.path(), &["keygen", "--out", "other"]).code, 0);
+    let m = f.manifest().display().to_string();
+    let r = otamesh(f.path(), &["verify", "--trust", "other.pub", "--manifest", &m]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("0 valid signature(s)"), "{}", r.stderr);
+}
+
+#[test]
+fn truncated_and_bit_flipped_manifests_are_invalid() {
+    let f = Fixture::new();
+    let original = fs::read(f.manifest()).unwrap();
+    for (what, bytes) in [
+        ("truncated", original[..original.len() / 2].to_vec()),
+        ("bit-flipped", {
+            let mut b = original.clone();
+            // Inside the version string: still decodes, so the signature must catch it.
+            let i = b.windows(3).position(|w| w == b"1.0").unwrap();
+            b[i] ^= 0x02;
+            b
+        }),
+    ] {
+        fs::write(f.manifest(), &bytes).unwrap();
+        let r = f.verify(&[]);
+        assert_eq!(r.code, 1, "{what}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&f.manifest().display().to_string()),
+            "{what} names the file: {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn too_few_signatures_for_the_threshold() {
+    let f = Fixture::new();
+    assert_eq!(otamesh(f.path(), &["keygen", "--out", "second"]).code, 0);
+    let a = fs::read_to_string(f.path().join("pub1.pub")).unwrap();
+    let b = fs::read_to_string(f.path().join("second.pub")).unwrap();
+    fs::write(
+        f.path().join("trust.toml"),
+        format!("threshold = 2\nkeys = [\"{}\", \"{}\"]\n", a.trim(), b.trim()),
+    )
+    .unwrap();
+    let m = f.manifest().display().to_string();
+    let r = otamesh(f.path(), &["verify", "--trust", "trust.toml", "--manifest", &m]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("1 valid signature(s) from trusted keys, 2 required"), "{}", r.stderr);
+}
+
+#[test]
+fn expired_manifest_is_invalid() {
+    let f = Fixture::new();
+    let key = otamesh_node::keys::read_secret_key(&f.path().join("pub1.key")).unwrap();
+    let mut m = SignedManifest::from_bytes(&fs::read(f.manifest()).unwrap()).unwrap().manifest;
+    m.expires_at = Some(m.created_at + 1);
+    let path = f.path().join("expired.manifest");
+    fs::write(&path, key.sign_manifest(m).to_bytes()).unwrap();
+    let r = otamesh(f.path(), &["verify", "--trust", "pub1.pub", "--manifest", "expired.manifest"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("expired"), "{}", r.stderr);
+}
+
+#[test]
+fn manifest_for_another_class_is_invalid() {
+    let f = Fixture::new();
+    let r = f.verify(&["--class", "camera"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("camera"), "{}", r.stderr);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let f = Fixture::new();
+    assert_eq!(otamesh(f.path(), &["verify", "--manifest", "x"]).code, 2);
+    let m = f.manifest().display().to_string();
+    let r = otamesh(f.path(), &["verify", "--trust", "missing.pub", "--manifest", &m]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("missing.pub"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_publish_inputs_leave_the_store_as_it_was() {
+    let f = Fixture::new();
+    let before = f.store_listing();
+    fs::write(f.path().join("fw3.bin"), noise(3, 1 << 20)).unwrap();
+    fs::write(f.path().join("bad.toml"), "[[waves]]\npercent = 50\nspeed = 3\n").unwrap();
+    fs::write(f.path().join("short.toml"), "[[waves]]\npercent = 50\n").unwrap();
+    fs::write(f.path().join("garbage.key"), "not a key").unwrap();
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["--rollout", "bad.toml"], "3", "speed"),
+        (&["--rollout", "short.toml"], "3", "100"),
+        (&["--rollout", "missing.toml"], "3", "missing.toml"),
+        (&[], "1", "sequence 1"),
+    ];
+    for (extra, seq, expect) in cases {
+        let r = publish(f.path(), "fw3.bin", seq, extra);
+        assert_ne!(r.code, 0, "{extra:?}");
+        assert!(r.stderr.contains(expect), "{extra:?}: {}", r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "one line: {}", r.stderr);
+    }
+    let r = publish(f.path(), "missing.bin", "3", &[]);
+    assert!(r.code != 0 && r.stderr.contains("missing.bin"), "{}", r.stderr);
+    let mut args = vec!["publish", "--key", "garbage.key", "--artifact", "fw3.bin", "--class", "gw"];
+    args.extend(["--version", "3", "--sequence", "3", "--kind", "firmware", "--store", "store"]);
+    let r = otamesh(f.path(), &args);
+    assert!(r.code != 0 && r.stderr.contains("garbage.key"), "{}", r.stderr);
+    assert_eq!(f.store_listing(), before);
+}
+
+#[test]
+fn inspect_json_shows_the_release() {
+    let f = Fixture::new();
+    let m = f.manifest().display().to_string();
+    let r = otamesh(f.path(), &["inspect", &m, "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["release_id"], f.release.as_str());
+    assert_eq!(v["sequence"], 1);
+    assert_eq!(v["class"], "gw");
+    let r = otamesh(f.path(), &["inspect", "pub1.pub"]);
+    assert_eq!(r.code, 1);
+}
+
+#[test]
+fn keygen_refuses_to_overwrite() {
+    let f = Fixture::new();
+    let r = otamesh(f.path(), &["keygen", "--out", "pub1"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+}
