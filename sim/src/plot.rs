@@ -64,7 +64,6 @@ pub fn compare(curves: &[Curve], path: &Path) -> Result<(), SimError> {
 
 type DrawResult = Result<(), String>;
 
-
 #[derive(Debug, Clone, Copy)]
 enum Figure<'a> {
     Convergence(&'a RunResult),
