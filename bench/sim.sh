@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The simulator's performance benchmark (a benchmark, not a test: timing targets do not
+# belong in the test suite). Targets on a 2-core machine, p2p-dedup, 64 MiB release:
+#   bench-100k.toml (100,000 devices, 1,000 sites)   <= 10 s wall
+#   fleet-1m.toml   (1,000,000 devices, 10,000 sites) <= 60 s wall, <= 2 GiB peak RSS
+# Usage: bench/sim.sh [RUNS]   (default 3; prints each run and the median)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${1:-3}"
+cargo build --release --quiet
+for scenario in bench-100k fleet-1m; do
+    walls=()
+    for i in $(seq "$runs"); do
+        out="$(mktemp -d)"
+        /usr/bin/time -v target/release/otamesh sim "scenarios/$scenario.toml" --out "$out" --quiet \
+            >"$out/stdout" 2>"$out/time"
+        wall="$(grep -o '"wall_s": [0-9.]*' "$out/summary.json" | cut -d' ' -f2)"
+        events="$(grep -o '"events": [0-9]*' "$out/summary.json" | cut -d' ' -f2)"
+        rss="$(grep 'Maximum resident' "$out/time" | awk '{print $6}')"
+        printf '%s run %s: %s s, %s events, %.0f events/s, peak RSS %.0f MiB\n' \
+            "$scenario" "$i" "$wall" "$events" "$(echo "$events / $wall" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+        walls+=("$wall")
+        rm -rf "$out"
+    done
+    median="$(printf '%s\n' "${walls[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+    echo "$scenario median wall: $median s"
+done
