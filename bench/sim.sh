@@ -17,8 +17,8 @@ for scenario in bench-100k fleet-1m; do
         wall="$(grep -o '"wall_s": [0-9.]*' "$out/summary.json" | cut -d' ' -f2)"
         events="$(grep -o '"events": [0-9]*' "$out/summary.json" | cut -d' ' -f2)"
         rss="$(grep 'Maximum resident' "$out/time" | awk '{print $6}')"
-        printf '%s run %s: %s s, %s events, %.0f events/s, peak RSS %.0f MiB\n' \
-            "$scenario" "$i" "$wall" "$events" "$(echo "$events / $wall" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+        awk -v s="$scenario" -v i="$i" -v w="$wall" -v e="$events" -v r="$rss" 'BEGIN {
+            printf "%s run %s: %s s, %d events, %.0f events/s, peak RSS %.0f MiB\n", s, i, w, e, e / w, r / 1024 }' 
         walls+=("$wall")
         rm -rf "$out"
     done
