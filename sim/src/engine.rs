@@ -12,8 +12,7 @@
 //! fleet: device timeouts that fall on the same millisecond (a wave opening, a
 //! maintenance window) share one calendar entry, and each flow group has one timer.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 
 use otamesh_core::gate::{Tally, Verdict};
 use otamesh_core::lifecycle::{Action, Context, Lifecycle, Reason, State};
@@ -21,6 +20,7 @@ use otamesh_core::rollout::{DeviceInfo, ReleaseInfo, RolloutPolicy, position};
 use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, fetch};
 
 use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, Net, Timer};
+use crate::queue::RadixQueue;
 use crate::rng::{self, Purpose};
 use crate::scenario::{AnnounceMode, Mode, Scenario, SiteSize};
 
@@ -163,32 +163,6 @@ enum Ev {
     Sample,
 }
 
-#[derive(Debug)]
-struct Entry {
-    t: Micros,
-    seq: u64,
-    important: bool,
-    ev: Ev,
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.t, self.seq) == (other.t, other.seq)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // Reversed for a min-heap: earliest time first, then insertion order.
-        (other.t, other.seq).cmp(&(self.t, self.seq))
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FlowKind {
     /// A device's whole remaining release from the origin (central mode).
@@ -281,7 +255,7 @@ struct World<'a> {
     in_flight_at_halt: u64,
 
     // Queue.
-    heap: BinaryHeap<Entry>,
+    heap: RadixQueue<(bool, Ev)>,
     seq: u64,
     important: u64,
     calendar: BTreeMap<Micros, Vec<u32>>,
@@ -466,7 +440,7 @@ impl<'a> World<'a> {
             halted_at: None,
             revoked_at: None,
             in_flight_at_halt: 0,
-            heap: BinaryHeap::new(),
+            heap: RadixQueue::default(),
             seq: 0,
             important: 0,
             calendar: BTreeMap::new(),
@@ -489,7 +463,7 @@ impl<'a> World<'a> {
         if important {
             self.important += 1;
         }
-        self.heap.push(Entry { t, seq: self.seq, important, ev });
+        self.heap.push((t, self.seq), (important, ev));
     }
 
     fn now_ms(&self) -> Millis {
@@ -502,17 +476,17 @@ impl<'a> World<'a> {
 
     fn run(&mut self, progress: &mut dyn FnMut(Progress)) {
         self.start();
-        while let Some(e) = self.heap.pop() {
-            if e.t > self.end_us {
+        while let Some(((t, _), (important, ev))) = self.heap.pop() {
+            if t > self.end_us {
                 self.now = self.end_us;
                 break;
             }
-            self.now = e.t;
-            if e.important {
+            self.now = t;
+            if important {
                 self.important -= 1;
             }
             self.events += 1;
-            self.handle(e.ev);
+            self.handle(ev);
             self.after_event();
             if self.events & 0xFFFF == 0 {
                 progress(Progress {

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod engine;
 pub mod net;
 pub mod plot;
+pub mod queue;
 pub mod report;
 pub mod rng;
 pub mod scenario;

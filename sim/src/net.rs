@@ -237,18 +237,17 @@ impl Net {
             return;
         }
         self.advance(timer.group, now);
-        let mut i = 0;
-        while i < self.groups[timer.group as usize].flows.len() {
-            let id = self.groups[timer.group as usize].flows[i];
+        let start = out.len();
+        for &id in &self.groups[timer.group as usize].flows {
             let f = &self.flows[id as usize];
             // Finish times are rounded up to the microsecond, so a due flow has at most
             // rounding error left.
             if f.remaining <= f.rate * 1e-6 + 1e-6 {
                 out.push(Ended { flow: id, bytes: f.total });
-                self.remove(id);
-            } else {
-                i += 1;
             }
+        }
+        for i in start..out.len() {
+            self.remove(out[i].flow);
         }
         self.mark(timer.group);
     }
@@ -268,15 +267,21 @@ impl Net {
                 self.solve(group);
             }
             let g = &mut self.groups[group as usize];
-            let mut at = Micros::MAX;
+            // The flow that finishes first: the smallest remaining/rate.
+            let mut soonest = f64::INFINITY;
             for &id in &g.flows {
                 let f = &self.flows[id as usize];
-                if f.rate > 0.0 {
-                    let left = f.remaining.max(0.0) / f.rate * 1e6;
-                    let whole = left as Micros;
-                    at = at.min(g.last + whole + Micros::from((whole as f64) < left));
+                if f.rate > 0.0 && f.remaining < soonest * f.rate {
+                    soonest = f.remaining.max(0.0) / f.rate;
                 }
             }
+            let at = if soonest.is_finite() {
+                let left = soonest * 1e6;
+                let whole = left as Micros;
+                g.last + whole + Micros::from((whole as f64) < left)
+            } else {
+                Micros::MAX
+            };
             g.next_at = at;
             let timer = (at < g.armed).then(|| {
                 g.armed = at;
