@@ -246,8 +246,8 @@ impl Net {
                 out.push(Ended { flow: id, bytes: f.total });
             }
         }
-        for i in start..out.len() {
-            self.remove(out[i].flow);
+        for e in &out[start..] {
+            self.remove(e.flow);
         }
         self.mark(timer.group);
     }

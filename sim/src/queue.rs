@@ -96,7 +96,7 @@ mod tests {
         let (mut now, mut seq) = (0u64, 0u64);
         for i in 0..20_000u64 {
             let r = draw(5, i, Purpose::Churn, 0);
-            if r % 3 != 0 || heap.is_empty() {
+            if !r.is_multiple_of(3) || heap.is_empty() {
                 seq += 1;
                 let t = now + [0, 1, 7, 1_000, 1 << 40][(r >> 8) as usize % 5] * (r >> 20 & 3);
                 radix.push((t, seq), i);
