@@ -224,8 +224,8 @@ struct World<'a> {
     // Sites.
     site_start: Vec<u32>,
     site_zone: Vec<i16>,
-    holders: Vec<u16>,
-    downloading: Vec<u16>,
+    holders: Vec<u32>,
+    downloading: Vec<u32>,
     slots: u16,
     pool: Vec<u64>,
     site_upload: Vec<u64>,
@@ -1219,7 +1219,7 @@ impl<'a> World<'a> {
         let rot = (rng::draw(self.seed, u64::from(d), Purpose::PieceOrder, 0) % u64::from(self.k)) as u32;
         // Rarest first among pieces some online site peer holds and can serve (each
         // holder serves `upload_slots` peers at once, as swarming clients do).
-        let mut best: Option<(u16, u32, u32)> = None;
+        let mut best: Option<(u32, u32, u32)> = None;
         let mut unheld = 0u64;
         for p in bits(need) {
             let slot = (s * self.k + p) as usize;
@@ -1228,7 +1228,7 @@ impl<'a> World<'a> {
                 unheld |= 1 << p;
                 continue;
             }
-            if u32::from(self.downloading[slot]) >= u32::from(h) * u32::from(self.slots) {
+            if u64::from(self.downloading[slot]) >= u64::from(h) * u64::from(self.slots) {
                 continue;
             }
             let key = (h, (p + self.k - rot) % self.k, p);

@@ -19,6 +19,16 @@ use serde::{Deserialize, Serialize};
 /// The most pieces a release may be cut into (a device's pieces are one `u64` bitmap).
 pub const MAX_PIECES: u64 = 64;
 
+/// The largest fleet a scenario may describe.
+pub const MAX_DEVICES: u32 = 20_000_000;
+
+/// The most hardware classes.
+pub const MAX_CLASSES: usize = 255;
+
+/// No time in a scenario may exceed this many seconds (about 30 years): virtual time is
+/// integer microseconds and must not overflow.
+pub const MAX_TIME_S: f64 = 1e9;
+
 /// A whole scenario.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -398,16 +408,25 @@ impl Scenario {
         let non_negative = |key: &str, v: f64| {
             if v.is_finite() && v >= 0.0 { Ok(()) } else { bad(key, &format!("{v} must be zero or more")) }
         };
+        // A duration in seconds: zero or more, and not beyond MAX_TIME_S.
+        let time = |key: &str, v: f64| {
+            non_negative(key, v)?;
+            if v <= MAX_TIME_S { Ok(()) } else { bad(key, &format!("{v} s is longer than {MAX_TIME_S} s")) }
+        };
         let probability = |key: &str, v: f64| {
             if (0.0..=1.0).contains(&v) { Ok(()) } else { bad(key, &format!("{v} is a probability: 0 to 1")) }
         };
         positive("sim.duration_s", self.sim.duration_s)?;
+        time("sim.duration_s", self.sim.duration_s)?;
         if let Some(s) = self.sim.sample_s {
             positive("sim.sample_s", s)?;
+            if s < self.sim.duration_s / 1e6 {
+                return bad("sim.sample_s", "more than a million samples: use at least duration_s / 1e6");
+            }
         }
         let f = &self.fleet;
-        if f.devices == 0 {
-            return bad("fleet.devices", "a fleet needs at least one device");
+        if f.devices == 0 || f.devices > MAX_DEVICES {
+            return bad("fleet.devices", &format!("must be between 1 and {MAX_DEVICES}"));
         }
         if f.sites == 0 || f.sites > f.devices {
             return bad("fleet.sites", "must be between 1 and the number of devices");
@@ -418,8 +437,8 @@ impl Scenario {
         if let Some(o) = f.utc_offsets_min.iter().find(|o| !(-720..=840).contains(*o)) {
             return bad("fleet.utc_offsets_min", &format!("{o} minutes is not a time zone: use -720 to 840"));
         }
-        if self.classes.is_empty() {
-            return bad("class", "define at least one [[class]]");
+        if self.classes.is_empty() || self.classes.len() > MAX_CLASSES {
+            return bad("class", &format!("define 1 to {MAX_CLASSES} [[class]] sections"));
         }
         let mut total = 0.0;
         for (i, c) in self.classes.iter().enumerate() {
@@ -431,13 +450,13 @@ impl Scenario {
             }
             for (field, span) in [("install_s", c.install_s), ("reboot_s", c.reboot_s)] {
                 let (lo, hi) = span.bounds();
-                non_negative(&k(field), lo)?;
-                non_negative(&k(field), hi)?;
+                time(&k(field), lo)?;
+                time(&k(field), hi)?;
                 if hi < lo {
                     return bad(&k(field), &format!("[{lo}, {hi}]: the minimum comes first"));
                 }
             }
-            non_negative(&k("health_check_s"), c.health_check_s)?;
+            time(&k("health_check_s"), c.health_check_s)?;
             positive(&k("downlink_mbps"), c.downlink_mbps)?;
             positive(&k("uplink_mbps"), c.uplink_mbps)?;
             probability(&k("health_fail"), c.health_fail)?;
@@ -467,7 +486,7 @@ impl Scenario {
         non_negative("network.origin_egress_mbps", n.origin_egress_mbps)?;
         positive("network.site_wan_mbps", n.site_wan_mbps)?;
         positive("network.site_lan_mbps", n.site_lan_mbps)?;
-        non_negative("network.latency_ms", n.latency_ms)?;
+        time("network.latency_ms", n.latency_ms / 1000.0)?;
         if n.wan_parallel == 0 {
             return bad("network.wan_parallel", "0 would never fetch: use at least 1");
         }
@@ -475,18 +494,22 @@ impl Scenario {
             return bad("network.upload_slots", "0 would never share a piece: use at least 1");
         }
         let a = &self.announce;
-        non_negative("announce.hop_delay_s", a.hop_delay_s)?;
+        time("announce.hop_delay_s", a.hop_delay_s)?;
         positive("announce.poll_interval_s", a.poll_interval_s)?;
+        time("announce.poll_interval_s", a.poll_interval_s)?;
         if a.fanout == 0 {
             return bad("announce.fanout", "0 would never spread: use at least 1");
         }
         if let Some(c) = &self.churn {
             positive("churn.mean_online_s", c.mean_online_s)?;
             positive("churn.mean_offline_s", c.mean_offline_s)?;
+            // Exponential draws reach about 40 means at most.
+            time("churn.mean_online_s", c.mean_online_s * 40.0)?;
+            time("churn.mean_offline_s", c.mean_offline_s * 40.0)?;
         }
         let d = &self.directives;
-        non_negative("directives.report_delay_s", d.report_delay_s)?;
-        non_negative("directives.delay_s", d.delay_s)?;
+        time("directives.report_delay_s", d.report_delay_s)?;
+        time("directives.delay_s", d.delay_s)?;
         for (key, v) in [
             ("directives.halt_at_s", d.halt_at_s),
             ("directives.resume_at_s", d.resume_at_s),
@@ -494,7 +517,7 @@ impl Scenario {
             ("directives.revoke_after_halt_s", d.revoke_after_halt_s),
         ] {
             if let Some(v) = v {
-                non_negative(key, v)?;
+                time(key, v)?;
             }
         }
         self.rollout.validate().map_err(|e| (policy_key(&e), e.to_string()))?;
@@ -640,6 +663,10 @@ site_lan_mbps = 1000
             ("class.0.health_fail=1.5", "class[0].health_fail", "probability"),
             // Too many pieces.
             ("release.piece_bytes=1000", "release.piece_bytes", "pieces"),
+            // A time that would overflow virtual time.
+            ("class.0.install_s=1e300", "class[0].install_s", "longer"),
+            // A fleet too large to hold.
+            ("fleet.devices=4000000000", "fleet.devices", "between"),
             // A wrong type.
             ("fleet.devices=\"many\"", "fleet.devices", "invalid type"),
         ];
