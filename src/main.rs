@@ -29,6 +29,10 @@ enum Command {
     Directive(commands::directive::Args),
     /// Print a node's audit log; --verify proves it unmodified.
     Audit(commands::audit::Args),
+    /// Run a device node: gossip releases, fetch chunks LAN-first, serve /status and /metrics.
+    Node(otamesh_node::cli::NodeArgs),
+    /// Push a signed manifest into the mesh through a running node.
+    Announce(otamesh_node::cli::AnnounceArgs),
     /// Simulate a rollout scenario (or `sim compare` several): summary.json, timeseries.csv, plots.
     Sim(otamesh_sim::cli::SimArgs),
 }
@@ -42,9 +46,13 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Directive(args) => commands::directive::run(args),
         Command::Audit(args) => commands::audit::run(args),
-        Command::Sim(args) => {
-            otamesh_sim::cli::run(args).map(|()| ExitCode::SUCCESS).map_err(anyhow::Error::from)
+        Command::Node(args) => {
+            otamesh_node::cli::run_node(args).map(|()| ExitCode::SUCCESS).map_err(Into::into)
         }
+        Command::Announce(args) => {
+            otamesh_node::cli::run_announce(args).map(|()| ExitCode::SUCCESS).map_err(Into::into)
+        }
+        Command::Sim(args) => otamesh_sim::cli::run(args).map(|()| ExitCode::SUCCESS).map_err(Into::into),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -3,17 +3,34 @@
 //! - [`store`]: the content-addressed release store (also the origin's layout).
 //! - [`keys`]: key files and trust files.
 //! - [`clock`]: the wall clock, read in one place.
+//! - [`datadir`]: the node's data directory (lock, identity, accepted manifests).
+//! - [`config`]: flags and `--config` TOML for `otamesh node`.
+//! - [`wire`]: gossip payloads and the chunk exchange protocol.
+//! - [`origin`]: the HTTP(S) origin client (rate limit, retries, byte counters).
+//! - [`metrics`], [`api`]: Prometheus metrics and the `/status` + `/metrics` API.
+//! - [`node`]: the daemon's event loop, driving the core's fetch planner.
+//! - [`announce`]: `otamesh announce`.
+//! - [`cli`]: the entry points the `otamesh` binary calls.
 //! - [`db`]: SQLite state: lifecycle per release, slots, the hash-chained audit log.
 //! - [`slots`]: A/B slot directories and the atomic switch.
 //! - [`hooks`]: the install hook and the health check.
 
+pub mod announce;
+pub mod api;
+pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod datadir;
 pub mod db;
 pub mod device;
 pub mod hooks;
 pub mod keys;
+pub mod metrics;
+pub mod node;
+pub mod origin;
 pub mod slots;
 pub mod store;
+pub mod wire;
 
 #[cfg(test)]
 pub(crate) mod testkit;

@@ -1,0 +1,975 @@
+//! The node daemon: one `tokio::select!` loop that translates between libp2p, the
+//! origin, the disk and the core's fetch planners.
+//!
+//! Swarm events, results of spawned origin and disk tasks, and the planners' next
+//! timeout become planner inputs; planner outputs become chunk requests, origin
+//! downloads and bans. Nothing in the loop blocks: disk writes and hashing run on the
+//! blocking pool and report back through one bounded channel.
+//!
+//! **Goals:** every chunk verified before it is stored or served; bytes from the
+//! network never panic the node; a full disk, an unreachable origin or a misbehaving
+//! peer is logged and survived. **Non-goals (yet):** installing releases (the lifecycle
+//! issue), reports and directives (the fleet issue); the gossip topics and the
+//! `Internal` events leave room for them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, MessageId};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, tcp, yamux};
+use otamesh_core::chunking::VerifiedChunk;
+use otamesh_core::fetch::{Output, Planner, PlannerConfig, Source};
+use otamesh_core::lifecycle::{Facts, admit};
+use otamesh_core::manifest::SignedManifest;
+use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, TrustRoot, VerifiedManifest, codec};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::api::{ReleaseStatus, Status};
+use crate::clock::now_ms;
+use crate::config::NodeConfig;
+use crate::datadir::{DataDir, DataDirError, device_id, peer_device};
+use crate::metrics::Metrics;
+use crate::origin::{Origin, OriginError};
+use crate::store::Store;
+use crate::wire::{
+    self, CHUNK_PROTOCOL, ChunkCodec, Have, RELEASES_TOPIC, Request, Response, SiteMessage, Want,
+};
+
+/// How often a node gossips its have-bitfields even when nothing changed.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The shortest gap between two have-bitfield messages.
+const HAVE_MIN_GAP: Duration = Duration::from_millis(300);
+/// A site peer not heard for this long is no longer a member.
+const MEMBER_TTL: Millis = 5_000;
+/// How often unconnected static peers are dialled again.
+const REDIAL: Duration = Duration::from_secs(3);
+/// Capacity of the channel from spawned tasks to the loop.
+const INTERNAL_QUEUE: usize = 1024;
+/// How long a release announcement is retried while nobody is subscribed.
+const ANNOUNCE_RETRY_FOR: Millis = 120_000;
+
+/// Why the node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data directory is unusable (or locked by another process).
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The trust file is unusable.
+    #[error(transparent)]
+    Trust(#[from] crate::keys::KeyFileError),
+    /// The origin client could not be built.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// The API address could not be bound.
+    #[error("API address {addr}: {source}: pass another --api IP:PORT")]
+    Api {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A listen address could not be used.
+    #[error("cannot listen on {addr}: {reason}: pass another --listen")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// libp2p could not be set up.
+    #[error("libp2p setup: {0}")]
+    Network(String),
+    /// The async runtime could not start or a signal handler could not be installed.
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    chunks: request_response::Behaviour<ChunkCodec>,
+    identify: identify::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Results of spawned tasks, back to the loop.
+enum Internal {
+    /// A chunk's bytes were checked and stored.
+    Stored { source: Source, chunk: ChunkId, len: usize },
+    /// A chunk's bytes did not match its id.
+    Bad { source: Source, chunk: ChunkId },
+    /// Fetching or storing a chunk failed for another reason.
+    Failed { source: Source, chunk: ChunkId, reason: String },
+    /// A chunk (or manifest) was read for a peer.
+    Serve { channel: ResponseChannel<Response>, response: Response, served_chunk: bool },
+    /// The origin listed a release this node does not know; here is its manifest.
+    OriginManifest { bytes: Vec<u8>, url: String },
+    /// An origin poll finished.
+    PollDone,
+}
+
+struct Release {
+    manifest: VerifiedManifest,
+    planner: Planner,
+    /// Chunk lengths from the manifest, to bound downloads.
+    lengths: HashMap<ChunkId, u32>,
+    indexed: bool,
+}
+
+struct PendingRequest {
+    id: u64,
+    peer: DeviceId,
+    want: Want,
+}
+
+struct SitePeer {
+    peer: PeerId,
+    last_seen: Millis,
+    releases: BTreeSet<ReleaseId>,
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
+    let data = DataDir::open(&config.data)?;
+    let keypair = data.identity()?;
+    let trust = crate::keys::read_trust(&config.trust)?;
+    // Invariant: DataDir::identity only returns ed25519 keypairs.
+    let me = device_id(&keypair.public()).expect("identity is ed25519");
+    let metrics = Metrics::new();
+    let origin = match &config.origin {
+        Some(url) => Some(Origin::new(url, config.wan_rate, metrics.clone())?),
+        None => None,
+    };
+    let api_listener =
+        crate::api::bind(config.api).await.map_err(|source| NodeError::Api { addr: config.api, source })?;
+    let swarm = build_swarm(keypair, config.mdns)?;
+    let (tx, rx) = mpsc::channel(INTERNAL_QUEUE);
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let mut node = Node {
+        site_topic: IdentTopic::new(wire::site_topic(&config.site)),
+        releases_topic: IdentTopic::new(RELEASES_TOPIC),
+        store: data.store().clone(),
+        config,
+        swarm,
+        me,
+        trust,
+        data,
+        origin,
+        metrics: metrics.clone(),
+        tx,
+        status_tx,
+        releases: BTreeMap::new(),
+        requests: HashMap::new(),
+        next_request_id: 1,
+        site_peers: BTreeMap::new(),
+        connected: BTreeSet::new(),
+        static_peers: Vec::new(),
+        announce_queue: VecDeque::new(),
+        manifests_asked: BTreeSet::new(),
+        have_dirty: true,
+        last_have: Instant::now() - HEARTBEAT,
+        polling: false,
+        listen_addrs: Vec::new(),
+        rejected_from_origin: BTreeSet::new(),
+    };
+    node.start()?;
+    let api = tokio::spawn(crate::api::serve(api_listener, status_rx, metrics));
+    let result = node.run_loop(rx).await;
+    api.abort();
+    tracing::info!("node stopped");
+    result
+}
+
+fn build_swarm(keypair: libp2p::identity::Keypair, with_mdns: bool) -> Result<Swarm<Behaviour>, NodeError> {
+    let net = |e: &dyn std::fmt::Display| NodeError::Network(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| net(&e))?
+        .with_behaviour(|key| {
+            let gossipsub = gossipsub::Behaviour::new(
+                MessageAuthenticity::Signed(key.clone()),
+                gossip_config().map_err(|e| e.to_string())?,
+            )?;
+            let rr = request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(60))
+                .with_max_concurrent_streams(1024);
+            let chunks = request_response::Behaviour::with_codec(
+                ChunkCodec,
+                [(CHUNK_PROTOCOL, ProtocolSupport::Full)],
+                rr,
+            );
+            let identify = identify::Behaviour::new(identify::Config::new("/otamesh/1".into(), key.public()));
+            let mdns = if with_mdns {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id())?)
+            } else {
+                None
+            };
+            Ok(Behaviour { gossipsub, chunks, identify, mdns: Toggle::from(mdns) })
+        })
+        .map_err(|e| net(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    Ok(swarm)
+}
+
+/// Gossipsub with explicit validation and room for the largest manifest.
+pub fn gossip_config() -> Result<gossipsub::Config, gossipsub::ConfigBuilderError> {
+    gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        // The codec caps a manifest at MAX_MESSAGE_BYTES; leave room for the envelope.
+        .max_transmit_size(codec::MAX_MESSAGE_BYTES + (64 << 10))
+        .heartbeat_initial_delay(Duration::from_millis(500))
+        .heartbeat_interval(Duration::from_secs(1))
+        // Content-addressed ids: the same manifest announced twice is one message.
+        .message_id_fn(|m| MessageId::from(blake3::hash(&m.data).to_hex().to_string()))
+        .build()
+}
+
+struct Node {
+    config: NodeConfig,
+    swarm: Swarm<Behaviour>,
+    me: DeviceId,
+    trust: TrustRoot,
+    data: DataDir,
+    store: Store,
+    origin: Option<Origin>,
+    metrics: Metrics,
+    tx: mpsc::Sender<Internal>,
+    status_tx: watch::Sender<Status>,
+    site_topic: IdentTopic,
+    releases_topic: IdentTopic,
+    releases: BTreeMap<ReleaseId, Release>,
+    requests: HashMap<OutboundRequestId, PendingRequest>,
+    next_request_id: u64,
+    site_peers: BTreeMap<DeviceId, SitePeer>,
+    connected: BTreeSet<PeerId>,
+    /// Static peers: the address to dial and the peer id it turned out to have.
+    static_peers: Vec<(Multiaddr, Option<PeerId>)>,
+    /// Manifests to publish on the releases topic once someone is subscribed.
+    announce_queue: VecDeque<(Vec<u8>, Millis)>,
+    manifests_asked: BTreeSet<ReleaseId>,
+    have_dirty: bool,
+    last_have: Instant,
+    polling: bool,
+    listen_addrs: Vec<Multiaddr>,
+    /// Origin manifests that failed verification, so they are not fetched every poll.
+    rejected_from_origin: BTreeSet<String>,
+}
+
+impl Node {
+    fn start(&mut self) -> Result<(), NodeError> {
+        let gs = &mut self.swarm.behaviour_mut().gossipsub;
+        for topic in [&self.releases_topic, &self.site_topic] {
+            gs.subscribe(topic).map_err(|e| NodeError::Network(e.to_string()))?;
+        }
+        for addr in self.config.listen.clone() {
+            self.swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+        }
+        for addr in self.config.peers.clone() {
+            let peer = addr.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None });
+            self.static_peers.push((addr, peer));
+        }
+        self.dial_static_peers();
+        self.load_releases();
+        tracing::info!(
+            device = %self.me,
+            peer_id = %self.swarm.local_peer_id(),
+            site = %self.config.site,
+            class = %self.config.class,
+            api = %self.config.api,
+            origin = self.config.origin.as_deref().unwrap_or("none"),
+            "node started"
+        );
+        Ok(())
+    }
+
+    /// Restart: every saved manifest is verified again and its planner starts from the
+    /// chunks already in the store.
+    fn load_releases(&mut self) {
+        let manifests = match self.data.manifests() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list saved manifests");
+                return;
+            }
+        };
+        for (path, m) in manifests {
+            let verified = m
+                .map_err(|e| e.to_string())
+                .and_then(|m| self.trust.verify_manifest(m, now_ms()).map_err(|e| e.to_string()));
+            match verified {
+                Ok(v) => self.adopt(v, false),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "saved manifest no longer valid; ignored")
+                }
+            }
+        }
+    }
+
+    async fn run_loop(&mut self, mut rx: mpsc::Receiver<Internal>) -> Result<(), NodeError> {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redial = tokio::time::interval(REDIAL);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(msg) = rx.recv() => self.on_internal(msg),
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = now_ms();
+                    for r in self.releases.values_mut() {
+                        r.planner.handle_timeout(now);
+                    }
+                }
+                _ = heartbeat.tick() => self.on_heartbeat(),
+                _ = redial.tick() => self.dial_static_peers(),
+                _ = poll.tick() => self.poll_origin(),
+                _ = &mut ctrl_c => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
+            }
+            self.drain_planners();
+            if self.have_dirty && self.last_have.elapsed() >= HAVE_MIN_GAP {
+                self.publish_have();
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let now = now_ms();
+        let next = self.releases.values().filter_map(|r| r.planner.poll_timeout()).min();
+        match next {
+            Some(t) => Instant::now() + Duration::from_millis(t.saturating_sub(now)),
+            // Nothing pending on time: wake on the heartbeat anyway.
+            None => Instant::now() + Duration::from_secs(3600),
+        }
+    }
+
+    // ---- swarm ----
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                }
+                self.connected.insert(peer_id);
+                if endpoint.is_dialer() {
+                    let addr = strip_p2p(endpoint.get_remote_address());
+                    for (a, id) in &mut self.static_peers {
+                        if strip_p2p(a) == addr {
+                            *id = Some(peer_id);
+                        }
+                    }
+                }
+                self.metrics.peers.set(self.connected.len() as i64);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+                tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
+                self.connected.remove(&peer_id);
+                self.metrics.peers.set(self.connected.len() as i64);
+                if let Some(device) = peer_device(&peer_id) {
+                    self.member_left(device);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Chunks(e)) => self.on_chunk_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if !self.connected.contains(&peer) {
+                        tracing::info!(%peer, %addr, "mDNS: discovered");
+                        let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dial_static_peers(&mut self) {
+        for (addr, id) in self.static_peers.clone() {
+            if id.is_some_and(|p| self.connected.contains(&p)) {
+                continue;
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "cannot dial static peer");
+            }
+        }
+    }
+
+    // ---- gossip ----
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
+            if let gossipsub::Event::Subscribed { topic, .. } = event
+                && topic == self.releases_topic.hash()
+            {
+                self.flush_announcements();
+            }
+            return;
+        };
+        let (topic_name, acceptance) = if message.topic == self.releases_topic.hash() {
+            ("releases", self.on_release_message(&message.data, propagation_source))
+        } else if message.topic == self.site_topic.hash() {
+            ("site", self.on_site_message(message.source, &message.data))
+        } else {
+            ("other", MessageAcceptance::Ignore)
+        };
+        self.metrics.gossip(
+            topic_name,
+            match acceptance {
+                MessageAcceptance::Accept => "accepted",
+                MessageAcceptance::Reject => "rejected",
+                MessageAcceptance::Ignore => "ignored",
+            },
+        );
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+            &message_id,
+            &propagation_source,
+            acceptance,
+        );
+    }
+
+    fn on_release_message(&mut self, data: &[u8], from: PeerId) -> MessageAcceptance {
+        let signed = match SignedManifest::from_bytes(data) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%from, error = %e, "rejected a malformed manifest from gossip");
+                return MessageAcceptance::Reject;
+            }
+        };
+        match self.trust.verify_manifest(signed, now_ms()) {
+            Ok(v) => {
+                self.adopt(v, false);
+                MessageAcceptance::Accept
+            }
+            Err(e) => {
+                tracing::warn!(%from, error = %e, "rejected a manifest from gossip; not forwarded");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    fn on_site_message(&mut self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+        let Some(peer) = source else { return MessageAcceptance::Reject };
+        let Some(device) = peer_device(&peer) else { return MessageAcceptance::Reject };
+        let msg: SiteMessage = match codec::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "rejected a malformed site message");
+                return MessageAcceptance::Reject;
+            }
+        };
+        if device == self.me {
+            return MessageAcceptance::Ignore;
+        }
+        let now = now_ms();
+        let entry = self.site_peers.entry(device).or_insert_with(|| SitePeer {
+            peer,
+            last_seen: now,
+            releases: BTreeSet::new(),
+        });
+        entry.last_seen = now;
+        entry.peer = peer;
+        let connected = self.connected.contains(&peer);
+        let mut unknown = Vec::new();
+        for Have { release, bits } in &msg.haves {
+            match self.releases.get_mut(release) {
+                // Only directly connected peers can be asked for chunks.
+                Some(r) if connected => {
+                    if let Err(e) = r.planner.handle_peer_have(now, device, bits) {
+                        tracing::debug!(%peer, error = %e, "ignored a have-bitfield");
+                        continue;
+                    }
+                    entry.releases.insert(*release);
+                }
+                Some(_) => {}
+                None => unknown.push(*release),
+            }
+        }
+        // A peer fetches a release this node has not heard of: ask it for the manifest.
+        if connected && msg.class == self.config.class {
+            for release in unknown {
+                if self.manifests_asked.insert(release) {
+                    self.send_request(peer, device, Want::Manifest(release));
+                }
+            }
+        }
+        MessageAcceptance::Accept
+    }
+
+    fn on_heartbeat(&mut self) {
+        let now = now_ms();
+        let gone: Vec<DeviceId> = self
+            .site_peers
+            .iter()
+            .filter(|(_, p)| now.saturating_sub(p.last_seen) > MEMBER_TTL)
+            .map(|(d, _)| *d)
+            .collect();
+        for device in gone {
+            tracing::info!(%device, "site peer silent; no longer a member");
+            self.member_left(device);
+        }
+        self.have_dirty = true;
+        self.flush_announcements();
+        self.publish_status();
+    }
+
+    fn member_left(&mut self, device: DeviceId) {
+        let now = now_ms();
+        if let Some(p) = self.site_peers.remove(&device) {
+            for r in p.releases {
+                if let Some(release) = self.releases.get_mut(&r) {
+                    release.planner.handle_peer_left(now, device);
+                }
+            }
+        }
+    }
+
+    fn publish_have(&mut self) {
+        let haves =
+            self.releases.iter().map(|(id, r)| Have { release: *id, bits: r.planner.bitfield() }).collect();
+        let msg = SiteMessage { sent_at: now_ms(), class: self.config.class.clone(), haves };
+        let topic = self.site_topic.clone();
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, codec::encode(&msg)) {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot publish have-bitfields"),
+        }
+        self.have_dirty = false;
+        self.last_have = Instant::now();
+    }
+
+    fn announce(&mut self, manifest: &VerifiedManifest) {
+        self.announce_queue.push_back((manifest.signed().to_bytes(), now_ms()));
+        self.flush_announcements();
+    }
+
+    fn flush_announcements(&mut self) {
+        let now = now_ms();
+        let mut keep = VecDeque::new();
+        while let Some((bytes, since)) = self.announce_queue.pop_front() {
+            let topic = self.releases_topic.clone();
+            match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes.clone()) {
+                Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+                | Err(gossipsub::PublishError::AllQueuesFull(_))
+                    if now.saturating_sub(since) < ANNOUNCE_RETRY_FOR =>
+                {
+                    keep.push_back((bytes, since))
+                }
+                Err(e) => tracing::debug!(error = %e, "gave up announcing a release"),
+            }
+        }
+        self.announce_queue = keep;
+    }
+
+    // ---- releases ----
+
+    /// Takes up a verified manifest: saves it, starts a planner, tells the site.
+    fn adopt(&mut self, manifest: VerifiedManifest, tell: bool) {
+        let id = manifest.id();
+        if self.releases.contains_key(&id) {
+            return;
+        }
+        let m = manifest.manifest();
+        // Issue 5 passes the installed sequence and the directive book here.
+        let facts = Facts {
+            class: &self.config.class,
+            installed: None,
+            revoke_target: false,
+            rolled_back_before: false,
+        };
+        if let Err(refusal) = admit(m, &facts) {
+            tracing::debug!(release = %id, reason = %refusal, "release not for this device");
+            return;
+        }
+        if let Err(e) = self.data.save_manifest(&manifest) {
+            tracing::error!(release = %id, error = %e, "cannot save the manifest; release not taken up");
+            return;
+        }
+        let store = self.store.clone();
+        let planner = Planner::new(
+            self.me,
+            m.payload.chunks.iter().map(|c| c.id),
+            |c| store.has_chunk(c),
+            now_ms(),
+            PlannerConfig::default(),
+        );
+        tracing::info!(
+            release = %id,
+            sequence = m.sequence,
+            version = %m.version,
+            chunks = m.payload.chunks.len(),
+            have = planner.chunks_have(),
+            "release accepted"
+        );
+        let lengths = m.payload.chunks.iter().map(|c| (c.id, c.len)).collect();
+        self.releases.insert(id, Release { manifest: manifest.clone(), planner, lengths, indexed: false });
+        // Peers already heard are members of this release only once their next
+        // have-bitfield names it; that arrives within a heartbeat.
+        self.have_dirty = true;
+        if tell {
+            self.announce(&manifest);
+        }
+    }
+
+    fn drain_planners(&mut self) {
+        let mut todo = Vec::new();
+        for (id, r) in &mut self.releases {
+            while let Some(o) = r.planner.poll_output() {
+                todo.push((*id, o));
+            }
+        }
+        for (release, output) in todo {
+            match output {
+                Output::Request { peer, chunk } => {
+                    let Some(p) = self.site_peers.get(&peer).map(|p| p.peer) else {
+                        self.fail_everywhere(Source::Peer(peer), chunk);
+                        continue;
+                    };
+                    self.send_request(p, peer, Want::Chunk(chunk));
+                }
+                Output::FetchFromOrigin { chunk } => self.fetch_from_origin(release, chunk),
+                Output::Ban { peer } => {
+                    self.metrics.bans.inc();
+                    tracing::warn!(%release, %peer, "peer served a bad chunk: banned for this release");
+                }
+                Output::Complete => self.on_complete(release),
+            }
+        }
+    }
+
+    fn on_complete(&mut self, release: ReleaseId) {
+        let Some(r) = self.releases.get_mut(&release) else { return };
+        if r.indexed {
+            return;
+        }
+        r.indexed = true;
+        tracing::info!(%release, "release complete: every chunk here and verified");
+        // The local store becomes a valid origin-layout store for this release.
+        if let Err(e) = self.store.put_manifest(&r.manifest) {
+            tracing::warn!(%release, error = %e, "cannot list the release in the local store index");
+        }
+        self.have_dirty = true;
+        self.publish_status();
+    }
+
+    fn send_request(&mut self, peer: PeerId, device: DeviceId, want: Want) {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        let rid = self.swarm.behaviour_mut().chunks.send_request(&peer, Request { id, want });
+        self.requests.insert(rid, PendingRequest { id, peer: device, want });
+    }
+
+    fn fetch_from_origin(&mut self, release: ReleaseId, chunk: ChunkId) {
+        let Some(origin) = self.origin.clone() else {
+            // No origin configured: only peers can provide it; retried with backoff.
+            self.fail_everywhere(Source::Origin, chunk);
+            return;
+        };
+        let max_len = self.releases.get(&release).and_then(|r| r.lengths.get(&chunk)).copied().unwrap_or(0);
+        let tx = self.tx.clone();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let msg = match origin.chunk(chunk, max_len as usize).await {
+                Ok(bytes) => ingest(store, Source::Origin, chunk, bytes).await,
+                Err(e) => Internal::Failed { source: Source::Origin, chunk, reason: e.to_string() },
+            };
+            let _ = tx.send(msg).await;
+        });
+    }
+
+    fn poll_origin(&mut self) {
+        let Some(origin) = self.origin.clone() else { return };
+        if self.polling {
+            return;
+        }
+        self.polling = true;
+        let known: BTreeSet<ReleaseId> = self.releases.keys().copied().collect();
+        let rejected = self.rejected_from_origin.clone();
+        let class = self.config.class.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            match origin.index().await {
+                Ok(index) => {
+                    for e in index.releases {
+                        if e.class != class || known.contains(&e.release_id) || rejected.contains(&e.manifest)
+                        {
+                            continue;
+                        }
+                        match origin.manifest(&e.manifest).await {
+                            Ok(bytes) => {
+                                let _ = tx.send(Internal::OriginManifest { bytes, url: e.manifest }).await;
+                            }
+                            Err(err) => {
+                                tracing::warn!(error = %err, "cannot fetch a manifest the origin lists")
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot poll the origin index"),
+            }
+            let _ = tx.send(Internal::PollDone).await;
+        });
+    }
+
+    // ---- chunk exchange ----
+
+    fn on_chunk_event(&mut self, event: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                self.serve(peer, request, channel);
+            }
+            Event::Message { peer, message: Message::Response { request_id, response }, .. } => {
+                let Some(pending) = self.requests.remove(&request_id) else { return };
+                if response.id != pending.id {
+                    tracing::warn!(%peer, "response does not echo its request id; treated as bad");
+                    if let Want::Chunk(chunk) = pending.want {
+                        self.bad_everywhere(Source::Peer(pending.peer), chunk);
+                    }
+                    return;
+                }
+                self.on_response(pending, response);
+            }
+            Event::OutboundFailure { peer, request_id, error, .. } => {
+                let Some(pending) = self.requests.remove(&request_id) else { return };
+                self.metrics.peer_request_failures.inc();
+                tracing::debug!(%peer, %error, "chunk request failed");
+                match pending.want {
+                    Want::Chunk(chunk) => self.fail_everywhere(Source::Peer(pending.peer), chunk),
+                    Want::Manifest(r) => {
+                        self.manifests_asked.remove(&r);
+                    }
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "serving a request failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_response(&mut self, pending: PendingRequest, response: Response) {
+        let source = Source::Peer(pending.peer);
+        match (pending.want, response.status) {
+            (Want::Chunk(chunk), wire::Status::Found) => {
+                let store = self.store.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let msg = ingest(store, source, chunk, response.body).await;
+                    let _ = tx.send(msg).await;
+                });
+            }
+            (Want::Chunk(chunk), _) => self.fail_everywhere(source, chunk),
+            (Want::Manifest(release), wire::Status::Found) => {
+                let verified = SignedManifest::from_bytes(&response.body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| self.trust.verify_manifest(m, now_ms()).map_err(|e| e.to_string()));
+                match verified {
+                    Ok(v) if v.id() == release => self.adopt(v, false),
+                    Ok(_) => tracing::warn!(peer = %pending.peer, "peer answered with another manifest"),
+                    Err(e) => {
+                        tracing::warn!(peer = %pending.peer, error = %e, "peer sent an invalid manifest")
+                    }
+                }
+            }
+            (Want::Manifest(release), _) => {
+                self.manifests_asked.remove(&release);
+            }
+        }
+    }
+
+    fn serve(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+        let id = request.id;
+        match request.want {
+            Want::Manifest(release) => {
+                let response = match self.releases.get(&release) {
+                    Some(r) => {
+                        Response { id, status: wire::Status::Found, body: r.manifest.signed().to_bytes() }
+                    }
+                    None => Response { id, status: wire::Status::NotFound, body: Vec::new() },
+                };
+                let _ = self.swarm.behaviour_mut().chunks.send_response(channel, response);
+            }
+            Want::Chunk(chunk) => {
+                let store = self.store.clone();
+                let tx = self.tx.clone();
+                let corrupt = self.config.corrupt_served_chunks;
+                tokio::spawn(async move {
+                    let read = tokio::task::spawn_blocking(move || store.read_chunk(chunk)).await;
+                    let (status, body) = match read {
+                        Ok(Ok(c)) => {
+                            let mut bytes = c.into_bytes();
+                            if corrupt && let Some(b) = bytes.first_mut() {
+                                *b ^= 0xff;
+                            }
+                            (wire::Status::Found, bytes)
+                        }
+                        Ok(Err(crate::store::StoreError::MissingChunk { .. })) => {
+                            (wire::Status::NotFound, Vec::new())
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(%peer, error = %e, "cannot read a chunk to serve");
+                            (wire::Status::Failed, Vec::new())
+                        }
+                        Err(_) => (wire::Status::Failed, Vec::new()),
+                    };
+                    let served_chunk = status == wire::Status::Found;
+                    let response = Response { id, status, body };
+                    let _ = tx.send(Internal::Serve { channel, response, served_chunk }).await;
+                });
+            }
+        }
+    }
+
+    fn on_internal(&mut self, msg: Internal) {
+        let now = now_ms();
+        match msg {
+            Internal::Stored { source, chunk, len } => {
+                let label = if source == Source::Origin { "wan" } else { "lan" };
+                self.metrics.chunk_bytes(label, len);
+                for r in self.releases.values_mut() {
+                    r.planner.handle_chunk_verified(now, source, chunk);
+                }
+                self.have_dirty = true;
+            }
+            Internal::Bad { source, chunk } => self.bad_everywhere(source, chunk),
+            Internal::Failed { source, chunk, reason } => {
+                tracing::warn!(?source, %chunk, %reason, "chunk fetch failed; re-planned");
+                self.fail_everywhere(source, chunk);
+            }
+            Internal::Serve { channel, response, served_chunk } => {
+                if served_chunk {
+                    self.metrics.chunks_served.inc();
+                    self.metrics.served_bytes.inc_by(response.body.len() as u64);
+                }
+                let _ = self.swarm.behaviour_mut().chunks.send_response(channel, response);
+            }
+            Internal::OriginManifest { bytes, url } => {
+                let verified = SignedManifest::from_bytes(&bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| self.trust.verify_manifest(m, now).map_err(|e| e.to_string()));
+                match verified {
+                    Ok(v) => self.adopt(v, true),
+                    Err(e) => {
+                        tracing::warn!(manifest = %url, error = %e, "origin manifest rejected");
+                        self.rejected_from_origin.insert(url);
+                    }
+                }
+            }
+            Internal::PollDone => self.polling = false,
+        }
+    }
+
+    fn fail_everywhere(&mut self, source: Source, chunk: ChunkId) {
+        let now = now_ms();
+        for r in self.releases.values_mut() {
+            r.planner.handle_chunk_failed(now, source, chunk);
+        }
+    }
+
+    fn bad_everywhere(&mut self, source: Source, chunk: ChunkId) {
+        self.metrics.bad_chunks.inc();
+        tracing::warn!(?source, %chunk, "received a chunk that does not match its id; discarded");
+        let now = now_ms();
+        for r in self.releases.values_mut() {
+            r.planner.handle_chunk_bad(now, source, chunk);
+        }
+    }
+
+    // ---- status ----
+
+    fn publish_status(&mut self) {
+        let releases = self
+            .releases
+            .iter()
+            .map(|(id, r)| {
+                let m = r.manifest.manifest();
+                ReleaseStatus {
+                    release_id: id.to_string(),
+                    sequence: m.sequence,
+                    version: m.version.clone(),
+                    chunks_have: r.planner.chunks_have(),
+                    chunks_total: r.planner.chunks_total(),
+                    state: if r.planner.is_complete() { "staged" } else { "fetching" },
+                    banned: self
+                        .site_peers
+                        .keys()
+                        .filter(|d| r.planner.is_banned(**d))
+                        .map(|d| d.to_string())
+                        .collect(),
+                }
+            })
+            .collect();
+        let status = Status {
+            device_id: self.me.to_string(),
+            peer_id: self.swarm.local_peer_id().to_string(),
+            site: self.config.site.clone(),
+            class: self.config.class.clone(),
+            peers: self.connected.len(),
+            site_members: self.site_peers.keys().map(|d| d.to_string()).collect(),
+            listen: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            releases,
+        };
+        self.status_tx.send_replace(status);
+    }
+}
+
+/// Verifies `bytes` against `chunk` and stores them, on the blocking pool.
+async fn ingest(store: Store, source: Source, chunk: ChunkId, bytes: Vec<u8>) -> Internal {
+    let work = tokio::task::spawn_blocking(move || {
+        let len = bytes.len();
+        let Ok(verified) = VerifiedChunk::new(chunk, bytes) else {
+            return Internal::Bad { source, chunk };
+        };
+        match store.put_chunk(&verified) {
+            Ok(_) => Internal::Stored { source, chunk, len },
+            Err(e) => {
+                tracing::error!(%chunk, error = %e, "cannot store a verified chunk (disk full?)");
+                Internal::Failed { source, chunk, reason: e.to_string() }
+            }
+        }
+    });
+    work.await.unwrap_or_else(|e| Internal::Failed {
+        source,
+        chunk,
+        reason: format!("store task failed: {e}"),
+    })
+}
+
+fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+}
+
+/// Runs a node on a fresh multi-threaded runtime until SIGINT or SIGTERM.
+pub fn run_blocking(config: NodeConfig) -> Result<(), NodeError> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(config))
+}
