@@ -43,6 +43,8 @@ enum Command {
     Report(commands::report::Args),
     /// Run a whole fleet on loopback: staged rollout, a bad release halted and revoked, a report.
     Demo(commands::demo::Args),
+    /// Simulate a rollout scenario (or `sim compare` several): summary.json, timeseries.csv, plots.
+    Sim(otamesh_sim::cli::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Fleet(args) => commands::fleet::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Sim(args) => otamesh_sim::cli::run(args).map(|()| ExitCode::SUCCESS).map_err(Into::into),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
