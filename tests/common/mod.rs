@@ -356,3 +356,37 @@ pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
     panic!("timed out after {limit:?} waiting for {what}");
 }
+
+/// Publishes `data` into the store at `dir` under a caller-built manifest `m` (for a
+/// rollout policy or a chosen `created_at`); returns the release id.
+pub fn publish_manifest(dir: &Path, key: &SecretKey, data: &[u8], m: Manifest) -> ReleaseId {
+    let store = Store::create(dir).unwrap();
+    let mut off = 0;
+    for c in &m.payload.chunks {
+        let bytes = data[off..off + c.len as usize].to_vec();
+        off += c.len as usize;
+        store.put_chunk(&VerifiedChunk::new(c.id, bytes).unwrap()).unwrap();
+    }
+    let verified = TrustRoot::single(key.public())
+        .verify_manifest(key.sign_manifest(m), otamesh_node::clock::now_ms())
+        .unwrap();
+    store.put_manifest(&verified).unwrap();
+    verified.id()
+}
+
+/// Runs `otamesh ARGS`; returns (exit code, stdout, stderr).
+pub fn otamesh(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The audit rows of a node's data dir, via `otamesh audit --json`.
+pub fn audit_rows(data: &Path) -> Vec<serde_json::Value> {
+    let (code, out, err) = otamesh(&["audit", "--data", data.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "otamesh audit failed: {err}");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().cloned().unwrap_or_default()
+}

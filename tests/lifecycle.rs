@@ -1,0 +1,210 @@
+//! The device lifecycle and fleet feedback as a user sees them: real `otamesh node`
+//! processes on 127.0.0.1, an origin that is a static HTTP server over a store, releases
+//! published through the library, directives written into the store, and the node's
+//! `/status`, `/fleet`, `/report` and `otamesh audit` as the only windows into it.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use otamesh_core::directive::{Directive, Order, SignedDirective};
+use otamesh_core::gate::HealthGate;
+use otamesh_core::rollout::{RolloutPolicy, Wave, position};
+use otamesh_core::{DeviceId, ReleaseId, SecretKey, TrustRoot};
+use serde_json::Value;
+
+fn active_seq(n: &Node) -> Option<u64> {
+    n.status()?["active"]["sequence"].as_u64()
+}
+
+fn state(n: &Node) -> String {
+    n.status().and_then(|s| s["state"].as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn device_id(n: &Node) -> DeviceId {
+    let mut id = None;
+    wait_for(Duration::from_secs(20), "the node's API", || {
+        id = n.status().and_then(|s| s["device_id"].as_str().map(str::to_owned));
+        id.is_some()
+    });
+    id.unwrap().parse().unwrap()
+}
+
+/// The release's entry in the node's `/status` releases, if it knows it.
+fn release_entry(n: &Node, release: ReleaseId) -> Option<Value> {
+    let s = n.status()?;
+    s["releases"].as_array()?.iter().find(|r| r["release_id"] == release.to_string()).cloned()
+}
+
+fn audit_has(n: &Node, event: &str, release: ReleaseId, detail_prefix: &str) -> bool {
+    audit_rows(&n.data).iter().any(|r| {
+        r["event"] == event
+            && r["release"].as_str() == Some(release.to_string().as_str())
+            && r["detail"].as_str().is_some_and(|d| d.starts_with(detail_prefix))
+    })
+}
+
+fn verify_audit(data: &Path) -> (i32, String) {
+    let (code, out, err) = otamesh(&["audit", "--data", data.to_str().unwrap(), "--verify"]);
+    (code, format!("{out}{err}"))
+}
+
+/// Writes a signed directive into the origin store at `store`.
+fn directive(store: &Path, key: &SecretKey, release: ReleaseId, order: Order, sequence: u64) {
+    let d = Directive { release, order, sequence, issued_at: otamesh_node::clock::now_ms() };
+    let v = TrustRoot::single(key.public()).verify_directive(SignedDirective::sign(d, key)).unwrap();
+    otamesh_node::store::Store::create(store).unwrap().put_directive(&v).unwrap();
+}
+
+fn with_health(extra: &[String], check: &str) -> Vec<String> {
+    let mut a = extra.to_vec();
+    a.extend(["--health-check".into(), check.into(), "--hook-timeout".into(), "10".into()]);
+    a
+}
+
+/// Two nodes; v1 commits on both; v2's health check fails on one node only: that node
+/// goes back to v1 and stays there, the other commits v2. On the same pair: a replayed
+/// manifest with a lower sequence is refused and audited, `/fleet` lists both, and the
+/// audit log verifies until one row is edited by hand.
+#[test]
+fn a_failing_health_check_rolls_back_one_node_and_old_manifests_and_edited_audit_rows_are_caught() {
+    let dir = TestDir::new();
+    let key = publisher();
+    let trust = write_trust(dir.path(), &key);
+    let store = dir.path().join("origin");
+    otamesh_node::store::Store::create(&store).unwrap();
+    let origin = Origin::start(&store, None);
+    let extra = vec!["--origin".to_string(), origin.url.clone()];
+    let good = Node::start(dir.path(), "good", "s", &trust, &with_health(&extra, "true"));
+    let mut bad_args = with_health(&extra, "test \"$OTAMESH_SEQUENCE\" = 1");
+    bad_args.extend(["--peer".into(), good.addr()]);
+    let mut bad = Node::start(dir.path(), "bad", "s", &trust, &bad_args);
+    let both = [&good, &bad];
+
+    let (v1, _) = publish(&store, &key, &noise(11, 300_000), "gw", 1);
+    wait_for(Duration::from_secs(40), "v1 commits on both", || {
+        both.iter().all(|n| state(n) == "committed" && active_seq(n) == Some(1))
+    });
+
+    let (v2, _) = publish(&store, &key, &noise(12, 300_000), "gw", 2);
+    wait_for(Duration::from_secs(40), "v2 commits on good, rolls back on bad", || {
+        state(&good) == "committed" && active_seq(&good) == Some(2) && state(&bad) == "rolled_back"
+    });
+    // It stays on v1: no retry of a release that failed its health check.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let s = bad.status().unwrap();
+        assert_eq!(s["active"]["sequence"], 1, "bad left v1: {s}");
+        assert_eq!(s["active"]["release_id"], v1.to_string());
+        assert_eq!(s["state"], "rolled_back", "{s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(bad.metric("otamesh_rollbacks_total"), 1.0, "{}", bad.tail_log());
+    assert!(audit_has(&bad, "transition", v2, ""), "no audit row for v2 on bad");
+    let payload = std::fs::read(bad.data.join("slots/active/payload")).unwrap();
+    assert_eq!(payload, noise(11, 300_000), "bad's active slot is not v1's payload");
+
+    // /fleet on each node lists both with their active release.
+    let ids: Vec<String> = both.iter().map(|n| device_id(n).to_string()).collect();
+    let expect = [(ids[0].clone(), v2), (ids[1].clone(), v1)];
+    for n in both {
+        wait_for(Duration::from_secs(20), &format!("{}'s /fleet lists both nodes", n.name), || {
+            let Some(f) = http_get(&n.api, "/fleet").and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            else {
+                return false;
+            };
+            let devices = f["devices"].as_array().cloned().unwrap_or_default();
+            expect.iter().all(|(id, active)| {
+                devices.iter().any(|d| d["device_id"] == *id && d["active"] == active.to_string())
+            })
+        });
+    }
+
+    // A manifest with a sequence not above the installed one: refused, audited.
+    // The origin store refuses a second sequence 1, so it comes over gossip.
+    let old_store = dir.path().join("old-origin");
+    let (old, signed) = publish(&old_store, &key, &noise(13, 200_000), "gw", 1);
+    let file = dir.path().join("old.manifest");
+    std::fs::write(&file, signed.to_bytes()).unwrap();
+    let (code, _, err) = otamesh(&["announce", "--manifest", file.to_str().unwrap(), "--peer", &good.addr()]);
+    assert_eq!(code, 0, "announce: {err}");
+    wait_for(Duration::from_secs(20), "both refuse the old-sequence manifest in the audit log", || {
+        both.iter().all(|n| audit_has(n, "refused", old, ""))
+    });
+    for n in both {
+        assert!(release_entry(n, old).is_none_or(|r| r["chunks_have"] == 0), "{}", n.name);
+    }
+    assert_eq!(active_seq(&good), Some(2));
+    assert_eq!(active_seq(&bad), Some(1));
+
+    // The audit log verifies; editing one row by hand is found and named.
+    for n in both {
+        let (code, text) = verify_audit(&n.data);
+        assert_eq!(code, 0, "{}: {text}", n.name);
+    }
+    bad.kill9();
+    let rows = audit_rows(&bad.data);
+    assert!(rows.len() >= 4);
+    let victim = rows[rows.len() / 2]["seq"].as_u64().unwrap();
+    let db = bad.data.join("state.db");
+    let py = format!(
+        "import sqlite3; c = sqlite3.connect({:?}); c.execute(\"UPDATE audit SET detail = detail || ' (edited)' WHERE seq = {victim}\"); c.commit()",
+        db.to_str().unwrap()
+    );
+    let st = std::process::Command::new("python3").args(["-c", &py]).status().unwrap();
+    assert!(st.success());
+    let (code, text) = verify_audit(&bad.data);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&format!("audit row {victim} ")), "does not name row {victim}: {text}");
+}
+
+/// A node killed (SIGKILL) while its install hook runs restarts into a consistent
+/// state: the active slot still holds v1 whole, v2 installs on restart, the audit log
+/// verifies.
+#[test]
+fn sigkill_during_install_leaves_the_active_slot_intact_and_the_audit_log_valid() {
+    let dir = TestDir::new();
+    let key = publisher();
+    let trust = write_trust(dir.path(), &key);
+    let store = dir.path().join("origin");
+    otamesh_node::store::Store::create(&store).unwrap();
+    let origin = Origin::start(&store, None);
+    let base = vec!["--origin".to_string(), origin.url.clone(), "--hook-timeout".into(), "60".into()];
+    let mut args = base.clone();
+    args.extend(["--install-hook".into(), "test \"$OTAMESH_SEQUENCE\" = 1 || sleep 30".into()]);
+    let mut node = Node::start(dir.path(), "n", "s", &trust, &args);
+    let d1 = noise(21, 500_000);
+    let d2 = noise(22, 500_000);
+    publish(&store, &key, &d1, "gw", 1);
+    wait_for(Duration::from_secs(30), "v1 commits", || {
+        state(&node) == "committed" && active_seq(&node) == Some(1)
+    });
+    let (v2, _) = publish(&store, &key, &d2, "gw", 2);
+    // /status is not refreshed while the hook runs, so watch the audit log.
+    wait_for(Duration::from_secs(30), "v2 installing (hook sleeping)", || {
+        audit_has(&node, "transition", v2, "installing")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    node.kill9();
+    // Whatever the kill left, the active slot is v1, whole.
+    assert_eq!(std::fs::read(node.data.join("slots/active/payload")).unwrap(), d1);
+    let (code, text) = verify_audit(&node.data);
+    assert_eq!(code, 0, "after the kill: {text}");
+    // Restart without the sleeping hook: it installs v2 again and commits.
+    node.args = base;
+    node.spawn();
+    wait_for(Duration::from_secs(30), "the restarted node answers", || node.status().is_some());
+    let s = node.status().unwrap();
+    assert!(s["active"]["sequence"] == 1 || s["active"]["sequence"] == 2, "active slot after restart: {s}");
+    wait_for(Duration::from_secs(30), "v2 commits after the restart", || {
+        state(&node) == "committed" && active_seq(&node) == Some(2)
+    });
+    let s = node.status().unwrap();
+    assert_eq!(s["active"]["release_id"], v2.to_string());
+    assert_eq!(s["previous"]["sequence"], 1, "{s}");
+    assert_eq!(std::fs::read(node.data.join("slots/active/payload")).unwrap(), d2);
+    let (code, text) = verify_audit(&node.data);
+    assert_eq!(code, 0, "after the restart: {text}");
+}
