@@ -286,32 +286,29 @@ impl Device {
 
     /// Re-evaluates the release in progress (its timeout came, or the world changed).
     pub fn handle_timeout(&mut self, now: Millis) -> Result<(), DeviceError> {
+        self.feed(|machine, ctx| machine.handle_timeout(now, ctx));
+        self.drive(now)
+    }
+
+    /// Feeds the release in progress with the context its decisions need.
+    fn feed(&mut self, f: impl FnOnce(&mut Lifecycle, Context<'_>)) {
         let tally = self.tally();
+        let site_installing = self.site_installing;
         if let Some(t) = &mut self.current {
             let ctx = Context {
                 release: &t.info,
                 policy: &t.manifest.manifest().rollout,
                 tally: &tally,
-                site_installing: self.site_installing,
+                site_installing,
             };
-            t.machine.handle_timeout(now, ctx);
+            f(&mut t.machine, ctx);
         }
-        self.drive(now)
     }
 
     /// Every chunk of `release` is in the local store.
     pub fn handle_fetched(&mut self, now: Millis, release: ReleaseId) -> Result<(), DeviceError> {
-        let tally = self.tally();
-        if let Some(t) = &mut self.current
-            && t.info.id == release
-        {
-            let ctx = Context {
-                release: &t.info,
-                policy: &t.manifest.manifest().rollout,
-                tally: &tally,
-                site_installing: self.site_installing,
-            };
-            t.machine.handle_fetched(now, ctx);
+        if self.current.as_ref().is_some_and(|t| t.info.id == release) {
+            self.feed(|machine, ctx| machine.handle_fetched(now, ctx));
         }
         self.drive(now)
     }
@@ -434,7 +431,8 @@ impl Device {
         match action {
             Action::Fetch => {
                 if manifest.payload.chunks.iter().all(|c| self.store.has_chunk(c.id)) {
-                    return self.handle_fetched_inner(now);
+                    self.feed(|machine, ctx| machine.handle_fetched(now, ctx));
+                    return Ok(());
                 }
                 self.events.push_back(Event::Fetch { release: id });
             }
@@ -492,20 +490,6 @@ impl Device {
                 };
                 self.events.push_back(Event::Report(Box::new(SignedReport::sign(report, &self.key))));
             }
-        }
-        Ok(())
-    }
-
-    fn handle_fetched_inner(&mut self, now: Millis) -> Result<(), DeviceError> {
-        let tally = self.tally();
-        if let Some(t) = &mut self.current {
-            let ctx = Context {
-                release: &t.info,
-                policy: &t.manifest.manifest().rollout,
-                tally: &tally,
-                site_installing: self.site_installing,
-            };
-            t.machine.handle_fetched(now, ctx);
         }
         Ok(())
     }
