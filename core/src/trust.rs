@@ -339,7 +339,7 @@ impl TrustRoot {
         {
             return Err(VerifyError::Expired { expires_at, now });
         }
-        Ok(VerifiedManifest { id: signed.manifest.release_id(), signed })
+        Ok(VerifiedManifest { id: Manifest::release_id_of(&body), signed })
     }
 }
 
