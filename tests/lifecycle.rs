@@ -209,3 +209,192 @@ fn sigkill_during_install_leaves_the_active_slot_intact_and_the_audit_log_valid(
     let (code, text) = verify_audit(&node.data);
     assert_eq!(code, 0, "after the restart: {text}");
 }
+
+/// Picks a `created_at` (now, or a few ms before) for `m` with `policy` such that the
+/// wave split of `devices` satisfies `ok`; returns the manifest and each device's wave.
+fn pick_manifest(
+    data: &[u8],
+    sequence: u64,
+    policy: RolloutPolicy,
+    devices: &[DeviceId],
+    ok: impl Fn(&[usize]) -> bool,
+) -> (otamesh_core::manifest::Manifest, Vec<usize>) {
+    let mut m = manifest_for(data, "gw", sequence);
+    m.rollout = policy;
+    for _ in 0..10_000 {
+        let id = m.release_id();
+        let waves: Vec<usize> = devices
+            .iter()
+            .map(|d| m.rollout.wave_of(m.kind, position(id, *d)).unwrap())
+            .collect();
+        if ok(&waves) {
+            return (m, waves);
+        }
+        m.created_at -= 1;
+    }
+    panic!("no created_at gives the wanted wave split");
+}
+
+/// One fleet of six nodes in two sites, through four releases' worth of operations:
+/// waves (25% now, 100% after a delay), a health gate that a release failing on every
+/// node of site `a` breaches so later waves never install it, halt and a replayed older
+/// resume (refused, audited), a revoke back to v1, and `/fleet` on every node.
+#[test]
+fn waves_gate_directives_and_fleet_view_on_a_six_node_fleet() {
+    let dir = TestDir::new();
+    let key = publisher();
+    let trust = write_trust(dir.path(), &key);
+    let store = dir.path().join("origin");
+    otamesh_node::store::Store::create(&store).unwrap();
+    let origin = Origin::start(&store, None);
+    let extra = vec!["--origin".to_string(), origin.url.clone()];
+    let mut nodes: Vec<Node> = Vec::new();
+    for (site, n) in [("a", 3), ("b", 3)] {
+        for i in 0..n {
+            let check = if site == "a" { "test \"$OTAMESH_SEQUENCE\" != 2" } else { "true" };
+            let mut args = with_health(&extra, check);
+            for earlier in &nodes {
+                args.extend(["--peer".to_string(), earlier.addr()]);
+            }
+            nodes.push(Node::start(dir.path(), &format!("{site}{i}"), site, &trust, &args));
+        }
+    }
+    let ids: Vec<DeviceId> = nodes.iter().map(device_id).collect();
+    wait_for(Duration::from_secs(30), "every node has a peer", || {
+        nodes.iter().all(|n| n.status().is_some_and(|s| s["peers"].as_u64().unwrap_or(0) >= 1))
+    });
+
+    // ---- waves: 25% at once, the rest after `delay` ----
+    let delay = 8;
+    let policy = RolloutPolicy {
+        waves: vec![
+            Wave { percent: 25.0, after_s: 0, require_success: None, require_reports: 0 },
+            Wave { percent: 100.0, after_s: delay, require_success: None, require_reports: 0 },
+        ],
+        ..RolloutPolicy::default()
+    };
+    let d1 = noise(31, 300_000);
+    let (m1, waves) = pick_manifest(&d1, 1, policy, &ids, |w| w.contains(&0) && w.contains(&1));
+    let start = m1.created_at;
+    let v1 = publish_manifest(&store, &key, &d1, m1);
+    let second_wave_at = start + delay * 1000;
+    eprintln!("v1 waves: {waves:?}");
+    let mut committed_at: Vec<Option<u64>> = vec![None; nodes.len()];
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while committed_at.iter().any(Option::is_none) {
+        assert!(Instant::now() < deadline, "v1 not committed everywhere: {committed_at:?}");
+        for (i, n) in nodes.iter().enumerate() {
+            if committed_at[i].is_none() && active_seq(n) == Some(1) {
+                committed_at[i] = Some(otamesh_node::clock::now_ms());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let at = committed_at[i].unwrap();
+        if waves[i] == 0 {
+            assert!(at < second_wave_at, "{} (first wave) committed only at +{} ms", n.name, at - start);
+        } else {
+            assert!(at >= second_wave_at, "{} (second wave) committed at +{} ms, before +{delay} s", n.name, at - start);
+        }
+    }
+
+    // ---- gate: v2 fails on every node of site a; gate 0.2 over at least 3 reports ----
+    let later = 10;
+    let policy = RolloutPolicy {
+        waves: vec![
+            Wave { percent: 50.0, after_s: 0, require_success: None, require_reports: 0 },
+            Wave { percent: 100.0, after_s: later, require_success: None, require_reports: 0 },
+        ],
+        gate: Some(HealthGate { max_failure_ratio: 0.2, min_reports: 3 }),
+        ..RolloutPolicy::default()
+    };
+    let d2 = noise(32, 300_000);
+    let (m2, waves) = pick_manifest(&d2, 2, policy, &ids, |w| {
+        let first: Vec<usize> = (0..w.len()).filter(|&i| w[i] == 0).collect();
+        first.len() >= 3 && first.len() < w.len() && first.iter().any(|&i| i < 3)
+    });
+    let start = m2.created_at;
+    let v2 = publish_manifest(&store, &key, &d2, m2);
+    eprintln!("v2 waves: {waves:?}");
+    let first: Vec<usize> = (0..nodes.len()).filter(|&i| waves[i] == 0).collect();
+    let rest: Vec<usize> = (0..nodes.len()).filter(|&i| waves[i] == 1).collect();
+    wait_for(Duration::from_secs(30), "the first wave reports its outcomes", || {
+        first.iter().all(|&i| {
+            let n = &nodes[i];
+            if i < 3 { state(n) == "rolled_back" } else { state(n) == "committed" && active_seq(n) == Some(2) }
+        })
+    });
+    // Well past the second wave's start, nobody of it installed v2.
+    let until = start + (later + 5) * 1000;
+    while otamesh_node::clock::now_ms() < until {
+        for &i in &rest {
+            assert_eq!(active_seq(&nodes[i]), Some(1), "{} installed v2 despite the gate", nodes[i].name);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for &i in &rest {
+        assert!(!audit_has(&nodes[i], "transition", v2, "installing"), "{} started installing v2", nodes[i].name);
+    }
+    let report: Value = serde_json::from_str(&http_get(&nodes[0].api, &format!("/report?release={v2}")).unwrap())
+        .unwrap();
+    eprintln!("v2 report: {report}");
+    let failed = first.iter().filter(|&&i| i < 3).count() as u64;
+    let outcomes = &report["outcomes"];
+    let bad = outcomes["failed"].as_u64().unwrap_or(0) + outcomes["rolled_back"].as_u64().unwrap_or(0);
+    assert_eq!(bad, failed, "report outcomes: {report}");
+
+    // ---- halt, then an older resume replayed over gossip: refused and audited ----
+    directive(&store, &key, v2, Order::Halt, 2);
+    wait_for(Duration::from_secs(20), "every node applies the halt", || {
+        nodes.iter().all(|n| audit_has(n, "directive", v2, "Halt"))
+    });
+    // The replayer's own origin lists only the old resume; it gossips it to a0.
+    let old_store = dir.path().join("replay-origin");
+    directive(&old_store, &key, v2, Order::Resume, 1);
+    let old_origin = Origin::start(&old_store, None);
+    let mut refused = false;
+    for attempt in 0..5 {
+        let args = vec!["--origin".to_string(), old_origin.url.clone(), "--peer".into(), nodes[0].addr()];
+        let replayer = Node::start(dir.path(), &format!("replayer{attempt}"), "r", &trust, &args);
+        let until = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < until && !refused {
+            refused = audit_has(&nodes[0], "refused", v2, "directive:");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        drop(replayer);
+        if refused {
+            break;
+        }
+    }
+    assert!(refused, "a0 never refused the replayed resume:\n{}", nodes[0].tail_log());
+    assert!(!audit_has(&nodes[0], "directive", v2, "Resume"), "a0 applied the old resume");
+
+    // ---- revoke: everyone back on v1 ----
+    directive(&store, &key, v2, Order::Revoke { to: v1 }, 3);
+    wait_for(Duration::from_secs(30), "every node back on v1", || {
+        nodes.iter().all(|n| n.status().is_some_and(|s| s["active"]["release_id"] == v1.to_string()))
+    });
+    for &i in &first {
+        let s = nodes[i].status().unwrap();
+        assert_eq!(s["state"], "rolled_back", "{}: {s}", nodes[i].name);
+    }
+    for n in &nodes {
+        let p = std::fs::read(n.data.join("slots/active/payload")).unwrap();
+        assert!(p == d1, "{}: active payload is not v1", n.name);
+    }
+
+    // ---- /fleet on any node lists every node with its active release ----
+    for n in &nodes {
+        wait_for(Duration::from_secs(20), &format!("{}'s /fleet lists all six on v1", n.name), || {
+            let Some(f) = http_get(&n.api, "/fleet").and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            else {
+                return false;
+            };
+            let devices = f["devices"].as_array().cloned().unwrap_or_default();
+            ids.iter().all(|id| {
+                devices.iter().any(|d| d["device_id"] == id.to_string() && d["active"] == v1.to_string())
+            })
+        });
+    }
+}
