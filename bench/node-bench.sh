@@ -73,7 +73,7 @@ sleep 0.5
 for i in 1 2 3; do
   curl -sk -o /dev/null -w "BENCH nginx HTTPS (curl, 1 stream): $MIB MiB at %{speed_download} B/s\n" \
     "https://127.0.0.1:$PORT/artifact.bin" |
-    awk -v mib="$MIB" '{ printf "%s %s %s %s %s %s %s %s = %.0f MiB/s\n", $1,$2,$3,$4,$5,$6,$7,$8, $9/1048576 }'
+    awk -v mib="$MIB" '{ printf "%s %s %s %s %s %s %s %s = %.0f MiB/s\n", $1,$2,$3,$4,$5,$6,$7,$8, $10/1048576 }'
 done
 kill "$NGINX_PID" && NGINX_PID=""
 

@@ -46,7 +46,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The shortest gap between two have-bitfield messages.
 const HAVE_MIN_GAP: Duration = Duration::from_millis(300);
 /// A site peer not heard for this long is no longer a member.
-const MEMBER_TTL: Millis = 5_000;
+const MEMBER_TTL: Millis = 10_000;
 /// How often unconnected static peers are dialled again.
 const REDIAL: Duration = Duration::from_secs(3);
 /// Capacity of the channel from spawned tasks to the loop.
