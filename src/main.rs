@@ -33,6 +33,8 @@ enum Command {
     Node(otamesh_node::cli::NodeArgs),
     /// Push a signed manifest into the mesh through a running node.
     Announce(otamesh_node::cli::AnnounceArgs),
+    /// Simulate a rollout scenario (or `sim compare` several): summary.json, timeseries.csv, plots.
+    Sim(otamesh_sim::cli::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Announce(args) => {
             otamesh_node::cli::run_announce(args).map(|()| ExitCode::SUCCESS).map_err(Into::into)
         }
+        Command::Sim(args) => otamesh_sim::cli::run(args).map(|()| ExitCode::SUCCESS).map_err(Into::into),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

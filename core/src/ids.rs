@@ -28,8 +28,26 @@ pub enum ParseIdError {
 macro_rules! digest_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name([u8; 32]);
+
+        /// Hex text in human-readable formats (JSON, TOML), 32 raw bytes in the binary codec.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() { s.collect_str(self) } else { self.0.serialize(s) }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let text = String::deserialize(d)?;
+                    text.parse().map_err(serde::de::Error::custom)
+                } else {
+                    <[u8; 32]>::deserialize(d).map(Self)
+                }
+            }
+        }
 
         impl $name {
             /// Wraps raw digest bytes.
@@ -134,6 +152,16 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text.len(), 64);
         assert_eq!(text.parse::<ChunkId>().unwrap(), id);
+    }
+
+    #[test]
+    fn binary_is_raw_bytes_and_text_is_hex() {
+        let id = ReleaseId::from_bytes([0xab; 32]);
+        assert_eq!(crate::codec::encode(&id), vec![0xab; 32]);
+        assert_eq!(crate::codec::decode::<ReleaseId>(&[0xab; 32]).unwrap(), id);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", "ab".repeat(32)));
+        assert_eq!(serde_json::from_str::<ReleaseId>(&json).unwrap(), id);
     }
 
     #[test]

@@ -13,6 +13,12 @@ use axum::routing::get;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use std::collections::BTreeMap;
+
+use otamesh_core::ReleaseId;
+use otamesh_core::fleet::RolloutReport;
+
+use crate::db::SlotContent;
 use crate::metrics::Metrics;
 
 /// What `GET /status` returns.
@@ -32,8 +38,43 @@ pub struct Status {
     pub site_members: Vec<String>,
     /// The addresses the node listens on.
     pub listen: Vec<String>,
+    /// The lifecycle state of the release in progress (or the last one handled).
+    pub state: &'static str,
+    /// The slot the device runs, if any.
+    pub active: Option<SlotContent>,
+    /// The other slot, kept for rollback, if any.
+    pub previous: Option<SlotContent>,
     /// Every known release for this device's class.
     pub releases: Vec<ReleaseStatus>,
+}
+
+/// What `GET /fleet` and `GET /report` serve: the fleet as this node heard it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Fleet {
+    /// Every device heard of, by id.
+    pub devices: Vec<FleetDevice>,
+    /// A rollout report per release this node knows the manifest of.
+    #[serde(skip)]
+    pub reports: BTreeMap<ReleaseId, RolloutReport>,
+}
+
+/// One device in [`Fleet`].
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetDevice {
+    /// Its id.
+    pub device_id: String,
+    /// Its site.
+    pub site: String,
+    /// Its class.
+    pub class: String,
+    /// The release it runs.
+    pub active: Option<String>,
+    /// The release its newest report is about.
+    pub release: String,
+    /// `committed`, `failed`, `rolled_back` or `revoked`.
+    pub state: &'static str,
+    /// When its newest report was sent (Unix ms).
+    pub last_seen: u64,
 }
 
 /// One release in [`Status`].
@@ -58,6 +99,7 @@ pub struct ReleaseStatus {
 #[derive(Clone)]
 struct ApiState {
     status: watch::Receiver<Status>,
+    fleet: watch::Receiver<Fleet>,
     metrics: Metrics,
 }
 
@@ -67,11 +109,18 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 }
 
 /// Serves the API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, status: watch::Receiver<Status>, metrics: Metrics) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    status: watch::Receiver<Status>,
+    fleet: watch::Receiver<Fleet>,
+    metrics: Metrics,
+) {
     let app = Router::new()
         .route("/status", get(status_handler))
+        .route("/fleet", get(fleet_handler))
+        .route("/report", get(report_handler))
         .route("/metrics", get(metrics_handler))
-        .with_state(ApiState { status, metrics });
+        .with_state(ApiState { status, fleet, metrics });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "API server stopped");
     }
@@ -80,6 +129,32 @@ pub async fn serve(listener: tokio::net::TcpListener, status: watch::Receiver<St
 async fn status_handler(State(state): State<ApiState>) -> impl IntoResponse {
     let status = state.status.borrow().clone();
     axum::Json(status)
+}
+
+async fn fleet_handler(State(state): State<ApiState>) -> impl IntoResponse {
+    let fleet = state.fleet.borrow().clone();
+    axum::Json(fleet)
+}
+
+#[derive(serde::Deserialize)]
+struct ReportQuery {
+    release: String,
+}
+
+async fn report_handler(
+    State(state): State<ApiState>,
+    axum::extract::Query(q): axum::extract::Query<ReportQuery>,
+) -> axum::response::Response {
+    let not_found = |msg: String| {
+        (axum::http::StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": msg }))).into_response()
+    };
+    let Ok(release) = q.release.parse::<ReleaseId>() else {
+        return not_found(format!("release {:?} is not a release id (64 hex digits)", q.release));
+    };
+    match state.fleet.borrow().reports.get(&release) {
+        Some(report) => axum::Json(report.clone()).into_response(),
+        None => not_found(format!("release {release} is not known to this node")),
+    }
 }
 
 async fn metrics_handler(State(state): State<ApiState>) -> impl IntoResponse {

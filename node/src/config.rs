@@ -13,6 +13,10 @@
 //! wan_rate = 2000000        # bytes per second from the origin, optional
 //! poll_interval = 60        # seconds between polls of the origin's index
 //! mdns = true
+//! install_hook = "/usr/lib/otamesh/install"   # run with the new slot as $1
+//! health_check = "/usr/lib/otamesh/healthy"   # exit 0 commits, else roll back
+//! hook_timeout = 300        # seconds
+//! utc_offset_min = 60       # local time for maintenance windows
 //! ```
 
 use std::net::SocketAddr;
@@ -28,6 +32,8 @@ pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/4700";
 pub const DEFAULT_API: &str = "127.0.0.1:4780";
 /// The default origin poll interval.
 pub const DEFAULT_POLL_INTERVAL_S: f64 = 60.0;
+/// The default time a hook may run.
+pub const DEFAULT_HOOK_TIMEOUT_S: f64 = 300.0;
 
 /// `otamesh node` flags. Every flag may also be given in `--config FILE`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -70,6 +76,18 @@ pub struct NodeArgs {
     /// Do not discover peers with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Command run (by `sh -c`) after a release is written to the inactive slot; `$1` is the slot.
+    #[arg(long, value_name = "CMD")]
+    pub install_hook: Option<String>,
+    /// Command run after the switch; exit 0 commits, anything else rolls back.
+    #[arg(long, value_name = "CMD")]
+    pub health_check: Option<String>,
+    /// Seconds a hook may run before it is killed and counted as failed [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    pub hook_timeout: Option<f64>,
+    /// This device's local time offset from UTC in minutes, for maintenance windows [default: 0].
+    #[arg(long, value_name = "MINUTES", allow_hyphen_values = true)]
+    pub utc_offset_min: Option<i16>,
     /// TEST ONLY: flip a byte in every chunk this node serves, to exercise bans.
     #[arg(long, hide = true)]
     pub test_corrupt_served_chunks: bool,
@@ -92,6 +110,10 @@ struct FileConfig {
     wan_rate: Option<u64>,
     poll_interval: Option<f64>,
     mdns: Option<bool>,
+    install_hook: Option<String>,
+    health_check: Option<String>,
+    hook_timeout: Option<f64>,
+    utc_offset_min: Option<i16>,
 }
 
 /// What a node runs with.
@@ -121,6 +143,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Test only: corrupt served chunks.
     pub corrupt_served_chunks: bool,
+    /// Install hook and health check.
+    pub device: crate::device::DeviceConfig,
 }
 
 /// Why the configuration is unusable.
@@ -223,6 +247,31 @@ impl NodeArgs {
                 reason: "a rate of 0 would never fetch anything; leave it out for no limit".into(),
             });
         }
+        let hook_timeout = self.hook_timeout.or(file.hook_timeout).unwrap_or(DEFAULT_HOOK_TIMEOUT_S);
+        if !(hook_timeout.is_finite() && hook_timeout > 0.0) {
+            return Err(ConfigError::Invalid {
+                key: "hook-timeout",
+                value: hook_timeout.to_string(),
+                reason: "expected seconds above 0".into(),
+            });
+        }
+        let hook =
+            |command: String| crate::hooks::Hook { command, timeout: Duration::from_secs_f64(hook_timeout) };
+        let utc_offset_min = self.utc_offset_min.or(file.utc_offset_min).unwrap_or(0);
+        if !(-14 * 60..=14 * 60).contains(&utc_offset_min) {
+            return Err(ConfigError::Invalid {
+                key: "utc-offset-min",
+                value: utc_offset_min.to_string(),
+                reason: "expected minutes between -840 and 840".into(),
+            });
+        }
+        let device = crate::device::DeviceConfig {
+            class: class.clone(),
+            site: site.clone(),
+            utc_offset_min,
+            install_hook: self.install_hook.clone().or(file.install_hook).map(hook),
+            health_check: self.health_check.clone().or(file.health_check).map(hook),
+        };
         let trust = match self.trust.clone().or(file.trust) {
             Some(t) => t,
             None => ["trust.toml", "trust.pub"]
@@ -244,6 +293,7 @@ impl NodeArgs {
             poll_interval: Duration::from_secs_f64(poll),
             mdns: !self.no_mdns && file.mdns.unwrap_or(true),
             corrupt_served_chunks: self.test_corrupt_served_chunks,
+            device,
         })
     }
 }

@@ -105,7 +105,8 @@ struct Tracked {
     manifest: VerifiedManifest,
     info: ReleaseInfo,
     machine: Lifecycle,
-    persisted: State,
+    /// The state last written to the database (None: not yet written).
+    persisted: Option<State>,
 }
 
 /// One device's update state. See the module docs.
@@ -172,7 +173,7 @@ impl Device {
             if let Ok(manifest) = trust.verify_manifest(signed, 0) {
                 let info = release_info(&manifest);
                 let machine = Lifecycle::recover(device.device_info(&info), record.state.clone(), now);
-                device.current = Some(Tracked { manifest, info, machine, persisted: record.state });
+                device.current = Some(Tracked { manifest, info, machine, persisted: Some(record.state) });
                 device.drive(now)?;
                 if device.poll_timeout().is_some_and(|t| t <= now) {
                     device.handle_timeout(now)?;
@@ -219,10 +220,12 @@ impl Device {
             class: &self.config.class,
             installed: self.installed()?.map(|s| s.sequence),
             revoke_target: self.is_revoke_target(id),
-            rolled_back_before: known.is_some_and(|r| matches!(r.state, State::RolledBack(_))),
+            rolled_back_before: known.as_ref().is_some_and(|r| matches!(r.state, State::RolledBack(_))),
         };
         if let Err(refusal) = admit(manifest.manifest(), &facts) {
-            if !matches!(refusal, Refusal::OtherClass { .. }) {
+            // Another class is not this device's business; a release it already handled
+            // (offered again after a restart) was audited the first time.
+            if !matches!(refusal, Refusal::OtherClass { .. }) && known.is_none() {
                 let m = manifest.manifest();
                 let detail = format!("refused {} (sequence {}): {refusal}", m.version, m.sequence);
                 self.db.audit(now, "refused", Some(id), &detail)?;
@@ -257,7 +260,7 @@ impl Device {
         let m = manifest.manifest();
         let detail = format!("admitted {} (sequence {}, {} bytes)", m.version, m.sequence, m.payload.size);
         self.db.audit(now, "admitted", Some(info.id), &detail)?;
-        self.current = Some(Tracked { manifest, info, machine, persisted: State::Idle });
+        self.current = Some(Tracked { manifest, info, machine, persisted: None });
         self.persist(now, "")?;
         let halted = self.directives.standing(id).halted;
         if let Some(t) = &mut self.current {
@@ -391,7 +394,7 @@ impl Device {
 
     fn persist(&mut self, now: Millis, detail: &str) -> Result<(), DeviceError> {
         let Some(t) = &mut self.current else { return Ok(()) };
-        if *t.machine.state() == t.persisted && t.persisted != State::Idle {
+        if t.persisted.as_ref() == Some(t.machine.state()) {
             return Ok(());
         }
         let m = t.manifest.manifest();
@@ -402,7 +405,7 @@ impl Device {
             state: t.machine.state().clone(),
             updated_at: now,
         };
-        t.persisted = record.state.clone();
+        t.persisted = Some(record.state.clone());
         self.db.transition(now, &record, detail)?;
         Ok(())
     }
@@ -525,6 +528,97 @@ impl Device {
             run_hook(hook, "install", &self.slots.path(slot), id, manifest)?;
         }
         Ok(())
+    }
+}
+
+/// What the node tells the device thread.
+#[derive(Debug)]
+pub enum Command {
+    /// A verified manifest for this device's class arrived.
+    Offer(Box<VerifiedManifest>),
+    /// Every chunk of the release is in the local store.
+    Fetched(ReleaseId),
+    /// A verified report from any device.
+    Report(Box<VerifiedReport>),
+    /// A verified directive.
+    Directive(Box<VerifiedDirective>),
+    /// How many other devices of the site are installing now.
+    SiteInstalling(u32),
+}
+
+/// What the device thread tells the node.
+#[derive(Debug)]
+pub enum Output {
+    /// An event for the mesh.
+    Event(Event),
+    /// The device's status changed.
+    Status(DeviceStatus),
+}
+
+/// Runs `device` on its own thread: applies commands, wakes at its timeouts, hands
+/// events and status changes to `out` (which returns false once the node is gone).
+/// Ends when the command channel closes. A failing database or disk is logged and the
+/// device keeps serving everything else.
+pub fn spawn(
+    mut device: Device,
+    commands: std::sync::mpsc::Receiver<Command>,
+    mut out: impl FnMut(Output) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut last_status = None;
+        loop {
+            let now = crate::clock::now_ms();
+            // Wake at least every few seconds so wall-clock jumps are noticed.
+            let wait = device.poll_timeout().map_or(5_000, |t| t.saturating_sub(now).min(5_000));
+            let result = match commands.recv_timeout(std::time::Duration::from_millis(wait)) {
+                Ok(cmd) => device.apply(crate::clock::now_ms(), cmd),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(()),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let now = crate::clock::now_ms();
+            let result = result.and_then(|()| match device.poll_timeout() {
+                Some(t) if t <= now => device.handle_timeout(now),
+                _ => Ok(()),
+            });
+            if let Err(e) = result {
+                tracing::error!(error = %e, "device state could not be updated");
+            }
+            while let Some(event) = device.poll_event() {
+                if !out(Output::Event(event)) {
+                    return;
+                }
+            }
+            match device.status() {
+                Ok(status) if last_status.as_ref() != Some(&status) => {
+                    last_status = Some(status.clone());
+                    if !out(Output::Status(status)) {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "device status unreadable"),
+            }
+        }
+    })
+}
+
+impl Device {
+    /// Applies one command from the node.
+    pub fn apply(&mut self, now: Millis, command: Command) -> Result<(), DeviceError> {
+        match command {
+            Command::Offer(manifest) => {
+                let id = manifest.id();
+                match self.offer(now, *manifest)? {
+                    Offered::Refused(r) => tracing::info!(release = %id, reason = %r, "release refused"),
+                    other => tracing::info!(release = %id, result = ?other, "release offered"),
+                }
+                Ok(())
+            }
+            Command::Fetched(release) => self.handle_fetched(now, release),
+            Command::Report(report) => self.handle_report(now, &report).map(|_| ()),
+            Command::Directive(directive) => self.handle_directive(now, &directive),
+            Command::SiteInstalling(n) => self.set_site_installing(now, n),
+        }
     }
 }
 

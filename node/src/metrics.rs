@@ -32,11 +32,17 @@ pub struct Metrics {
     pub origin_errors: Counter,
     /// Chunk requests to peers that failed or timed out.
     pub peer_request_failures: Counter,
-    /// Gossip messages by `topic` (`releases`, `site`) and `result` (`accepted`,
+    /// Gossip messages by `topic` (`releases`, `site`, `reports`, `directives`) and `result` (`accepted`,
     /// `rejected`, `ignored`).
     pub gossip_messages: Family<Labels, Counter>,
     /// Peers banned for serving a bad chunk.
     pub bans: Counter,
+    /// Releases this device committed after a passing health check.
+    pub installs: Counter,
+    /// Installs that failed before activation.
+    pub install_failures: Counter,
+    /// Rollbacks to the previous slot (failed health check, crash, revoke).
+    pub rollbacks: Counter,
 }
 
 impl Metrics {
@@ -53,6 +59,9 @@ impl Metrics {
         let peer_request_failures = Counter::default();
         let gossip_messages = Family::<Labels, Counter>::default();
         let bans = Counter::default();
+        let installs = Counter::default();
+        let install_failures = Counter::default();
+        let rollbacks = Counter::default();
         // prometheus-client appends `_total` to counter names.
         registry.register(
             "otamesh_chunk_bytes",
@@ -76,6 +85,17 @@ impl Metrics {
             gossip_messages.clone(),
         );
         registry.register("otamesh_peer_bans", "Peers banned for serving a bad chunk", bans.clone());
+        registry.register(
+            "otamesh_installs",
+            "Releases committed after a passing health check",
+            installs.clone(),
+        );
+        registry.register(
+            "otamesh_install_failures",
+            "Installs that failed before activation",
+            install_failures.clone(),
+        );
+        registry.register("otamesh_rollbacks", "Rollbacks to the previous slot", rollbacks.clone());
         for source in ["lan", "wan"] {
             let _ = chunk_bytes.get_or_create(&vec![("source", source)]);
         }
@@ -91,6 +111,9 @@ impl Metrics {
             peer_request_failures,
             gossip_messages,
             bans,
+            installs,
+            install_failures,
+            rollbacks,
         }
     }
 

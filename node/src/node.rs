@@ -8,9 +8,12 @@
 //!
 //! **Goals:** every chunk verified before it is stored or served; bytes from the
 //! network never panic the node; a full disk, an unreachable origin or a misbehaving
-//! peer is logged and survived. **Non-goals (yet):** installing releases (the lifecycle
-//! issue), reports and directives (the fleet issue); the gossip topics and the
-//! `Internal` events leave room for them.
+//! peer is logged and survived.
+//!
+//! The device lifecycle runs beside the loop on its own thread ([`crate::device`]): the
+//! loop offers it verified manifests, reports and directives, and fetches a release
+//! only when the device's lifecycle asks for it (its wave has come); the device's
+//! signed reports go out on the reports topic.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -23,22 +26,27 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, tcp, yamux};
 use otamesh_core::chunking::VerifiedChunk;
+use otamesh_core::directive::SignedDirective;
 use otamesh_core::fetch::{Output, Planner, PlannerConfig, Source};
-use otamesh_core::lifecycle::{Facts, admit};
+use otamesh_core::fleet::FleetView;
+use otamesh_core::gate::Recorded;
 use otamesh_core::manifest::SignedManifest;
-use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, TrustRoot, VerifiedManifest, codec};
+use otamesh_core::report::{Outcome, SignedReport};
+use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, SecretKey, TrustRoot, VerifiedManifest, codec};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::api::{ReleaseStatus, Status};
+use crate::api::{Fleet, FleetDevice, ReleaseStatus, Status};
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
 use crate::datadir::{DataDir, DataDirError, device_id, peer_device};
+use crate::device::{self, Command as DeviceCommand, Device, DeviceStatus, Event as DeviceEvent};
 use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginError};
 use crate::store::Store;
 use crate::wire::{
-    self, CHUNK_PROTOCOL, ChunkCodec, Have, Item, RELEASES_TOPIC, Request, Response, SiteMessage, Want,
+    self, CHUNK_PROTOCOL, ChunkCodec, DIRECTIVES_TOPIC, Have, Item, RELEASES_TOPIC, REPORTS_TOPIC, Request,
+    Response, SiteMessage, Want,
 };
 
 /// How often a node gossips its have-bitfields even when nothing changed.
@@ -53,6 +61,8 @@ const REDIAL: Duration = Duration::from_secs(3);
 const INTERNAL_QUEUE: usize = 1024;
 /// How long a release announcement is retried while nobody is subscribed.
 const ANNOUNCE_RETRY_FOR: Millis = 120_000;
+/// Capacity of the channel from the loop to the device thread.
+const DEVICE_QUEUE: usize = 256;
 
 /// Why the node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +102,9 @@ pub enum NodeError {
     /// The async runtime could not start or a signal handler could not be installed.
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    /// The device state (database, slots) is unusable.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
 }
 
 #[derive(NetworkBehaviour)]
@@ -116,8 +129,12 @@ enum Internal {
     Many(Vec<Internal>),
     /// The origin listed a release this node does not know; here is its manifest.
     OriginManifest { bytes: Vec<u8>, url: String },
+    /// The origin lists a directive this node has not seen; here it is.
+    OriginDirective { bytes: Vec<u8>, url: String },
     /// An origin poll finished.
     PollDone,
+    /// The device thread has something for the mesh or a new status.
+    Device(device::Output),
 }
 
 struct Release {
@@ -154,12 +171,28 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     };
     let api_listener =
         crate::api::bind(config.api).await.map_err(|source| NodeError::Api { addr: config.api, source })?;
+    let secret = device_secret(&keypair);
+    let device = Device::open(&config.data, config.device.clone(), secret, &trust, now_ms())?;
     let swarm = build_swarm(keypair, config.mdns)?;
     let (tx, rx) = mpsc::channel(INTERNAL_QUEUE);
     let (status_tx, status_rx) = watch::channel(Status::default());
+    let (fleet_tx, fleet_rx) = watch::channel(Fleet::default());
+    let (device_tx, device_rx) = std::sync::mpsc::sync_channel(DEVICE_QUEUE);
+    let device_out = tx.clone();
+    let device_thread =
+        device::spawn(device, device_rx, move |out| device_out.blocking_send(Internal::Device(out)).is_ok());
     let mut node = Node {
         site_topic: IdentTopic::new(wire::site_topic(&config.site)),
         releases_topic: IdentTopic::new(RELEASES_TOPIC),
+        reports_topic: IdentTopic::new(REPORTS_TOPIC),
+        directives_topic: IdentTopic::new(DIRECTIVES_TOPIC),
+        device: device_tx,
+        device_status: None,
+        manifests: BTreeMap::new(),
+        fleet: FleetView::default(),
+        fleet_tx,
+        directives_seen: BTreeMap::new(),
+        site_installing: BTreeSet::new(),
         store: data.store().clone(),
         config,
         swarm,
@@ -185,9 +218,13 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         rejected_from_origin: BTreeSet::new(),
     };
     node.start()?;
-    let api = tokio::spawn(crate::api::serve(api_listener, status_rx, metrics));
+    let api = tokio::spawn(crate::api::serve(api_listener, status_rx, fleet_rx, metrics));
     let result = node.run_loop(rx).await;
     api.abort();
+    // Closing the command channel ends the device thread after its current step; a
+    // hook in progress is not interrupted half-way (its state is persisted).
+    drop(node);
+    let _ = tokio::task::spawn_blocking(move || device_thread.join()).await;
     tracing::info!("node stopped");
     result
 }
@@ -241,6 +278,20 @@ pub fn gossip_config() -> Result<gossipsub::Config, gossipsub::ConfigBuilderErro
 
 struct Node {
     config: NodeConfig,
+    reports_topic: IdentTopic,
+    directives_topic: IdentTopic,
+    /// Commands to the device thread.
+    device: std::sync::mpsc::SyncSender<DeviceCommand>,
+    device_status: Option<DeviceStatus>,
+    /// Every verified manifest for this class, offered to the device.
+    manifests: BTreeMap<ReleaseId, VerifiedManifest>,
+    /// The fleet as heard through signed reports.
+    fleet: FleetView,
+    fleet_tx: watch::Sender<Fleet>,
+    /// The newest directive sequence seen per release (older ones are not forwarded).
+    directives_seen: BTreeMap<ReleaseId, u64>,
+    /// Site members that say they are installing.
+    site_installing: BTreeSet<DeviceId>,
     swarm: Swarm<Behaviour>,
     me: DeviceId,
     trust: TrustRoot,
@@ -260,7 +311,7 @@ struct Node {
     /// Static peers: the address to dial and the peer id it turned out to have.
     static_peers: Vec<(Multiaddr, Option<PeerId>)>,
     /// Manifests to publish on the releases topic once someone is subscribed.
-    announce_queue: VecDeque<(Vec<u8>, Millis)>,
+    announce_queue: VecDeque<(IdentTopic, Vec<u8>, Millis)>,
     manifests_asked: BTreeSet<ReleaseId>,
     have_dirty: bool,
     last_have: Instant,
@@ -273,7 +324,7 @@ struct Node {
 impl Node {
     fn start(&mut self) -> Result<(), NodeError> {
         let gs = &mut self.swarm.behaviour_mut().gossipsub;
-        for topic in [&self.releases_topic, &self.site_topic] {
+        for topic in [&self.releases_topic, &self.site_topic, &self.reports_topic, &self.directives_topic] {
             gs.subscribe(topic).map_err(|e| NodeError::Network(e.to_string()))?;
         }
         for addr in self.config.listen.clone() {
@@ -429,9 +480,7 @@ impl Node {
 
     fn on_gossip(&mut self, event: gossipsub::Event) {
         let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
-            if let gossipsub::Event::Subscribed { topic, .. } = event
-                && topic == self.releases_topic.hash()
-            {
+            if let gossipsub::Event::Subscribed { .. } = event {
                 self.flush_announcements();
             }
             return;
@@ -440,6 +489,10 @@ impl Node {
             ("releases", self.on_release_message(&message.data, propagation_source))
         } else if message.topic == self.site_topic.hash() {
             ("site", self.on_site_message(message.source, &message.data))
+        } else if message.topic == self.reports_topic.hash() {
+            ("reports", self.on_report_message(&message.data, propagation_source))
+        } else if message.topic == self.directives_topic.hash() {
+            ("directives", self.on_directive_message(&message.data, propagation_source))
         } else {
             ("other", MessageAcceptance::Ignore)
         };
@@ -492,6 +545,14 @@ impl Node {
             return MessageAcceptance::Ignore;
         }
         let now = now_ms();
+        let changed = if msg.installing {
+            self.site_installing.insert(device)
+        } else {
+            self.site_installing.remove(&device)
+        };
+        if changed {
+            self.tell_device(DeviceCommand::SiteInstalling(self.site_installing.len() as u32));
+        }
         let entry = self.site_peers.entry(device).or_insert_with(|| SitePeer {
             peer,
             last_seen: now,
@@ -545,6 +606,9 @@ impl Node {
 
     fn member_left(&mut self, device: DeviceId) {
         let now = now_ms();
+        if self.site_installing.remove(&device) {
+            self.tell_device(DeviceCommand::SiteInstalling(self.site_installing.len() as u32));
+        }
         if let Some(p) = self.site_peers.remove(&device) {
             for r in p.releases {
                 if let Some(release) = self.releases.get_mut(&r) {
@@ -557,7 +621,11 @@ impl Node {
     fn publish_have(&mut self) {
         let haves =
             self.releases.iter().map(|(id, r)| Have { release: *id, bits: r.planner.bitfield() }).collect();
-        let msg = SiteMessage { sent_at: now_ms(), class: self.config.class.clone(), haves };
+        let installing = self
+            .device_status
+            .as_ref()
+            .is_some_and(|s| matches!(s.state, "installing" | "activated" | "checking"));
+        let msg = SiteMessage { sent_at: now_ms(), class: self.config.class.clone(), haves, installing };
         let topic = self.site_topic.clone();
         match self.swarm.behaviour_mut().gossipsub.publish(topic, codec::encode(&msg)) {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
@@ -568,22 +636,21 @@ impl Node {
     }
 
     fn announce(&mut self, manifest: &VerifiedManifest) {
-        self.announce_queue.push_back((manifest.signed().to_bytes(), now_ms()));
+        self.announce_queue.push_back((self.releases_topic.clone(), manifest.signed().to_bytes(), now_ms()));
         self.flush_announcements();
     }
 
     fn flush_announcements(&mut self) {
         let now = now_ms();
         let mut keep = VecDeque::new();
-        while let Some((bytes, since)) = self.announce_queue.pop_front() {
-            let topic = self.releases_topic.clone();
-            match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes.clone()) {
+        while let Some((topic, bytes, since)) = self.announce_queue.pop_front() {
+            match self.swarm.behaviour_mut().gossipsub.publish(topic.clone(), bytes.clone()) {
                 Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
                 Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
                 | Err(gossipsub::PublishError::AllQueuesFull(_))
                     if now.saturating_sub(since) < ANNOUNCE_RETRY_FOR =>
                 {
-                    keep.push_back((bytes, since))
+                    keep.push_back((topic, bytes, since))
                 }
                 Err(e) => tracing::debug!(error = %e, "gave up announcing a release"),
             }
@@ -593,28 +660,38 @@ impl Node {
 
     // ---- releases ----
 
-    /// Takes up a verified manifest: saves it, starts a planner, tells the site.
+    /// Takes up a verified manifest for this class: saves it, offers it to the device,
+    /// tells the mesh. Fetching starts when the device's lifecycle asks for it.
     fn adopt(&mut self, manifest: VerifiedManifest, tell: bool) {
         let id = manifest.id();
-        if self.releases.contains_key(&id) {
+        if self.manifests.contains_key(&id) {
             return;
         }
         let m = manifest.manifest();
-        // Issue 5 passes the installed sequence and the directive book here.
-        let facts = Facts {
-            class: &self.config.class,
-            installed: None,
-            revoke_target: false,
-            rolled_back_before: false,
-        };
-        if let Err(refusal) = admit(m, &facts) {
-            tracing::debug!(release = %id, reason = %refusal, "release not for this device");
+        if m.class != self.config.class {
+            tracing::debug!(release = %id, class = %m.class, "release for another class; ignored");
             return;
         }
         if let Err(e) = self.data.save_manifest(&manifest) {
             tracing::error!(release = %id, error = %e, "cannot save the manifest; release not taken up");
             return;
         }
+        tracing::info!(release = %id, sequence = m.sequence, version = %m.version, "release heard");
+        self.manifests.insert(id, manifest.clone());
+        self.tell_device(DeviceCommand::Offer(Box::new(manifest.clone())));
+        self.publish_fleet();
+        if tell {
+            self.announce(&manifest);
+        }
+    }
+
+    /// The device's lifecycle wants this release's chunks: start a planner.
+    fn start_fetch(&mut self, id: ReleaseId) {
+        if self.releases.contains_key(&id) {
+            return;
+        }
+        let Some(manifest) = self.manifests.get(&id).cloned() else { return };
+        let m = manifest.manifest();
         let store = self.store.clone();
         let planner = Planner::new(
             self.me,
@@ -625,20 +702,141 @@ impl Node {
         );
         tracing::info!(
             release = %id,
-            sequence = m.sequence,
-            version = %m.version,
             chunks = m.payload.chunks.len(),
             have = planner.chunks_have(),
-            "release accepted"
+            "fetching release"
         );
         let lengths = m.payload.chunks.iter().map(|c| (c.id, c.len)).collect();
-        self.releases.insert(id, Release { manifest: manifest.clone(), planner, lengths, indexed: false });
+        self.releases.insert(id, Release { manifest, planner, lengths, indexed: false });
         // Peers already heard are members of this release only once their next
         // have-bitfield names it; that arrives within a heartbeat.
         self.have_dirty = true;
-        if tell {
-            self.announce(&manifest);
+    }
+
+    /// Hands a command to the device thread; a full queue is logged, never blocks.
+    fn tell_device(&self, command: DeviceCommand) {
+        if let Err(e) = self.device.try_send(command) {
+            tracing::warn!(error = %e, "device thread busy; command dropped");
         }
+    }
+
+    fn on_device(&mut self, output: device::Output) {
+        match output {
+            device::Output::Event(DeviceEvent::Fetch { release }) => self.start_fetch(release),
+            device::Output::Event(DeviceEvent::StopFetch { release }) => {
+                self.releases.remove(&release);
+                self.have_dirty = true;
+            }
+            device::Output::Event(DeviceEvent::Report(report)) => {
+                match &report.report.outcome {
+                    Outcome::Committed => self.metrics.installs.inc(),
+                    Outcome::Failed { .. } => self.metrics.install_failures.inc(),
+                    Outcome::RolledBack { .. } => self.metrics.rollbacks.inc(),
+                };
+                let bytes = report.to_bytes();
+                if let Ok(verified) = report.verify() {
+                    let _ = self.take_report(verified);
+                }
+                // Queued like announcements: retried until some peer is subscribed.
+                self.announce_queue.push_back((self.reports_topic.clone(), bytes, now_ms()));
+                self.flush_announcements();
+            }
+            device::Output::Status(status) => {
+                self.device_status = Some(status);
+                self.have_dirty = true;
+                self.publish_status();
+            }
+        }
+    }
+
+    fn on_report_message(&mut self, data: &[u8], from: PeerId) -> MessageAcceptance {
+        let verified = match SignedReport::from_bytes(data)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.verify().map_err(|e| e.to_string()))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(%from, error = %e, "rejected a report; not forwarded");
+                return MessageAcceptance::Reject;
+            }
+        };
+        if !self.manifests.contains_key(&verified.report().release)
+            && verified.report().class != self.config.class
+        {
+            // A release of another class: nobody here judges it; pass it on.
+            return MessageAcceptance::Accept;
+        }
+        match self.take_report(verified) {
+            // A replay or a flood of one device's old reports: dropped, not forwarded.
+            Recorded::Stale => MessageAcceptance::Ignore,
+            Recorded::New | Recorded::Updated => MessageAcceptance::Accept,
+        }
+    }
+
+    /// Counts a verified report in the fleet view and the device's gate tally.
+    fn take_report(&mut self, report: otamesh_core::report::VerifiedReport) -> Recorded {
+        let recorded = self.fleet.record(&report);
+        if recorded != Recorded::Stale {
+            self.tell_device(DeviceCommand::Report(Box::new(report)));
+            self.publish_fleet();
+        }
+        recorded
+    }
+
+    fn on_directive_message(&mut self, data: &[u8], from: PeerId) -> MessageAcceptance {
+        match self.take_directive(data) {
+            Ok(true) => MessageAcceptance::Accept,
+            Ok(false) => MessageAcceptance::Ignore,
+            Err(e) => {
+                tracing::warn!(%from, error = %e, "rejected a directive; not forwarded");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    /// Verifies a directive and hands it to the device; true when it is newer than any
+    /// seen for its release (worth forwarding). Older ones still reach the device, which
+    /// refuses and audits them.
+    fn take_directive(&mut self, data: &[u8]) -> Result<bool, String> {
+        let signed = SignedDirective::from_bytes(data).map_err(|e| e.to_string())?;
+        let verified = self.trust.verify_directive(signed).map_err(|e| e.to_string())?;
+        let d = verified.directive();
+        let seen = self.directives_seen.entry(d.release).or_insert(0);
+        let newer = d.sequence > *seen;
+        *seen = (*seen).max(d.sequence);
+        tracing::info!(release = %d.release, order = ?d.order, sequence = d.sequence, newer, "directive");
+        self.tell_device(DeviceCommand::Directive(Box::new(verified)));
+        Ok(newer)
+    }
+
+    fn publish_fleet(&mut self) {
+        let devices = self
+            .fleet
+            .devices()
+            .map(|e| FleetDevice {
+                device_id: e.device.to_string(),
+                site: e.site.clone(),
+                class: e.class.clone(),
+                active: e.active.map(|r| r.to_string()),
+                release: e.release.to_string(),
+                state: match &e.outcome {
+                    Outcome::Committed => "committed",
+                    Outcome::Failed { .. } => "failed",
+                    Outcome::RolledBack { revoked: true, .. } => "revoked",
+                    Outcome::RolledBack { .. } => "rolled_back",
+                },
+                last_seen: e.last_seen,
+            })
+            .collect();
+        let reports = self
+            .manifests
+            .iter()
+            .map(|(id, v)| {
+                let m = v.manifest();
+                (*id, self.fleet.rollout(*id, m.kind, m.created_at, &m.rollout))
+            })
+            .collect();
+        self.fleet_tx.send_replace(Fleet { devices, reports });
     }
 
     fn drain_planners(&mut self) {
@@ -696,6 +894,7 @@ impl Node {
         if let Err(e) = self.store.put_manifest(&r.manifest) {
             tracing::warn!(%release, error = %e, "cannot list the release in the local store index");
         }
+        self.tell_device(DeviceCommand::Fetched(release));
         self.have_dirty = true;
         self.publish_status();
     }
@@ -731,13 +930,27 @@ impl Node {
             return;
         }
         self.polling = true;
-        let known: BTreeSet<ReleaseId> = self.releases.keys().copied().collect();
+        let known: BTreeSet<ReleaseId> = self.manifests.keys().copied().collect();
+        let directives_seen = self.directives_seen.clone();
         let rejected = self.rejected_from_origin.clone();
         let class = self.config.class.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
             match origin.index().await {
                 Ok(index) => {
+                    for d in index.directives {
+                        if directives_seen.get(&d.release_id).is_some_and(|s| *s >= d.sequence) {
+                            continue;
+                        }
+                        match origin.manifest(&d.path).await {
+                            Ok(bytes) => {
+                                let _ = tx.send(Internal::OriginDirective { bytes, url: d.path }).await;
+                            }
+                            Err(err) => {
+                                tracing::warn!(error = %err, "cannot fetch a directive the origin lists")
+                            }
+                        }
+                    }
                     for e in index.releases {
                         if e.class != class || known.contains(&e.release_id) || rejected.contains(&e.manifest)
                         {
@@ -922,7 +1135,19 @@ impl Node {
                     }
                 }
             }
+            Internal::OriginDirective { bytes, url } => match self.take_directive(&bytes) {
+                // Tell the mesh, so nodes without an origin learn it too.
+                Ok(true) => {
+                    let topic = self.directives_topic.clone();
+                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                        tracing::debug!(error = %e, "cannot gossip a directive from the origin");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(directive = %url, error = %e, "origin directive rejected"),
+            },
             Internal::PollDone => self.polling = false,
+            Internal::Device(output) => self.on_device(output),
         }
     }
 
@@ -945,27 +1170,42 @@ impl Node {
     // ---- status ----
 
     fn publish_status(&mut self) {
+        let current = self.device_status.as_ref().and_then(|s| s.release.map(|r| (r, s.state)));
         let releases = self
-            .releases
+            .manifests
             .iter()
-            .map(|(id, r)| {
-                let m = r.manifest.manifest();
+            .map(|(id, v)| {
+                let m = v.manifest();
+                let planner = self.releases.get(id).map(|r| &r.planner);
+                let state = match (current, planner) {
+                    (Some((r, state)), _) if r == *id => state,
+                    (_, Some(p)) if p.is_complete() => "staged",
+                    (_, Some(_)) => "fetching",
+                    (_, None) => "known",
+                };
                 ReleaseStatus {
                     release_id: id.to_string(),
                     sequence: m.sequence,
                     version: m.version.clone(),
-                    chunks_have: r.planner.chunks_have(),
-                    chunks_total: r.planner.chunks_total(),
-                    state: if r.planner.is_complete() { "staged" } else { "fetching" },
-                    banned: self
-                        .site_peers
-                        .keys()
-                        .filter(|d| r.planner.is_banned(**d))
-                        .map(|d| d.to_string())
-                        .collect(),
+                    chunks_have: planner.map_or(0, |p| p.chunks_have()),
+                    chunks_total: m.payload.chunks.len(),
+                    state,
+                    banned: planner
+                        .map(|p| {
+                            self.site_peers
+                                .keys()
+                                .filter(|d| p.is_banned(**d))
+                                .map(|d| d.to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 }
             })
             .collect();
+        let (state, active, previous) = match &self.device_status {
+            Some(s) => (s.state, s.active.clone(), s.previous.clone()),
+            None => ("idle", None, None),
+        };
         let status = Status {
             device_id: self.me.to_string(),
             peer_id: self.swarm.local_peer_id().to_string(),
@@ -974,6 +1214,9 @@ impl Node {
             peers: self.connected.len(),
             site_members: self.site_peers.keys().map(|d| d.to_string()).collect(),
             listen: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            state,
+            active,
+            previous,
             releases,
         };
         self.status_tx.send_replace(status);
@@ -1035,4 +1278,14 @@ fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
 pub fn run_blocking(config: NodeConfig) -> Result<(), NodeError> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(config))
+}
+
+/// The device's report-signing key: the same ed25519 key as its libp2p identity, so its
+/// device id is the same on the mesh and in its reports.
+fn device_secret(keypair: &libp2p::identity::Keypair) -> SecretKey {
+    // Invariant: DataDir::identity only returns ed25519 keypairs.
+    let ed = keypair.clone().try_into_ed25519().expect("identity is ed25519");
+    let mut seed = [0u8; 32];
+    seed.copy_from_slice(ed.secret().as_ref());
+    SecretKey::from_seed(seed)
 }

@@ -28,6 +28,12 @@ use serde::{Deserialize, Serialize};
 /// The gossipsub topic of release manifests, shared by every site.
 pub const RELEASES_TOPIC: &str = "otamesh/releases/1";
 
+/// The gossip topic of signed device status reports ([`otamesh_core::report::SignedReport`]).
+pub const REPORTS_TOPIC: &str = "otamesh/reports/1";
+
+/// The gossip topic of signed directives ([`otamesh_core::directive::SignedDirective`]).
+pub const DIRECTIVES_TOPIC: &str = "otamesh/directives/1";
+
 /// The chunk exchange protocol.
 pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/chunk/1");
 
@@ -60,6 +66,8 @@ pub struct SiteMessage {
     /// One entry per release the sender fetches or holds. An entry makes the sender a
     /// live member for that release's WAN ownership.
     pub haves: Vec<Have>,
+    /// The sender is installing a release now (for the per-site install limit).
+    pub installing: bool,
 }
 
 /// Which chunks of a release the sender holds.
@@ -291,6 +299,7 @@ mod tests {
             sent_at: 5,
             class: "gw".into(),
             haves: vec![Have { release: ReleaseId::from_bytes([1; 32]), bits: vec![0b101] }],
+            installing: true,
         };
         assert_eq!(codec::decode::<SiteMessage>(&codec::encode(&m)).unwrap(), m);
     }

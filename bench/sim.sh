@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The simulator's performance benchmark (a benchmark, not a test: timing targets do not
+# belong in the test suite). Targets on a 2-core machine, p2p-dedup, 64 MiB release:
+#   bench-100k.toml (100,000 devices, 1,000 sites)   <= 10 s wall
+#   fleet-1m.toml   (1,000,000 devices, 10,000 sites) <= 60 s wall, <= 2 GiB peak RSS
+# Usage: bench/sim.sh [RUNS]   (default 3; prints each run and the median)
+# The simulator is single-threaded: on a machine busy with other work, wall time grows
+# while CPU time stays put; on an idle machine the two are about equal.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${1:-3}"
+cargo build --release --quiet
+for scenario in bench-100k fleet-1m; do
+    walls=()
+    for i in $(seq "$runs"); do
+        out="$(mktemp -d)"
+        /usr/bin/time -v target/release/otamesh sim "scenarios/$scenario.toml" --out "$out" --quiet \
+            >"$out/stdout" 2>"$out/time"
+        wall="$(grep -o '"wall_s": [0-9.]*' "$out/summary.json" | cut -d' ' -f2)"
+        events="$(grep -o '"events": [0-9]*' "$out/summary.json" | cut -d' ' -f2)"
+        rss="$(grep 'Maximum resident' "$out/time" | awk '{print $6}')"
+        cpu="$(grep -E '(User|System) time' "$out/time" | awk '{t += $4} END {print t}')"
+        awk -v s="$scenario" -v i="$i" -v w="$wall" -v c="$cpu" -v e="$events" -v r="$rss" 'BEGIN {
+            printf "%s run %s: %s s wall, %s s CPU, %d events, %.0f events/s, peak RSS %.0f MiB\n",
+                s, i, w, c, e, e / w, r / 1024 }' 
+        walls+=("$wall")
+        rm -rf "$out"
+    done
+    median="$(printf '%s\n' "${walls[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+    echo "$scenario median wall: $median s"
+done

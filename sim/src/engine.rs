@@ -1,0 +1,1512 @@
+//! The event engine: virtual time, the fleet, and the core lifecycle of every device.
+//!
+//! One [`World`] holds the whole simulated fleet as struct-of-arrays indexed by a `u32`
+//! device index, with each site a contiguous range of indexes. Virtual time is an
+//! integer count of microseconds; events are ordered by (time, insertion sequence), so
+//! ties break the same way on every run. Each device runs the real
+//! [`otamesh_core::lifecycle::Lifecycle`]: the engine feeds it timeouts and results,
+//! drains its actions after every input (the core's drain rule) and executes them
+//! against the modelled network and hardware.
+//!
+//! Pending events stay proportional to sites and active devices rather than to the
+//! fleet: device timeouts that fall on the same millisecond (a wave opening, a
+//! maintenance window) share one calendar entry, and each flow group has one timer.
+
+use std::collections::BTreeMap;
+
+use otamesh_core::gate::{Tally, Verdict};
+use otamesh_core::lifecycle::{Action, Context, Lifecycle, Reason, State};
+use otamesh_core::rollout::{DeviceInfo, ReleaseInfo, RolloutPolicy, position};
+use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, fetch};
+
+use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, Net, Timer};
+use crate::queue::RadixQueue;
+use crate::rng::{self, Purpose};
+use crate::scenario::{AnnounceMode, Mode, Scenario, SiteSize};
+
+/// Virtual time zero in the core's clock: 2023-11-15 00:00 UTC (a midnight), plus the
+/// scenario's `start_utc`.
+const MIDNIGHT_MS: Millis = 1_700_006_400_000;
+
+const NONE: u32 = u32::MAX;
+
+/// Lifecycle states as indexes, in [`State`] order, plus "not yet heard of the release".
+pub const STATE_NAMES: [&str; 10] = [
+    "idle",
+    "waiting",
+    "fetching",
+    "staged",
+    "installing",
+    "activated",
+    "checking",
+    "committed",
+    "rolled_back",
+    "unannounced",
+];
+const IDLE: u8 = 0;
+const WAITING: u8 = 1;
+const FETCHING: u8 = 2;
+const STAGED: u8 = 3;
+const INSTALLING: u8 = 4;
+const CHECKING: u8 = 6;
+const COMMITTED: u8 = 7;
+const ROLLED_BACK: u8 = 8;
+const UNANNOUNCED: u8 = 9;
+
+/// One row of the time series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Virtual seconds since the release was published.
+    pub t_s: f64,
+    /// Devices per state, indexed like [`STATE_NAMES`].
+    pub states: [u64; 10],
+    /// Devices offline.
+    pub offline: u64,
+    /// Cumulative bytes over site WAN links (completed and aborted transfers).
+    pub wan_bytes: f64,
+    /// Cumulative bytes over site LANs.
+    pub lan_bytes: f64,
+}
+
+/// Everything a run measured; [`crate::report`] turns it into files.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The master seed.
+    pub seed: u64,
+    /// Devices in the fleet.
+    pub devices: u64,
+    /// Sites.
+    pub sites: u64,
+    /// Release size.
+    pub release_bytes: u64,
+    /// Distribution mode.
+    pub mode: &'static str,
+    /// Times (s) at which 50, 90, 99 and 100% of the eligible devices had committed.
+    pub t_s: [Option<f64>; 4],
+    /// Devices that heard of the release: the denominator of the `t*` shares.
+    pub eligible: u64,
+    /// Devices committed at the end.
+    pub committed: u64,
+    /// Devices whose install or health check failed.
+    pub failed: u64,
+    /// Devices that had started and were rolled back by a revoke.
+    pub rolled_back: u64,
+    /// Devices that never started fetching.
+    pub never_started: u64,
+    /// Bytes over site WAN links.
+    pub wan_bytes: f64,
+    /// Bytes over site LANs.
+    pub lan_bytes: f64,
+    /// Peak origin egress, bytes per second.
+    pub origin_peak: f64,
+    /// When the release was first halted (health gate or operator).
+    pub halted_at_s: Option<f64>,
+    /// When a revoke reached the fleet.
+    pub revoked_at_s: Option<f64>,
+    /// When the last rollback (of any reason) finished.
+    pub rollback_done_s: Option<f64>,
+    /// Devices in the first wave.
+    pub first_wave_devices: u64,
+    /// Devices between fetching and health check when the halt came.
+    pub in_flight_at_halt: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Virtual time at the end.
+    pub end_s: f64,
+    /// Wave start times, seconds (for plots).
+    pub wave_starts_s: Vec<f64>,
+    /// The time series.
+    pub series: Vec<Sample>,
+}
+
+/// Progress, reported every few thousand events.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Virtual seconds simulated.
+    pub t_s: f64,
+    /// The scenario's duration.
+    pub duration_s: f64,
+    /// Devices committed so far.
+    pub committed: u64,
+    /// Events so far.
+    pub events: u64,
+}
+
+/// Runs a scenario with a master seed. `progress` is called every few thousand events.
+pub fn run(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunResult {
+    let mut w = World::new(sc, seed);
+    w.run(progress);
+    w.result()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Announce(u32),
+    Admit(u32),
+    Wake,
+    Net(Timer),
+    FetchStep { d: u32, epoch: u32 },
+    Installed { d: u32, epoch: u32 },
+    Activated { d: u32, epoch: u32 },
+    Health { d: u32, epoch: u32 },
+    RollbackDone,
+    Crash { d: u32, epoch: u32 },
+    Recover { d: u32, epoch: u32 },
+    Online(u32),
+    Offline(u32),
+    Report { d: u32, verdict: Verdict, seq: u32 },
+    Halt,
+    Resume,
+    Revoke,
+    Sample,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlowKind {
+    /// A device's whole remaining release from the origin (central mode).
+    Central,
+    /// A device fetching a piece from the origin for itself (p2p mode).
+    Wan,
+    /// A site's rendezvous owner fetching a piece over the WAN (p2p-dedup).
+    WanPiece,
+    /// A device fetching a piece from a site peer.
+    Lan,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FlowMeta {
+    kind: FlowKind,
+    dst: u32,
+    piece: u8,
+}
+
+#[derive(Debug)]
+struct World<'a> {
+    sc: &'a Scenario,
+    seed: u64,
+    n: u32,
+    sites: u32,
+    k: u32,
+    mode: Mode,
+    piece_len: Vec<f64>,
+    need_mask: u64,
+    chunk_ids: Vec<ChunkId>,
+    release: ReleaseInfo,
+    policy: RolloutPolicy,
+    tally: Tally,
+    latency_us: Micros,
+    end_us: Micros,
+    sample_us: Micros,
+
+    // Devices (struct of arrays).
+    site: Vec<u32>,
+    class: Vec<u8>,
+    ids: Vec<DeviceId>,
+    online: Vec<bool>,
+    machine: Vec<Option<Lifecycle>>,
+    state: Vec<u8>,
+    started: Vec<bool>,
+    life_epoch: Vec<u32>,
+    net_epoch: Vec<u32>,
+    attempts: Vec<u8>,
+    churn_n: Vec<u32>,
+    have: Vec<u64>,
+    download: Vec<FlowId>,
+    requesting: Vec<bool>,
+    uplink: Vec<u64>,
+    report_seq: Vec<u32>,
+    in_blocked: Vec<bool>,
+    in_waiters: Vec<bool>,
+    queued_reports: BTreeMap<u32, Vec<(Verdict, u32)>>,
+
+    // Sites.
+    site_start: Vec<u32>,
+    site_zone: Vec<i16>,
+    holders: Vec<u32>,
+    downloading: Vec<u32>,
+    slots: u16,
+    pool: Vec<u64>,
+    site_upload: Vec<u64>,
+    lan_cap: f64,
+    inflight: Vec<u64>,
+    wan_count: Vec<u32>,
+    wan_flow: Vec<FlowId>,
+    waiters: Vec<Vec<u32>>,
+    staged: Vec<Vec<u32>>,
+    installing: Vec<u32>,
+    site_dirty: Vec<bool>,
+    dirty_sites: Vec<u32>,
+
+    // Network.
+    net: Net,
+    flow_meta: Vec<FlowMeta>,
+    live_flows: u64,
+    timers: Vec<Flushed>,
+    ended: Vec<Ended>,
+
+    // Rollout state.
+    blocked: BTreeMap<u16, Vec<u32>>,
+    gate_breached: bool,
+    op_halted: bool,
+    halted_at: Option<Micros>,
+    revoked_at: Option<Micros>,
+    in_flight_at_halt: u64,
+
+    // Queue.
+    heap: RadixQueue<(bool, Ev)>,
+    seq: u64,
+    important: u64,
+    calendar: BTreeMap<Micros, Vec<u32>>,
+    now: Micros,
+
+    // Metrics.
+    counts: [u64; 10],
+    offline_count: u64,
+    commit_times: Vec<Micros>,
+    wan_bytes: f64,
+    lan_bytes: f64,
+    origin_rate: f64,
+    origin_peak: f64,
+    last_rollback: Option<Micros>,
+    events: u64,
+    series: Vec<Sample>,
+}
+
+impl<'a> World<'a> {
+    fn new(sc: &'a Scenario, seed: u64) -> Self {
+        let n = sc.fleet.devices;
+        let sites = sc.fleet.sites;
+        let k = sc.pieces();
+        let release_id = {
+            let mut h = blake3::Hasher::new();
+            h.update(b"otamesh-sim/release\0");
+            h.update(&seed.to_le_bytes());
+            h.update(sc.name().as_bytes());
+            ReleaseId::from_bytes(*h.finalize().as_bytes())
+        };
+        let created_at = MIDNIGHT_MS + u64::from(sc.sim.start_utc.0) * 60_000;
+        let release = ReleaseInfo { id: release_id, kind: sc.release.kind, created_at };
+        let piece_len: Vec<f64> = (0..u64::from(k))
+            .map(|p| {
+                let start = p * sc.release.piece_bytes;
+                (sc.release.bytes.min(start + sc.release.piece_bytes) - start) as f64
+            })
+            .collect();
+        let chunk_ids = (0..k)
+            .map(|p| {
+                let mut h = blake3::Hasher::new();
+                h.update(release_id.as_bytes());
+                h.update(&p.to_le_bytes());
+                ChunkId::from_bytes(*h.finalize().as_bytes())
+            })
+            .collect();
+        // A delta: the same pieces are already on every device (they all run the
+        // previous release); which ones is drawn once per run.
+        let full = if k == 64 { u64::MAX } else { (1u64 << k) - 1 };
+        let present = ((sc.release.delta_fraction * f64::from(k)).round() as u32).min(k);
+        let mut order: Vec<u32> = (0..k).collect();
+        order.sort_by_key(|&p| rng::draw(seed, u64::from(p), Purpose::Delta, 0));
+        let delta: u64 = order[..present as usize].iter().fold(0, |m, &p| m | (1 << p));
+        let need_mask = full & !delta;
+
+        // Sites: contiguous ranges of device indexes.
+        let weights: Vec<f64> = (0..sites)
+            .map(|s| match sc.fleet.site_size {
+                SiteSize::Equal => 1.0,
+                SiteSize::Skewed => {
+                    // Box-Muller on two draws: log-normal, sigma 1.
+                    let u1 = rng::unit(seed, u64::from(s), Purpose::SiteSize, 0).max(1e-12);
+                    let u2 = rng::unit(seed, u64::from(s), Purpose::SiteSize, 1);
+                    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()).exp()
+                }
+            })
+            .collect();
+        let site_start = partition(n, &weights);
+        let mut site = vec![0u32; n as usize];
+        for s in 0..sites as usize {
+            for d in site_start[s]..site_start[s + 1] {
+                site[d as usize] = s as u32;
+            }
+        }
+        let zones = &sc.fleet.utc_offsets_min;
+        let site_zone = (0..sites)
+            .map(|s| {
+                zones[(rng::draw(seed, u64::from(s), Purpose::SiteZone, 0) % zones.len() as u64) as usize]
+            })
+            .collect();
+        let class = (0..n)
+            .map(|d| {
+                let u = rng::unit(seed, u64::from(d), Purpose::Class, 0) * 100.0;
+                let mut acc = 0.0;
+                let mut pick = sc.classes.len() - 1;
+                for (i, c) in sc.classes.iter().enumerate() {
+                    acc += c.share;
+                    if u < acc {
+                        pick = i;
+                        break;
+                    }
+                }
+                pick as u8
+            })
+            .collect::<Vec<u8>>();
+        let ids = (0..n)
+            .map(|d| {
+                let mut key = [0u8; 32];
+                key[..8].copy_from_slice(&rng::draw(seed, u64::from(d), Purpose::Identity, 0).to_le_bytes());
+                key[8..16]
+                    .copy_from_slice(&rng::draw(seed, u64::from(d), Purpose::Identity, 1).to_le_bytes());
+                key[16..20].copy_from_slice(&d.to_le_bytes());
+                DeviceId::of_public_key(&key)
+            })
+            .collect();
+
+        // Links: per (site, piece) upload pools, site LANs, site WANs, the origin. A
+        // pool's capacity is the sum of the uplinks of the site's online holders of the
+        // piece, and a LAN's is at most the sum of its online holders' uplinks: peers
+        // stripe requests over every holder, as the fetch planner does chunk by chunk.
+        let mbps = |x: f64| x * 1e6 / 8.0;
+        let pools = sites as usize * k as usize;
+        let mut caps = Vec::with_capacity(pools + 2 * sites as usize + 1);
+        caps.resize(pools, 0.0);
+        caps.extend((0..sites).map(|_| 0.0));
+        caps.extend((0..sites).map(|_| mbps(sc.network.site_wan_mbps)));
+        let origin = sc.network.origin_egress_mbps;
+        caps.push(if origin > 0.0 { mbps(origin) } else { f64::INFINITY });
+        let wan_groups = if origin > 0.0 { 1 } else { sites as usize };
+        let net = Net::new(caps, sites as usize + wan_groups);
+
+        let sample_s = sc.sim.sample_s.unwrap_or((sc.sim.duration_s / 5000.0).max(1.0));
+        Self {
+            sc,
+            seed,
+            n,
+            sites,
+            k,
+            mode: sc.network.mode,
+            piece_len,
+            need_mask,
+            chunk_ids,
+            release,
+            policy: sc.rollout.clone(),
+            tally: Tally::default(),
+            latency_us: (sc.network.latency_ms * 1000.0).round() as Micros,
+            end_us: (sc.sim.duration_s * 1e6).round() as Micros,
+            sample_us: ((sample_s * 1e6).round() as Micros).max(1),
+            site,
+            class,
+            ids,
+            online: vec![true; n as usize],
+            machine: (0..n).map(|_| None).collect(),
+            state: vec![UNANNOUNCED; n as usize],
+            started: vec![false; n as usize],
+            life_epoch: vec![0; n as usize],
+            net_epoch: vec![0; n as usize],
+            attempts: vec![0; n as usize],
+            churn_n: vec![0; n as usize],
+            have: vec![0; n as usize],
+            download: vec![NONE; n as usize],
+            requesting: vec![false; n as usize],
+            uplink: sc.classes.iter().map(|c| mbps(c.uplink_mbps).round() as u64).collect(),
+            report_seq: vec![0; n as usize],
+            in_blocked: vec![false; n as usize],
+            in_waiters: vec![false; n as usize],
+            queued_reports: BTreeMap::new(),
+            site_start,
+            site_zone,
+            holders: vec![0; sites as usize * k as usize],
+            pool: vec![0; sites as usize * k as usize],
+            downloading: vec![0; sites as usize * k as usize],
+            slots: sc.network.upload_slots.min(u32::from(u16::MAX)) as u16,
+            site_upload: vec![0; sites as usize],
+            lan_cap: mbps(sc.network.site_lan_mbps),
+            inflight: vec![0; sites as usize],
+            wan_count: vec![0; sites as usize],
+            wan_flow: vec![NONE; sites as usize * k as usize],
+            waiters: vec![Vec::new(); sites as usize],
+            staged: vec![Vec::new(); sites as usize],
+            installing: vec![0; sites as usize],
+            site_dirty: vec![false; sites as usize],
+            dirty_sites: Vec::new(),
+            net,
+            flow_meta: Vec::new(),
+            live_flows: 0,
+            timers: Vec::new(),
+            ended: Vec::new(),
+            blocked: BTreeMap::new(),
+            gate_breached: false,
+            op_halted: false,
+            halted_at: None,
+            revoked_at: None,
+            in_flight_at_halt: 0,
+            heap: RadixQueue::default(),
+            seq: 0,
+            important: 0,
+            calendar: BTreeMap::new(),
+            now: 0,
+            counts: [0, 0, 0, 0, 0, 0, 0, 0, 0, u64::from(n)],
+            offline_count: 0,
+            commit_times: Vec::new(),
+            wan_bytes: 0.0,
+            lan_bytes: 0.0,
+            origin_rate: 0.0,
+            origin_peak: 0.0,
+            last_rollback: None,
+            events: 0,
+            series: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, t: Micros, ev: Ev, important: bool) {
+        self.seq += 1;
+        if important {
+            self.important += 1;
+        }
+        self.heap.push((t, self.seq), (important, ev));
+    }
+
+    fn now_ms(&self) -> Millis {
+        self.release.created_at + self.now / 1000
+    }
+
+    fn secs(&self, s: f64) -> Micros {
+        (s * 1e6).round() as Micros
+    }
+
+    fn run(&mut self, progress: &mut dyn FnMut(Progress)) {
+        self.start();
+        while let Some(((t, _), (important, ev))) = self.heap.pop() {
+            if t > self.end_us {
+                self.now = self.end_us;
+                break;
+            }
+            self.now = t;
+            if important {
+                self.important -= 1;
+            }
+            self.events += 1;
+            self.handle(ev);
+            self.after_event();
+            if self.events & 0xFFFF == 0 {
+                progress(Progress {
+                    t_s: self.now as f64 / 1e6,
+                    duration_s: self.sc.sim.duration_s,
+                    committed: self.counts[COMMITTED as usize],
+                    events: self.events,
+                });
+            }
+            if self.important == 0 && self.live_flows == 0 {
+                break;
+            }
+        }
+        self.sample();
+    }
+
+    fn start(&mut self) {
+        let sc = self.sc;
+        if let Some(churn) = &sc.churn {
+            let p_on = churn.mean_online_s / (churn.mean_online_s + churn.mean_offline_s);
+            for d in 0..self.n {
+                let on = rng::unit(self.seed, u64::from(d), Purpose::Churn, 0) < p_on;
+                self.churn_n[d as usize] = 1;
+                if !on {
+                    self.online[d as usize] = false;
+                    self.offline_count += 1;
+                }
+                self.schedule_toggle(d);
+            }
+        }
+        match sc.announce.mode {
+            AnnounceMode::Gossip => {
+                let mut max_hop = 0;
+                for d in 0..self.n {
+                    max_hop = max_hop.max(self.hop(d));
+                }
+                for hop in 1..=max_hop {
+                    let t = self.secs(f64::from(hop) * sc.announce.hop_delay_s);
+                    self.push(t, Ev::Announce(hop), true);
+                }
+            }
+            AnnounceMode::Poll => {
+                for d in 0..self.n {
+                    let t = self.announce_at(d);
+                    self.push(t, Ev::Admit(d), true);
+                }
+            }
+        }
+        let d = &sc.directives;
+        let delay = d.delay_s;
+        for (at, ev) in [(d.halt_at_s, Ev::Halt), (d.resume_at_s, Ev::Resume), (d.revoke_at_s, Ev::Revoke)] {
+            if let Some(at) = at {
+                let t = self.secs(at + delay);
+                self.push(t, ev, true);
+            }
+        }
+        self.push(0, Ev::Sample, false);
+    }
+
+    /// The gossip hop at which device `d` hears of the release: devices are ranked by
+    /// a random draw, and after `h` hops `(fanout + 1)^h - 1` devices know.
+    fn hop(&self, d: u32) -> u32 {
+        let rank = rng::unit(self.seed, u64::from(d), Purpose::Announce, 0) * f64::from(self.n);
+        let f = f64::from(self.sc.announce.fanout) + 1.0;
+        let mut h = 1;
+        let mut informed = f - 1.0;
+        while rank >= informed && h < 64 {
+            h += 1;
+            informed = f.powi(h as i32) - 1.0;
+        }
+        h
+    }
+
+    fn announce_at(&self, d: u32) -> Micros {
+        let a = &self.sc.announce;
+        match a.mode {
+            AnnounceMode::Gossip => self.secs(f64::from(self.hop(d)) * a.hop_delay_s),
+            AnnounceMode::Poll => {
+                self.secs(rng::unit(self.seed, u64::from(d), Purpose::Announce, 0) * a.poll_interval_s)
+            }
+        }
+    }
+
+    fn schedule_toggle(&mut self, d: u32) {
+        let Some(churn) = &self.sc.churn else { return };
+        let i = d as usize;
+        let mean = if self.online[i] { churn.mean_online_s } else { churn.mean_offline_s };
+        let n = self.churn_n[i];
+        self.churn_n[i] += 1;
+        let t = self.now
+            + self.secs(rng::exponential(self.seed, u64::from(d), Purpose::Churn, u64::from(n), mean));
+        if self.online[i] {
+            self.push(t, Ev::Offline(d), false);
+        } else {
+            let important = !matches!(self.state[i], COMMITTED | ROLLED_BACK);
+            self.push(t, Ev::Online(d), important);
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Announce(hop) => {
+                for d in 0..self.n {
+                    if self.online[d as usize] && self.state[d as usize] == UNANNOUNCED && self.hop(d) == hop
+                    {
+                        self.admit(d);
+                    }
+                }
+            }
+            Ev::Admit(d) => {
+                if self.online[d as usize] && self.state[d as usize] == UNANNOUNCED {
+                    self.admit(d);
+                }
+            }
+            Ev::Wake => {
+                let bucket = self.calendar.remove(&self.now).unwrap_or_default();
+                let ms = self.now_ms();
+                for d in bucket {
+                    let due = self.machine[d as usize].as_ref().is_some_and(|m| m.poll_timeout() == Some(ms));
+                    if due {
+                        self.timeout(d);
+                    }
+                }
+            }
+            Ev::Net(timer) => {
+                let mut ended = std::mem::take(&mut self.ended);
+                self.net.complete(self.now, timer, &mut ended);
+                for e in ended.drain(..) {
+                    self.flow_done(e);
+                }
+                self.ended = ended;
+            }
+            Ev::FetchStep { d, epoch } => {
+                let i = d as usize;
+                if epoch == self.net_epoch[i] && self.requesting[i] {
+                    self.requesting[i] = false;
+                    if self.online[i] && self.state[i] == FETCHING && self.download[i] == NONE {
+                        self.fetch_select(d);
+                    }
+                }
+            }
+            Ev::Installed { d, epoch } => {
+                if epoch == self.life_epoch[d as usize] {
+                    let c = &self.sc.classes[self.class[d as usize] as usize];
+                    let attempt = u64::from(self.attempts[d as usize]);
+                    let fails =
+                        rng::unit(self.seed, u64::from(d), Purpose::InstallFail, attempt) < c.install_fail;
+                    let result = if fails { Err("simulated install failure".to_owned()) } else { Ok(()) };
+                    let now = self.now_ms();
+                    if let Some(m) = self.machine[d as usize].as_mut() {
+                        m.handle_installed(now, result);
+                    }
+                    self.sync(d);
+                }
+            }
+            Ev::Activated { d, epoch } => {
+                if epoch == self.life_epoch[d as usize] {
+                    let now = self.now_ms();
+                    if let Some(m) = self.machine[d as usize].as_mut() {
+                        m.handle_activated(now);
+                    }
+                    self.sync(d);
+                }
+            }
+            Ev::Health { d, epoch } => {
+                if epoch == self.life_epoch[d as usize] {
+                    let c = &self.sc.classes[self.class[d as usize] as usize];
+                    // One draw per device, whatever the strategy: a device fails the same
+                    // way under every rollout policy.
+                    let fails = rng::unit(self.seed, u64::from(d), Purpose::HealthFail, 0) < c.health_fail;
+                    let result =
+                        if fails { Err("simulated health check failure".to_owned()) } else { Ok(()) };
+                    let now = self.now_ms();
+                    if let Some(m) = self.machine[d as usize].as_mut() {
+                        m.handle_health(now, result);
+                    }
+                    self.sync(d);
+                }
+            }
+            Ev::RollbackDone => {
+                self.last_rollback = Some(self.now);
+            }
+            Ev::Crash { d, epoch } => {
+                if epoch == self.life_epoch[d as usize] {
+                    // Power lost mid-install: nothing runs until the device is back.
+                    self.life_epoch[d as usize] += 1;
+                    let reboot = self.draw_reboot(d, 2 + u64::from(self.attempts[d as usize]));
+                    let epoch = self.life_epoch[d as usize];
+                    self.push(self.now + reboot, Ev::Recover { d, epoch }, true);
+                }
+            }
+            Ev::Recover { d, epoch } => {
+                if epoch == self.life_epoch[d as usize] {
+                    self.recover(d);
+                }
+            }
+            Ev::Online(d) => self.go_online(d),
+            Ev::Offline(d) => self.go_offline(d),
+            Ev::Report { d, verdict, seq } => {
+                let wave = self.machine[d as usize]
+                    .as_ref()
+                    .and_then(|m| m.wave(&self.policy, &self.release))
+                    .unwrap_or(0) as u16;
+                let _ = self.tally.record(self.ids[d as usize], u64::from(seq), verdict, wave);
+                self.tally_changed();
+            }
+            Ev::Halt => {
+                self.op_halted = true;
+                self.mark_halted();
+                self.for_online_admitted(|w, d| {
+                    let now = w.now_ms();
+                    if let Some(m) = w.machine[d as usize].as_mut() {
+                        m.handle_halt(now, true);
+                    }
+                });
+            }
+            Ev::Resume => {
+                self.op_halted = false;
+                self.for_online_admitted(|w, d| {
+                    let now = w.now_ms();
+                    if let Some(m) = w.machine[d as usize].as_mut() {
+                        m.handle_halt(now, false);
+                    }
+                });
+            }
+            Ev::Revoke => {
+                if self.revoked_at.is_none() {
+                    self.revoked_at = Some(self.now);
+                }
+                self.for_online_admitted(|w, d| {
+                    let now = w.now_ms();
+                    if let Some(m) = w.machine[d as usize].as_mut() {
+                        m.handle_revoke(now);
+                    }
+                });
+            }
+            Ev::Sample => {
+                self.sample();
+                let next = self.now + self.sample_us;
+                if next <= self.end_us {
+                    self.push(next, Ev::Sample, false);
+                }
+            }
+        }
+    }
+
+    fn for_online_admitted(&mut self, f: impl Fn(&mut Self, u32)) {
+        for d in 0..self.n {
+            if self.online[d as usize] && self.machine[d as usize].is_some() {
+                f(self, d);
+                self.sync(d);
+            }
+        }
+    }
+
+    fn after_event(&mut self) {
+        while let Some(s) = self.dirty_sites.pop() {
+            self.site_dirty[s as usize] = false;
+            self.wake_staged(s);
+        }
+        let mut timers = std::mem::take(&mut self.timers);
+        self.net.flush(self.now, &mut timers);
+        for f in timers.drain(..) {
+            if f.group >= self.sites {
+                self.origin_rate += f.delta;
+                if self.origin_rate > self.origin_peak {
+                    self.origin_peak = self.origin_rate;
+                }
+            }
+            if let Some(timer) = f.timer
+                && timer.at != Micros::MAX
+            {
+                self.push(timer.at, Ev::Net(timer), false);
+            }
+        }
+        self.timers = timers;
+    }
+
+    fn sample(&mut self) {
+        let t_s = self.now as f64 / 1e6;
+        if self.series.last().is_some_and(|s| s.t_s == t_s) {
+            self.series.pop();
+        }
+        self.series.push(Sample {
+            t_s,
+            states: self.counts,
+            offline: self.offline_count,
+            wan_bytes: self.wan_bytes,
+            lan_bytes: self.lan_bytes,
+        });
+    }
+
+    // ---- Devices and their lifecycle -------------------------------------------
+
+    fn device_info(&self, d: u32) -> DeviceInfo {
+        DeviceInfo {
+            position: position(self.release.id, self.ids[d as usize]),
+            utc_offset_min: self.site_zone[self.site[d as usize] as usize],
+        }
+    }
+
+    fn admit(&mut self, d: u32) {
+        let now = self.now_ms();
+        let mut m = Lifecycle::new(self.device_info(d), now);
+        if self.op_halted {
+            m.handle_halt(now, true);
+        }
+        if self.revoked_at.is_some() {
+            m.handle_revoke(now);
+        }
+        self.machine[d as usize] = Some(m);
+        self.set_state(d, IDLE);
+        self.sync(d);
+        self.timeout(d);
+    }
+
+    fn recover(&mut self, d: u32) {
+        let now = self.now_ms();
+        let info = self.device_info(d);
+        let Some(old) = self.machine[d as usize].as_ref() else { return };
+        let mut m = Lifecycle::recover(info, old.state().clone(), now);
+        if self.op_halted {
+            m.handle_halt(now, true);
+        }
+        self.machine[d as usize] = Some(m);
+        self.sync(d);
+    }
+
+    fn ctx_installing(&self, d: u32) -> u32 {
+        let s = self.site[d as usize] as usize;
+        self.installing[s] - u32::from(self.state[d as usize] == INSTALLING)
+    }
+
+    /// Feeds the machine a timeout (or a re-evaluation) now.
+    fn timeout(&mut self, d: u32) {
+        let now = self.now_ms();
+        let site_installing = self.ctx_installing(d);
+        let Self { machine, release, policy, tally, .. } = self;
+        if let Some(m) = machine[d as usize].as_mut() {
+            m.handle_timeout(now, Context { release, policy, tally, site_installing });
+        }
+        self.sync(d);
+    }
+
+    fn set_state(&mut self, d: u32, new: u8) {
+        let i = d as usize;
+        let old = self.state[i];
+        if old == new {
+            return;
+        }
+        self.counts[old as usize] -= 1;
+        self.counts[new as usize] += 1;
+        self.state[i] = new;
+        let s = self.site[i] as usize;
+        if old == INSTALLING {
+            self.installing[s] -= 1;
+            self.mark_site(s as u32);
+        }
+        if new == INSTALLING {
+            self.installing[s] += 1;
+        }
+        if new == STAGED {
+            self.staged[s].push(d);
+        }
+        if new == FETCHING {
+            self.started[i] = true;
+        }
+        if new == COMMITTED {
+            self.commit_times.push(self.now);
+        }
+        if old == FETCHING {
+            // Fetching ended (all here, or stopped): cancel what is in progress.
+            self.net_epoch[i] += 1;
+            self.requesting[i] = false;
+            if self.download[i] != NONE {
+                self.abort_flow(self.download[i]);
+            }
+        }
+        if old == INSTALLING && new == ROLLED_BACK {
+            // A revoke mid-install: the install timer must not fire into a later state.
+            self.life_epoch[i] += 1;
+        }
+    }
+
+    /// After any input to device `d`: record its state, schedule its timeout, execute
+    /// its actions (the drain rule), and note it when only reports can move it.
+    fn sync(&mut self, d: u32) {
+        let i = d as usize;
+        let Some(m) = self.machine[i].as_ref() else { return };
+        let new = state_index(m.state());
+        let wake = m.poll_timeout();
+        self.set_state(d, new);
+        if let Some(ms) = wake {
+            let t = (ms.saturating_sub(self.release.created_at)).saturating_mul(1000).max(self.now);
+            match self.calendar.get_mut(&t) {
+                Some(bucket) => bucket.push(d),
+                None => {
+                    self.calendar.insert(t, vec![d]);
+                    self.push(t, Ev::Wake, true);
+                }
+            }
+        }
+        while let Some(action) = self.machine[i].as_mut().and_then(|m| m.poll_action()) {
+            self.execute(d, action);
+        }
+        let Some(m) = self.machine[i].as_ref() else { return };
+        if self.state[i] == WAITING && m.poll_timeout().is_none() && !m.is_halted() && !self.in_blocked[i] {
+            self.in_blocked[i] = true;
+            let key = m.wave(&self.policy, &self.release).map_or(u16::MAX, |w| w as u16);
+            self.blocked.entry(key).or_default().push(d);
+        }
+    }
+
+    fn execute(&mut self, d: u32, action: Action) {
+        let i = d as usize;
+        let c = &self.sc.classes[self.class[i] as usize];
+        let epoch = self.life_epoch[i];
+        match action {
+            Action::Fetch => {
+                if self.online[i] {
+                    self.fetch_begin(d);
+                }
+            }
+            Action::StopFetch | Action::DiscardInactive | Action::Commit => {}
+            Action::Install => {
+                let attempt = u64::from(self.attempts[i]);
+                self.attempts[i] = self.attempts[i].saturating_add(1);
+                let (lo, hi) = c.install_s.bounds();
+                let dur = rng::uniform(self.seed, u64::from(d), Purpose::Install, attempt, lo, hi);
+                let dies =
+                    rng::unit(self.seed, u64::from(d), Purpose::Death, 2 * attempt) < c.die_during_install;
+                if dies {
+                    let at = rng::unit(self.seed, u64::from(d), Purpose::Death, 2 * attempt + 1) * dur;
+                    self.push(self.now + self.secs(at), Ev::Crash { d, epoch }, true);
+                } else {
+                    self.push(self.now + self.secs(dur), Ev::Installed { d, epoch }, true);
+                }
+            }
+            Action::Activate => {
+                let reboot = self.draw_reboot(d, 0);
+                self.push(self.now + reboot, Ev::Activated { d, epoch }, true);
+            }
+            Action::RunHealthCheck => {
+                let t = self.now + self.secs(c.health_check_s);
+                self.push(t, Ev::Health { d, epoch }, true);
+            }
+            Action::Rollback => {
+                let reboot = self.draw_reboot(d, 1);
+                self.push(self.now + reboot, Ev::RollbackDone, true);
+            }
+            Action::Report(outcome) => {
+                self.report_seq[i] += 1;
+                let seq = self.report_seq[i];
+                let verdict = outcome.verdict();
+                if self.online[i] {
+                    let t = self.now + self.secs(self.sc.directives.report_delay_s);
+                    self.push(t, Ev::Report { d, verdict, seq }, true);
+                } else {
+                    self.queued_reports.entry(d).or_default().push((verdict, seq));
+                }
+            }
+        }
+    }
+
+    fn draw_reboot(&self, d: u32, n: u64) -> Micros {
+        let c = &self.sc.classes[self.class[d as usize] as usize];
+        let (lo, hi) = c.reboot_s.bounds();
+        self.secs(rng::uniform(self.seed, u64::from(d), Purpose::Reboot, n, lo, hi))
+    }
+
+    fn mark_halted(&mut self) {
+        if self.halted_at.is_none() {
+            self.halted_at = Some(self.now);
+            self.in_flight_at_halt = self.counts[FETCHING as usize..=CHECKING as usize].iter().sum();
+            if let Some(after) = self.sc.directives.revoke_after_halt_s {
+                let t = self.now + self.secs(after + self.sc.directives.delay_s);
+                self.push(t, Ev::Revoke, true);
+            }
+        }
+    }
+
+    fn tally_changed(&mut self) {
+        let breached = self.policy.gate.as_ref().is_some_and(|g| g.breached(&self.tally));
+        if breached && !self.gate_breached {
+            self.mark_halted();
+        }
+        if !breached && self.gate_breached {
+            for s in 0..self.sites {
+                if !self.staged[s as usize].is_empty() {
+                    self.mark_site(s);
+                }
+            }
+        }
+        self.gate_breached = breached;
+        // Devices waiting on reports: ask one of each wave; if it moves, ask them all.
+        let keys: Vec<u16> = self.blocked.keys().copied().collect();
+        for key in keys {
+            let rep = loop {
+                let Some(list) = self.blocked.get_mut(&key) else { break None };
+                let Some(&d) = list.first() else { break None };
+                if self.still_blocked(d) {
+                    break Some(d);
+                }
+                let list = self.blocked.get_mut(&key).expect("key exists: just read");
+                list.swap_remove(0);
+                self.in_blocked[d as usize] = false;
+            };
+            let Some(rep) = rep else {
+                self.blocked.remove(&key);
+                continue;
+            };
+            self.timeout(rep);
+            if self.still_blocked(rep) {
+                continue;
+            }
+            let list = self.blocked.remove(&key).unwrap_or_default();
+            for &d in &list {
+                self.in_blocked[d as usize] = false;
+            }
+            for d in list {
+                if self.still_blocked(d) {
+                    self.timeout(d);
+                }
+            }
+        }
+    }
+
+    fn still_blocked(&self, d: u32) -> bool {
+        self.state[d as usize] == WAITING
+            && self.machine[d as usize].as_ref().is_some_and(|m| m.poll_timeout().is_none() && !m.is_halted())
+    }
+
+    fn mark_site(&mut self, s: u32) {
+        if !self.site_dirty[s as usize] {
+            self.site_dirty[s as usize] = true;
+            self.dirty_sites.push(s);
+        }
+    }
+
+    /// A site's install count dropped or the gate lifted: staged devices may go.
+    fn wake_staged(&mut self, s: u32) {
+        let list = std::mem::take(&mut self.staged[s as usize]);
+        let mut keep = Vec::new();
+        for d in list {
+            if self.state[d as usize] != STAGED {
+                continue;
+            }
+            self.timeout(d);
+            if self.state[d as usize] == STAGED {
+                keep.push(d);
+            }
+        }
+        let added = std::mem::take(&mut self.staged[s as usize]);
+        keep.extend(added.into_iter().filter(|&d| self.state[d as usize] == STAGED));
+        keep.dedup();
+        self.staged[s as usize] = keep;
+    }
+
+    fn go_online(&mut self, d: u32) {
+        let i = d as usize;
+        self.online[i] = true;
+        self.offline_count -= 1;
+        self.schedule_toggle(d);
+        let s = self.site[i];
+        self.add_holdings(d, s);
+        if let Some(reports) = self.queued_reports.remove(&d) {
+            let t = self.now + self.secs(self.sc.directives.report_delay_s);
+            for (verdict, seq) in reports {
+                self.push(t, Ev::Report { d, verdict, seq }, true);
+            }
+        }
+        if self.state[i] == UNANNOUNCED {
+            if self.announce_at(d) <= self.now {
+                self.admit(d);
+            }
+            return;
+        }
+        let now = self.now_ms();
+        let revoked = self.revoked_at.is_some();
+        let halted = self.op_halted;
+        if let Some(m) = self.machine[i].as_mut() {
+            if m.is_halted() != halted {
+                m.handle_halt(now, halted);
+            }
+            if revoked {
+                m.handle_revoke(now);
+            }
+        }
+        self.sync(d);
+        if self.state[i] == FETCHING && self.download[i] == NONE {
+            self.fetch_begin(d);
+        }
+    }
+
+    fn go_offline(&mut self, d: u32) {
+        let i = d as usize;
+        self.online[i] = false;
+        self.offline_count += 1;
+        self.schedule_toggle(d);
+        self.net_epoch[i] += 1;
+        self.requesting[i] = false;
+        if self.download[i] != NONE {
+            self.abort_flow(self.download[i]);
+        }
+        let s = self.site[i];
+        if self.mode == Mode::P2pDedup {
+            for p in 0..self.k {
+                let f = self.wan_flow[(s * self.k + p) as usize];
+                if f != NONE && self.flow_meta[f as usize].dst == d {
+                    self.abort_flow(f);
+                }
+            }
+        }
+        // Its pieces leave the site's pools; a piece nobody online holds any more
+        // cannot be striped from anyone: its transfers stop and their receivers choose
+        // again.
+        let have = self.have[i];
+        let up = self.uplink[self.class[i] as usize];
+        let mut orphaned = 0u64;
+        for p in bits(have) {
+            let slot = (s * self.k + p) as usize;
+            self.holders[slot] -= 1;
+            self.pool[slot] -= up;
+            self.net.set_cap(self.now, slot as LinkId, self.pool[slot] as f64, s);
+            if self.holders[slot] == 0 {
+                orphaned |= 1 << p;
+            }
+        }
+        if have != 0 {
+            self.site_upload[s as usize] -= up;
+            self.set_lan_cap(s);
+        }
+        if orphaned != 0 {
+            let stalled: Vec<FlowId> = self
+                .net
+                .group_flows(s)
+                .iter()
+                .copied()
+                .filter(|&f| orphaned & (1 << self.flow_meta[f as usize].piece) != 0)
+                .collect();
+            let mut receivers = Vec::new();
+            for f in stalled {
+                receivers.push(self.flow_meta[f as usize].dst);
+                self.abort_flow(f);
+            }
+            for r in receivers {
+                if self.online[r as usize] && self.state[r as usize] == FETCHING {
+                    self.fetch_step(r);
+                }
+            }
+        }
+    }
+
+    fn set_lan_cap(&mut self, s: u32) {
+        let cap = self.lan_cap.min(self.site_upload[s as usize] as f64);
+        let link = self.sites * self.k + s;
+        self.net.set_cap(self.now, link, cap, s);
+    }
+
+    /// Device `d` (online, of site `s`) now holds piece `p`; returns whether it is the
+    /// site's first online holder.
+    fn add_holder(&mut self, d: u32, s: u32, p: u32) -> bool {
+        let slot = (s * self.k + p) as usize;
+        let up = self.uplink[self.class[d as usize] as usize];
+        self.holders[slot] += 1;
+        self.pool[slot] += up;
+        self.net.set_cap(self.now, slot as LinkId, self.pool[slot] as f64, s);
+        self.holders[slot] == 1
+    }
+
+    fn add_holdings(&mut self, d: u32, s: u32) {
+        let mut appeared = false;
+        let have = self.have[d as usize];
+        for p in bits(have) {
+            appeared |= self.add_holder(d, s, p);
+        }
+        if have != 0 {
+            self.site_upload[s as usize] += self.uplink[self.class[d as usize] as usize];
+            self.set_lan_cap(s);
+        }
+        if appeared {
+            self.wake_waiters(s, usize::MAX);
+        }
+    }
+
+    // ---- Fetching ---------------------------------------------------------------
+
+    /// Starts or resumes fetching after a connection set-up of one request latency;
+    /// later requests are pipelined behind transfers, so they add no further delay.
+    fn fetch_begin(&mut self, d: u32) {
+        let i = d as usize;
+        if self.latency_us == 0 {
+            self.fetch_select(d);
+        } else if !self.requesting[i] {
+            self.requesting[i] = true;
+            let epoch = self.net_epoch[i];
+            self.push(self.now + self.latency_us, Ev::FetchStep { d, epoch }, true);
+        }
+    }
+
+    fn fetch_step(&mut self, d: u32) {
+        if !self.requesting[d as usize] {
+            self.fetch_select(d);
+        }
+    }
+
+    /// Chooses and starts device `d`'s next transfer, or declares its fetch done.
+    fn fetch_select(&mut self, d: u32) {
+        let i = d as usize;
+        if self.download[i] != NONE || self.state[i] != FETCHING {
+            return;
+        }
+        let s = self.site[i];
+        let need = self.need_mask & !self.have[i];
+        if need == 0 {
+            let now = self.now_ms();
+            let site_installing = self.ctx_installing(d);
+            let Self { machine, release, policy, tally, .. } = self;
+            if let Some(m) = machine[i].as_mut() {
+                m.handle_fetched(now, Context { release, policy, tally, site_installing });
+            }
+            self.sync(d);
+            return;
+        }
+        if self.mode == Mode::Central {
+            let bytes = bits(need).map(|p| self.piece_len[p as usize]).sum();
+            self.start_flow(FlowMeta { kind: FlowKind::Central, dst: d, piece: u8::MAX }, bytes);
+            return;
+        }
+        let rot = (rng::draw(self.seed, u64::from(d), Purpose::PieceOrder, 0) % u64::from(self.k)) as u32;
+        // Rarest first among pieces some online site peer holds and can serve (each
+        // holder serves `upload_slots` peers at once, as swarming clients do).
+        let mut best: Option<(u32, u32, u32)> = None;
+        let mut unheld = 0u64;
+        for p in bits(need) {
+            let slot = (s * self.k + p) as usize;
+            let h = self.holders[slot];
+            if h == 0 {
+                unheld |= 1 << p;
+                continue;
+            }
+            if u64::from(self.downloading[slot]) >= u64::from(h) * u64::from(self.slots) {
+                continue;
+            }
+            let key = (h, (p + self.k - rot) % self.k, p);
+            if best.is_none_or(|b| key < b) {
+                best = Some(key);
+            }
+        }
+        if let Some((_, _, p)) = best {
+            let meta = FlowMeta { kind: FlowKind::Lan, dst: d, piece: p as u8 };
+            self.start_flow(meta, self.piece_len[p as usize]);
+            return;
+        }
+        let first_in = |mask: u64| (0..self.k).map(|j| (rot + j) % self.k).find(|&p| mask & (1 << p) != 0);
+        if self.mode == Mode::P2p {
+            // A piece nobody on the site holds comes from the origin; one that peers
+            // hold but cannot serve yet is worth waiting for.
+            if let Some(p) = first_in(unheld) {
+                let meta = FlowMeta { kind: FlowKind::Wan, dst: d, piece: p as u8 };
+                self.start_flow(meta, self.piece_len[p as usize]);
+                return;
+            }
+        }
+        // p2p-dedup: the piece's rendezvous owner among the site's live fetching
+        // members brings it over the WAN; everyone else waits for it on the LAN.
+        let absent = unheld & !self.inflight[s as usize];
+        if self.mode == Mode::P2pDedup
+            && absent != 0
+            && self.wan_count[s as usize] < self.sc.network.wan_parallel
+            && let Some(p) = first_in(absent)
+        {
+            let owner = self.wan_owner(s, p);
+            let meta = FlowMeta { kind: FlowKind::WanPiece, dst: owner, piece: p as u8 };
+            self.start_flow(meta, self.piece_len[p as usize]);
+        }
+        if !self.in_waiters[i] {
+            self.in_waiters[i] = true;
+            self.waiters[s as usize].push(d);
+        }
+    }
+
+    fn wan_owner(&self, s: u32, p: u32) -> u32 {
+        let range = self.site_start[s as usize]..self.site_start[s as usize + 1];
+        let members = range
+            .clone()
+            .filter(|&e| self.online[e as usize] && self.state[e as usize] == FETCHING)
+            .map(|e| self.ids[e as usize]);
+        let owner = fetch::wan_owner(self.chunk_ids[p as usize], members);
+        // Invariant: the caller is an online fetching member, so there is an owner.
+        let owner = owner.expect("the asking device is a member");
+        range.into_iter().find(|&e| self.ids[e as usize] == owner).expect("the owner is a site member")
+    }
+
+    fn start_flow(&mut self, meta: FlowMeta, bytes: f64) {
+        let s = self.site[meta.dst as usize];
+        let dst_class = &self.sc.classes[self.class[meta.dst as usize] as usize];
+        let cap = dst_class.downlink_mbps * 1e6 / 8.0;
+        let (group, path) = match meta.kind {
+            FlowKind::Lan => (s, [s * self.k + u32::from(meta.piece), self.sites * self.k + s]),
+            _ => {
+                let base = self.sites * self.k + self.sites;
+                (self.wan_group(s), [base + s, base + self.sites])
+            }
+        };
+        let id = self.net.start(self.now, group, path, cap, bytes);
+        if self.flow_meta.len() <= id as usize {
+            self.flow_meta.resize(id as usize + 1, meta);
+        }
+        self.flow_meta[id as usize] = meta;
+        self.live_flows += 1;
+        match meta.kind {
+            FlowKind::WanPiece => {
+                let slot = (s * self.k + u32::from(meta.piece)) as usize;
+                self.wan_flow[slot] = id;
+                self.inflight[s as usize] |= 1 << meta.piece;
+                self.wan_count[s as usize] += 1;
+            }
+            FlowKind::Lan => {
+                self.download[meta.dst as usize] = id;
+                self.downloading[(s * self.k + u32::from(meta.piece)) as usize] += 1;
+            }
+            FlowKind::Central | FlowKind::Wan => self.download[meta.dst as usize] = id,
+        }
+    }
+
+    fn wan_group(&self, s: u32) -> u32 {
+        if self.sc.network.origin_egress_mbps > 0.0 { self.sites } else { self.sites + s }
+    }
+
+    /// Bookkeeping common to a completed and an aborted flow.
+    fn release_flow(&mut self, id: FlowId, bytes: f64) -> FlowMeta {
+        let meta = self.flow_meta[id as usize];
+        self.live_flows -= 1;
+        let s = self.site[meta.dst as usize];
+        match meta.kind {
+            FlowKind::Lan => {
+                self.lan_bytes += bytes;
+                self.download[meta.dst as usize] = NONE;
+                self.downloading[(s * self.k + u32::from(meta.piece)) as usize] -= 1;
+            }
+            FlowKind::WanPiece => {
+                self.wan_bytes += bytes;
+                self.wan_flow[(s * self.k + u32::from(meta.piece)) as usize] = NONE;
+                self.inflight[s as usize] &= !(1 << meta.piece);
+                self.wan_count[s as usize] -= 1;
+            }
+            FlowKind::Central | FlowKind::Wan => {
+                self.wan_bytes += bytes;
+                self.download[meta.dst as usize] = NONE;
+            }
+        }
+        meta
+    }
+
+    fn abort_flow(&mut self, id: FlowId) {
+        let bytes = self.net.stop(self.now, id);
+        let meta = self.release_flow(id, bytes);
+        if matches!(meta.kind, FlowKind::WanPiece | FlowKind::Lan) {
+            // Someone else must bring this piece now, or a serving slot is free.
+            self.wake_waiters(self.site[meta.dst as usize], 1);
+        }
+    }
+
+    fn flow_done(&mut self, e: Ended) {
+        let meta = self.release_flow(e.flow, e.bytes);
+        let d = meta.dst;
+        let i = d as usize;
+        let s = self.site[i];
+        if meta.kind == FlowKind::Central {
+            self.have[i] |= self.need_mask;
+        } else {
+            let bit = 1u64 << meta.piece;
+            if self.have[i] & bit == 0 {
+                if self.have[i] == 0 {
+                    self.site_upload[s as usize] += self.uplink[self.class[i] as usize];
+                    self.set_lan_cap(s);
+                }
+                self.have[i] |= bit;
+                let _first = self.add_holder(d, s, u32::from(meta.piece));
+                // A new holder serves `slots` more peers; a LAN transfer also freed its
+                // slot, a WAN one a WAN fetch.
+                self.wake_waiters(s, usize::from(self.slots) + 1);
+            } else if meta.kind == FlowKind::Lan {
+                self.wake_waiters(s, 1);
+            }
+        }
+        if meta.kind != FlowKind::WanPiece && self.online[i] && self.state[i] == FETCHING {
+            self.fetch_step(d);
+        }
+    }
+
+    /// Lets waiting devices of site `s` choose again, until `budget` of them started a
+    /// transfer; the others keep waiting in order.
+    fn wake_waiters(&mut self, s: u32, budget: usize) {
+        let list = std::mem::take(&mut self.waiters[s as usize]);
+        let mut started = 0;
+        let mut done = 0;
+        for &d in &list {
+            if started >= budget {
+                break;
+            }
+            done += 1;
+            let i = d as usize;
+            self.in_waiters[i] = false;
+            if self.online[i] && self.state[i] == FETCHING && self.download[i] == NONE {
+                self.fetch_step(d);
+                if self.download[i] != NONE || self.state[i] != FETCHING {
+                    started += 1;
+                }
+            }
+        }
+        let readded = std::mem::take(&mut self.waiters[s as usize]);
+        let mut rest = list;
+        rest.drain(..done);
+        rest.extend(readded);
+        self.waiters[s as usize] = rest;
+    }
+
+    // ---- Results ----------------------------------------------------------------
+
+    fn result(&self) -> RunResult {
+        let sc = self.sc;
+        let eligible = u64::from(self.n) - self.counts[UNANNOUNCED as usize];
+        let t_at = |share: f64| {
+            let needed = (share * eligible as f64).ceil() as usize;
+            if eligible == 0 || needed == 0 {
+                return None;
+            }
+            self.commit_times.get(needed - 1).map(|&t| t as f64 / 1e6)
+        };
+        let (mut failed, mut rolled_back, mut never_started, mut first_wave) = (0, 0, 0, 0);
+        for d in 0..self.n as usize {
+            if !self.started[d] {
+                never_started += 1;
+            }
+            let Some(m) = self.machine[d].as_ref() else { continue };
+            match m.state() {
+                State::RolledBack(Reason::Revoked) if self.started[d] => rolled_back += 1,
+                State::RolledBack(Reason::Revoked) => {}
+                State::RolledBack(_) => failed += 1,
+                _ => {}
+            }
+            if m.wave(&self.policy, &self.release) == Some(0) {
+                first_wave += 1;
+            }
+        }
+        let wave_starts_s = if self.policy.skip_waves.contains(&self.release.kind) {
+            Vec::new()
+        } else {
+            self.policy.waves.iter().map(|w| w.after_s as f64).collect()
+        };
+        RunResult {
+            scenario: sc.name().to_owned(),
+            seed: self.seed,
+            devices: u64::from(self.n),
+            sites: u64::from(self.sites),
+            release_bytes: sc.release.bytes,
+            mode: self.mode.as_str(),
+            t_s: [t_at(0.5), t_at(0.9), t_at(0.99), t_at(1.0)],
+            eligible,
+            committed: self.counts[COMMITTED as usize],
+            failed,
+            rolled_back,
+            never_started,
+            wan_bytes: self.wan_bytes,
+            lan_bytes: self.lan_bytes,
+            origin_peak: self.origin_peak,
+            halted_at_s: self.halted_at.map(|t| t as f64 / 1e6),
+            revoked_at_s: self.revoked_at.map(|t| t as f64 / 1e6),
+            rollback_done_s: self.last_rollback.map(|t| t as f64 / 1e6),
+            first_wave_devices: first_wave,
+            in_flight_at_halt: self.in_flight_at_halt,
+            events: self.events,
+            end_s: self.now as f64 / 1e6,
+            wave_starts_s,
+            series: self.series.clone(),
+        }
+    }
+}
+
+fn state_index(s: &State) -> u8 {
+    match s {
+        State::Idle => IDLE,
+        State::Waiting => WAITING,
+        State::Fetching => FETCHING,
+        State::Staged => STAGED,
+        State::Installing => INSTALLING,
+        State::Activated => 5,
+        State::Checking => CHECKING,
+        State::Committed => COMMITTED,
+        State::RolledBack(_) => ROLLED_BACK,
+    }
+}
+
+/// The set bits of a mask, lowest first.
+fn bits(mut mask: u64) -> impl Iterator<Item = u32> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let p = mask.trailing_zeros();
+        mask &= mask - 1;
+        Some(p)
+    })
+}
+
+/// Splits `n` devices over sites in proportion to `weights`, each site at least one
+/// device; returns the `sites + 1` range boundaries.
+fn partition(n: u32, weights: &[f64]) -> Vec<u32> {
+    let sites = weights.len() as u32;
+    let spare = f64::from(n - sites);
+    let total: f64 = weights.iter().sum();
+    let mut bounds = Vec::with_capacity(weights.len() + 1);
+    bounds.push(0u32);
+    let mut acc = 0.0;
+    for (s, w) in weights.iter().enumerate() {
+        acc += w;
+        let extra = if s + 1 == weights.len() { spare } else { (spare * acc / total).floor() };
+        bounds.push(s as u32 + 1 + extra as u32);
+    }
+    bounds
+}

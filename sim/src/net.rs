@@ -1,0 +1,726 @@
+//! The flow-level (fluid) network: max-min fair sharing by progressive filling.
+//!
+//! A transfer is a *flow* of some bytes along a path of at most two shared links, with a
+//! per-flow ceiling (the receiving device's downlink). Concurrent flows share each link
+//! max-min fairly, as SimGrid's fluid model does: no packets, no slow start.
+//!
+//! Flows live in *groups*: a group is a set of flows that can share a link with each
+//! other and with no flow outside it (the simulator knows these from the topology: the
+//! flows of one site's LAN, and the WAN flows of one site or, when the origin's egress
+//! is limited, of the whole fleet). A start or a stop re-solves only its group, and each
+//! group has a single pending completion timer, so the event queue holds one entry per
+//! group rather than one per flow.
+//!
+//! **Goals:** exact max-min rates for the flows a change touches; time in integer
+//! microseconds; no order-dependent floating point (flows are visited in a fixed order).
+//!
+//! **Non-goals:** TCP dynamics, per-packet latency (the simulator adds a request
+//! latency before a flow starts), a device's downlink shared among its own concurrent
+//! flows (it is a per-flow ceiling).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+/// A link's index. Links are numbered by the caller.
+pub type LinkId = u32;
+/// A flow's index, reused after the flow ends.
+pub type FlowId = u32;
+
+/// Placeholder for "no link" in a path.
+pub const NO_LINK: LinkId = u32::MAX;
+
+/// Microseconds of virtual time.
+pub type Micros = u64;
+
+/// The network: links, flows, groups.
+#[derive(Debug)]
+pub struct Net {
+    caps: Vec<f64>,
+    flows: Vec<Flow>,
+    free: Vec<FlowId>,
+    freed: Vec<FlowId>,
+    groups: Vec<Group>,
+    dirty: Vec<u32>,
+    rearm: Vec<u32>,
+    scratch: Scratch,
+}
+
+#[derive(Debug, Clone)]
+struct Flow {
+    path: [LinkId; 2],
+    cap: f64,
+    total: f64,
+    remaining: f64,
+    rate: f64,
+    group: u32,
+    slot: u32,
+    live: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    flows: Vec<FlowId>,
+    last: Micros,
+    next_at: Micros,
+    armed: Micros,
+    rate_sum: f64,
+    dirty: bool,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Self {
+            flows: Vec::new(),
+            last: 0,
+            next_at: Micros::MAX,
+            armed: Micros::MAX,
+            rate_sum: 0.0,
+            dirty: false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    stamp: Vec<u32>,
+    local: Vec<u32>,
+    now: u32,
+    rem: Vec<f64>,
+    n: Vec<u32>,
+    ver: Vec<u32>,
+    adj_start: Vec<u32>,
+    adj: Vec<u32>,
+    fill: Vec<u32>,
+    fixed: Vec<bool>,
+    eff: Vec<f64>,
+    order: Vec<u32>,
+    links: Vec<LinkId>,
+}
+
+/// What a group's timer or [`Net::flush`] asks the driver to schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timer {
+    /// The group.
+    pub group: u32,
+    /// When to call [`Net::complete`].
+    pub at: Micros,
+}
+
+/// What [`Net::flush`] reports about one group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Flushed {
+    /// The group.
+    pub group: u32,
+    /// The change in the sum of its flows' rates.
+    pub delta: f64,
+    /// A timer to schedule, if any.
+    pub timer: Option<Timer>,
+}
+
+/// A flow that ended, and the bytes it moved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ended {
+    /// The flow (its id may be reused after the next [`Net::flush`]).
+    pub flow: FlowId,
+    /// Bytes moved.
+    pub bytes: f64,
+}
+
+impl Net {
+    /// A network of links with these capacities (bytes per second; `f64::INFINITY` for
+    /// a link that never constrains) and `groups` flow groups.
+    pub fn new(caps: Vec<f64>, groups: usize) -> Self {
+        let n = caps.len();
+        let scratch = Scratch {
+            stamp: vec![0; n],
+            local: vec![0; n],
+            rem: Vec::new(),
+            n: Vec::new(),
+            ver: Vec::new(),
+            ..Default::default()
+        };
+        Self {
+            caps,
+            flows: Vec::new(),
+            free: Vec::new(),
+            freed: Vec::new(),
+            groups: vec![Group::default(); groups],
+            dirty: Vec::new(),
+            rearm: Vec::new(),
+            scratch,
+        }
+    }
+
+    /// Starts a flow of `bytes` in `group` over `path` (up to two links), never faster
+    /// than `cap`. Rates are re-solved at the next [`Net::flush`].
+    pub fn start(&mut self, now: Micros, group: u32, path: [LinkId; 2], cap: f64, bytes: f64) -> FlowId {
+        self.advance(group, now);
+        let g = &mut self.groups[group as usize];
+        let flow = Flow {
+            path,
+            cap,
+            total: bytes,
+            remaining: bytes,
+            rate: 0.0,
+            group,
+            slot: g.flows.len() as u32,
+            live: true,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.flows[id as usize] = flow;
+                id
+            }
+            None => {
+                self.flows.push(flow);
+                (self.flows.len() - 1) as FlowId
+            }
+        };
+        g.flows.push(id);
+        self.mark(group);
+        id
+    }
+
+    /// Stops a live flow before it completes; returns the bytes it moved.
+    pub fn stop(&mut self, now: Micros, flow: FlowId) -> f64 {
+        let group = self.flows[flow as usize].group;
+        self.advance(group, now);
+        let f = &self.flows[flow as usize];
+        let moved = (f.total - f.remaining).clamp(0.0, f.total);
+        self.remove(flow);
+        moved
+    }
+
+    /// Changes a link's capacity from `now` on; `group` is the group whose flows use
+    /// it (re-solved at the next flush).
+    pub fn set_cap(&mut self, now: Micros, link: LinkId, cap: f64, group: u32) {
+        if self.caps[link as usize] == cap {
+            return;
+        }
+        self.advance(group, now);
+        self.caps[link as usize] = cap;
+        self.mark(group);
+    }
+
+    /// Whether `flow` is live.
+    pub fn is_live(&self, flow: FlowId) -> bool {
+        self.flows.get(flow as usize).is_some_and(|f| f.live)
+    }
+
+    /// The current rate of a live flow, bytes per second.
+    pub fn rate(&self, flow: FlowId) -> f64 {
+        self.flows[flow as usize].rate
+    }
+
+    /// The live flows of a group, in a stable order.
+    pub fn group_flows(&self, group: u32) -> &[FlowId] {
+        &self.groups[group as usize].flows
+    }
+
+    /// The sum of the rates of a group's flows as last solved.
+    pub fn rate_sum(&self, group: u32) -> f64 {
+        self.groups[group as usize].rate_sum
+    }
+
+    /// A group's timer fired: ends every flow that is complete at `now` and returns
+    /// them. A timer that is no longer due (rates changed since) does nothing but make
+    /// sure the group is armed for its real next completion.
+    pub fn complete(&mut self, now: Micros, timer: Timer, out: &mut Vec<Ended>) {
+        let g = &mut self.groups[timer.group as usize];
+        if g.armed == timer.at {
+            g.armed = Micros::MAX;
+        }
+        if g.next_at > now {
+            if g.next_at < g.armed {
+                self.rearm.push(timer.group);
+            }
+            return;
+        }
+        self.advance(timer.group, now);
+        let start = out.len();
+        for &id in &self.groups[timer.group as usize].flows {
+            let f = &self.flows[id as usize];
+            // Finish times are rounded up to the microsecond, so a due flow has at most
+            // rounding error left.
+            if f.remaining <= f.rate * 1e-6 + 1e-6 {
+                out.push(Ended { flow: id, bytes: f.total });
+            }
+        }
+        for e in &out[start..] {
+            self.remove(e.flow);
+        }
+        self.mark(timer.group);
+    }
+
+    /// Re-solves every group changed since the last flush. Returns, per group, the
+    /// change in its rate sum and, when the driver must schedule one, a timer. A group
+    /// keeps at most one timer armed at or before its next completion: a timer that
+    /// turns out early is cheap to re-arm, while one per change would fill the queue
+    /// with stale entries.
+    pub fn flush(&mut self, now: Micros, out: &mut Vec<Flushed>) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &group in &dirty {
+            self.groups[group as usize].dirty = false;
+            self.advance(group, now);
+            let before = self.groups[group as usize].rate_sum;
+            if !self.solve_tree(group) {
+                self.solve(group);
+            }
+            let g = &mut self.groups[group as usize];
+            // The flow that finishes first: the smallest remaining/rate.
+            let mut soonest = f64::INFINITY;
+            for &id in &g.flows {
+                let f = &self.flows[id as usize];
+                if f.rate > 0.0 && f.remaining < soonest * f.rate {
+                    soonest = f.remaining.max(0.0) / f.rate;
+                }
+            }
+            let at = if soonest.is_finite() {
+                let left = soonest * 1e6;
+                let whole = left as Micros;
+                g.last + whole + Micros::from((whole as f64) < left)
+            } else {
+                Micros::MAX
+            };
+            g.next_at = at;
+            let timer = (at < g.armed).then(|| {
+                g.armed = at;
+                Timer { group, at }
+            });
+            out.push(Flushed { group, delta: g.rate_sum - before, timer });
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+        let rearm = std::mem::take(&mut self.rearm);
+        for &group in &rearm {
+            let g = &mut self.groups[group as usize];
+            if g.next_at < g.armed {
+                g.armed = g.next_at;
+                out.push(Flushed { group, delta: 0.0, timer: Some(Timer { group, at: g.next_at }) });
+            }
+        }
+        self.rearm = rearm;
+        self.rearm.clear();
+        self.free.append(&mut self.freed);
+    }
+
+    fn mark(&mut self, group: u32) {
+        let g = &mut self.groups[group as usize];
+        if !g.dirty {
+            g.dirty = true;
+            self.dirty.push(group);
+        }
+    }
+
+    fn remove(&mut self, flow: FlowId) {
+        let f = &mut self.flows[flow as usize];
+        f.live = false;
+        let (group, slot) = (f.group, f.slot as usize);
+        let g = &mut self.groups[group as usize];
+        g.flows.swap_remove(slot);
+        if let Some(&moved) = g.flows.get(slot) {
+            self.flows[moved as usize].slot = slot as u32;
+        }
+        // Not reusable before the next flush: the driver may still be handling the flows
+        // that ended with this one.
+        self.freed.push(flow);
+        self.mark(group);
+    }
+
+    /// Moves every flow of `group` forward to `now` at its current rate.
+    fn advance(&mut self, group: u32, now: Micros) {
+        let g = &mut self.groups[group as usize];
+        if now <= g.last {
+            return;
+        }
+        let dt = (now - g.last) as f64 / 1e6;
+        g.last = now;
+        for &id in &g.flows {
+            let f = &mut self.flows[id as usize];
+            f.remaining -= f.rate * dt;
+        }
+    }
+
+    /// The common case, solved in a few linear passes: every flow of the group crosses
+    /// the same root link (the site LAN, the origin, or none) and one inner link (its
+    /// source's uplink, its site's WAN), and inner links partition the flows. Such
+    /// constraints are laminar, and max-min fairness on them is nested water-filling:
+    /// each inner link's own level, then the root's. Returns false for any other shape.
+    fn solve_tree(&mut self, group: u32) -> bool {
+        let Self { caps, flows, groups, scratch: s, .. } = self;
+        let g = &mut groups[group as usize];
+        let ids = &g.flows;
+        let Some(&first) = ids.first() else {
+            g.rate_sum = 0.0;
+            return true;
+        };
+        let root = flows[first as usize].path[1];
+        if ids.iter().any(|&id| flows[id as usize].path[1] != root) {
+            return false;
+        }
+        let finite = |l: LinkId| l != NO_LINK && caps[l as usize].is_finite();
+        s.now = s.now.wrapping_add(1);
+        if s.now == 0 {
+            s.stamp.iter_mut().for_each(|x| *x = 0);
+            s.now = 1;
+        }
+        s.rem.clear();
+        s.n.clear();
+        s.fixed.clear();
+        s.eff.clear();
+        for &id in ids {
+            let f = &flows[id as usize];
+            let l = f.path[0];
+            s.eff.push(f.cap);
+            if !finite(l) {
+                s.fixed.push(true);
+                continue;
+            }
+            if s.stamp[l as usize] != s.now {
+                s.stamp[l as usize] = s.now;
+                s.local[l as usize] = s.rem.len() as u32;
+                s.rem.push(caps[l as usize]);
+                s.n.push(0);
+            }
+            s.n[s.local[l as usize] as usize] += 1;
+            s.fixed.push(false);
+        }
+        // Inner links: a flow below its link's level keeps its ceiling; fixing it only
+        // raises the level for the others, so repeat until nothing changes.
+        loop {
+            let mut changed = false;
+            for (fi, &id) in ids.iter().enumerate() {
+                if s.fixed[fi] {
+                    continue;
+                }
+                let li = s.local[flows[id as usize].path[0] as usize] as usize;
+                if s.eff[fi] * f64::from(s.n[li]) <= s.rem[li] {
+                    s.fixed[fi] = true;
+                    s.rem[li] = (s.rem[li] - s.eff[fi]).max(0.0);
+                    s.n[li] -= 1;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for (fi, &id) in ids.iter().enumerate() {
+            if !s.fixed[fi] {
+                let li = s.local[flows[id as usize].path[0] as usize] as usize;
+                s.eff[fi] = s.rem[li] / f64::from(s.n[li]);
+            }
+        }
+        // The root link, the same way over the inner results.
+        let mut rate_sum = 0.0;
+        if finite(root) {
+            let mut rem = caps[root as usize];
+            let mut n = ids.len() as f64;
+            s.fixed.iter_mut().for_each(|x| *x = false);
+            loop {
+                let mut changed = false;
+                for fi in 0..ids.len() {
+                    if !s.fixed[fi] && s.eff[fi] * n <= rem {
+                        s.fixed[fi] = true;
+                        rem = (rem - s.eff[fi]).max(0.0);
+                        n -= 1.0;
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+            let level = if n > 0.0 { rem / n } else { 0.0 };
+            for fi in 0..ids.len() {
+                if !s.fixed[fi] {
+                    s.eff[fi] = level;
+                }
+            }
+        }
+        for (fi, &id) in ids.iter().enumerate() {
+            flows[id as usize].rate = s.eff[fi];
+            rate_sum += s.eff[fi];
+        }
+        g.rate_sum = rate_sum;
+        true
+    }
+
+    /// Progressive filling over one group: raise every unfixed flow's rate together;
+    /// a flow stops at its own ceiling, or with every other flow of the first link to
+    /// fill up. Links' fair shares only grow as flows are fixed, so a lazy heap works.
+    fn solve(&mut self, group: u32) {
+        let Self { caps, flows, groups, scratch: s, .. } = self;
+        let g = &mut groups[group as usize];
+        let ids = &g.flows;
+        s.now = s.now.wrapping_add(1);
+        if s.now == 0 {
+            s.stamp.iter_mut().for_each(|x| *x = 0);
+            s.now = 1;
+        }
+        s.links.clear();
+        s.rem.clear();
+        s.n.clear();
+        s.ver.clear();
+        for &id in ids {
+            for &l in &flows[id as usize].path {
+                if l == NO_LINK || !caps[l as usize].is_finite() {
+                    continue;
+                }
+                if s.stamp[l as usize] != s.now {
+                    s.stamp[l as usize] = s.now;
+                    s.local[l as usize] = s.links.len() as u32;
+                    s.links.push(l);
+                    s.rem.push(caps[l as usize]);
+                    s.n.push(0);
+                    s.ver.push(0);
+                }
+                s.n[s.local[l as usize] as usize] += 1;
+            }
+        }
+        // Link -> flows adjacency (CSR), flows by local index.
+        let nl = s.links.len();
+        s.adj_start.clear();
+        s.adj_start.push(0);
+        for i in 0..nl {
+            let next = s.adj_start[i] + s.n[i];
+            s.adj_start.push(next);
+        }
+        s.adj.clear();
+        s.adj.resize(s.adj_start[nl] as usize, 0);
+        s.fill.clear();
+        s.fill.extend_from_slice(&s.adj_start[..nl]);
+        for (fi, &id) in ids.iter().enumerate() {
+            for &l in &flows[id as usize].path {
+                if l == NO_LINK || !caps[l as usize].is_finite() {
+                    continue;
+                }
+                let li = s.local[l as usize] as usize;
+                s.adj[s.fill[li] as usize] = fi as u32;
+                s.fill[li] += 1;
+            }
+        }
+        s.fixed.clear();
+        s.fixed.resize(ids.len(), false);
+        s.order.clear();
+        s.order.extend(0..ids.len() as u32);
+        s.order.sort_by(|&a, &b| {
+            flows[ids[a as usize] as usize]
+                .cap
+                .total_cmp(&flows[ids[b as usize] as usize].cap)
+                .then(a.cmp(&b))
+        });
+        let mut heap: BinaryHeap<Share> =
+            (0..nl).map(|i| Share { share: s.rem[i] / f64::from(s.n[i]), link: i as u32, ver: 0 }).collect();
+        let mut next = 0usize;
+        let mut rate_sum = 0.0;
+        let fix =
+            |fi: usize, rate: f64, flows: &mut Vec<Flow>, s: &mut Scratch, heap: &mut BinaryHeap<Share>| {
+                s.fixed[fi] = true;
+                let f = &mut flows[ids[fi] as usize];
+                f.rate = rate;
+                for &l in &f.path {
+                    if l == NO_LINK || !caps[l as usize].is_finite() {
+                        continue;
+                    }
+                    let li = s.local[l as usize] as usize;
+                    s.rem[li] = (s.rem[li] - rate).max(0.0);
+                    s.n[li] -= 1;
+                    s.ver[li] += 1;
+                    if s.n[li] > 0 {
+                        heap.push(Share {
+                            share: s.rem[li] / f64::from(s.n[li]),
+                            link: li as u32,
+                            ver: s.ver[li],
+                        });
+                    }
+                }
+            };
+        loop {
+            while next < s.order.len() && s.fixed[s.order[next] as usize] {
+                next += 1;
+            }
+            if next == s.order.len() {
+                break;
+            }
+            while heap
+                .peek()
+                .is_some_and(|top| top.ver != s.ver[top.link as usize] || s.n[top.link as usize] == 0)
+            {
+                heap.pop();
+            }
+            let fi = s.order[next] as usize;
+            let cap = flows[ids[fi] as usize].cap;
+            match heap.peek().copied() {
+                Some(top) if top.share < cap => {
+                    heap.pop();
+                    let li = top.link as usize;
+                    for k in s.adj_start[li]..s.adj_start[li + 1] {
+                        let other = s.adj[k as usize] as usize;
+                        if !s.fixed[other] {
+                            fix(other, top.share, flows, s, &mut heap);
+                            rate_sum += top.share;
+                        }
+                    }
+                }
+                _ => {
+                    fix(fi, cap, flows, s, &mut heap);
+                    rate_sum += cap;
+                }
+            }
+        }
+        g.rate_sum = rate_sum;
+    }
+}
+
+/// A link's fair share in the solver's min-heap.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    share: f64,
+    link: u32,
+    ver: u32,
+}
+
+impl PartialEq for Share {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Share {}
+impl PartialOrd for Share {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Share {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: BinaryHeap is a max-heap and we want the smallest share first.
+        other.share.total_cmp(&self.share).then(other.link.cmp(&self.link)).then(other.ver.cmp(&self.ver))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rates(net: &Net, ids: &[FlowId]) -> Vec<f64> {
+        ids.iter().map(|&f| (net.rate(f) * 1e9).round() / 1e9).collect()
+    }
+
+    #[test]
+    fn one_link_four_capped_flows_is_10_20_35_35() {
+        let mut net = Net::new(vec![100.0], 1);
+        let ids: Vec<_> =
+            [10.0, 20.0, 50.0, 80.0].iter().map(|&c| net.start(0, 0, [0, NO_LINK], c, 1e9)).collect();
+        net.flush(0, &mut Vec::new());
+        assert_eq!(rates(&net, &ids), vec![10.0, 20.0, 35.0, 35.0]);
+        assert_eq!(net.rate_sum(0), 100.0);
+    }
+
+    #[test]
+    fn two_links_in_series_take_the_tighter() {
+        // Link 0 (cap 30) carries flows a and b; link 1 (cap 100) carries b and c.
+        // a, b get 15 each on link 0; c gets the rest of link 1: 85.
+        let mut net = Net::new(vec![30.0, 100.0], 1);
+        let a = net.start(0, 0, [0, NO_LINK], f64::INFINITY, 1e9);
+        let b = net.start(0, 0, [0, 1], f64::INFINITY, 1e9);
+        let c = net.start(0, 0, [1, NO_LINK], f64::INFINITY, 1e9);
+        net.flush(0, &mut Vec::new());
+        assert_eq!(rates(&net, &[a, b, c]), vec![15.0, 15.0, 85.0]);
+    }
+
+    #[test]
+    fn unlimited_link_leaves_flows_at_their_ceiling() {
+        let mut net = Net::new(vec![f64::INFINITY], 1);
+        let a = net.start(0, 0, [0, NO_LINK], 7.0, 70.0);
+        let mut timers = Vec::new();
+        net.flush(0, &mut timers);
+        assert_eq!(net.rate(a), 7.0);
+        assert_eq!(timers[0].timer.unwrap().at, 10_000_000);
+    }
+
+    #[test]
+    fn completion_frees_capacity_for_the_rest() {
+        // Two flows on a link of 10 B/s: 10 and 30 bytes. The small one ends at 2 s, the
+        // big one has 20 left and then runs alone at 10 B/s: ends at 4 s.
+        let mut net = Net::new(vec![10.0], 1);
+        let small = net.start(0, 0, [0, NO_LINK], f64::INFINITY, 10.0);
+        let big = net.start(0, 0, [0, NO_LINK], f64::INFINITY, 30.0);
+        let mut timers = Vec::new();
+        net.flush(0, &mut timers);
+        let t = timers.pop().unwrap().timer.unwrap();
+        assert_eq!(t.at, 2_000_000);
+        let mut ended = Vec::new();
+        net.complete(t.at, t, &mut ended);
+        assert_eq!(ended, vec![Ended { flow: small, bytes: 10.0 }]);
+        net.flush(t.at, &mut timers);
+        let t2 = timers.pop().unwrap().timer.unwrap();
+        assert_eq!(t2.at, 4_000_000);
+        net.complete(t2.at, t2, &mut ended);
+        assert_eq!(ended[1], Ended { flow: big, bytes: 30.0 });
+    }
+
+    #[test]
+    fn tree_solver_agrees_with_progressive_filling() {
+        // Random laminar instances: a root link over inner links over capped flows.
+        for case in 0..200u64 {
+            let r = |n: u64| crate::rng::unit(case, n, crate::rng::Purpose::Churn, 0);
+            let inner = 1 + (r(0) * 5.0) as u32;
+            let mut caps: Vec<f64> = (0..inner).map(|i| 1.0 + r(1 + u64::from(i)) * 100.0).collect();
+            let root = if case % 3 == 0 { f64::INFINITY } else { 1.0 + r(50) * 200.0 };
+            caps.push(root);
+            let flows: Vec<([LinkId; 2], f64)> = (0..1 + (r(60) * 12.0) as u64)
+                .map(|f| {
+                    let link = (r(100 + f) * f64::from(inner)) as u32;
+                    let cap = if r(200 + f) < 0.3 { f64::INFINITY } else { 1.0 + r(300 + f) * 60.0 };
+                    ([link, inner], cap)
+                })
+                .collect();
+            let solve = |tree: bool| {
+                let mut net = Net::new(caps.clone(), 1);
+                let ids: Vec<_> = flows.iter().map(|&(p, c)| net.start(0, 0, p, c, 1e9)).collect();
+                if !(tree && net.solve_tree(0)) {
+                    net.solve(0);
+                }
+                ids.iter().map(|&f| net.rate(f)).collect::<Vec<_>>()
+            };
+            let (a, b) = (solve(true), solve(false));
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "case {case}: tree {a:?} vs filling {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn early_timer_rearms_for_the_real_completion() {
+        // A 10 B/s link, one flow of 10 bytes: timer at 1 s. A second flow joins at
+        // 0.5 s and halves the rate: the first timer is early, and firing it arms the
+        // real completion (5 bytes left at 5 B/s: 1.5 s).
+        let mut net = Net::new(vec![10.0], 1);
+        let mut out = Vec::new();
+        let a = net.start(0, 0, [0, NO_LINK], f64::INFINITY, 10.0);
+        net.flush(0, &mut out);
+        let first = out.pop().unwrap().timer.unwrap();
+        assert_eq!(first.at, 1_000_000);
+        net.start(500_000, 0, [0, NO_LINK], f64::INFINITY, 100.0);
+        net.flush(500_000, &mut out);
+        assert_eq!(out.pop().unwrap().timer, None, "a later completion needs no new timer");
+        let mut ended = Vec::new();
+        net.complete(first.at, first, &mut ended);
+        assert!(ended.is_empty());
+        net.flush(first.at, &mut out);
+        let real = out.pop().unwrap().timer.unwrap();
+        assert_eq!(real.at, 1_500_000);
+        net.complete(real.at, real, &mut ended);
+        assert_eq!(ended, vec![Ended { flow: a, bytes: 10.0 }]);
+    }
+
+    #[test]
+    fn stopped_flow_reports_partial_bytes() {
+        let mut net = Net::new(vec![10.0], 1);
+        let f = net.start(0, 0, [0, NO_LINK], f64::INFINITY, 100.0);
+        net.flush(0, &mut Vec::new());
+        assert_eq!(net.stop(3_000_000, f), 30.0);
+        assert!(!net.is_live(f));
+    }
+}
