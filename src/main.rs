@@ -33,6 +33,16 @@ enum Command {
     Node(otamesh_node::cli::NodeArgs),
     /// Push a signed manifest into the mesh through a running node.
     Announce(otamesh_node::cli::AnnounceArgs),
+    /// Serve a release store over HTTP: a static origin for nodes, until Ctrl-C.
+    Serve(commands::serve::Args),
+    /// Show a node's state, active release and known releases (its /status).
+    Status(commands::status::Args),
+    /// Show the fleet a node hears through signed reports, by site: behind, failed.
+    Fleet(commands::fleet::Args),
+    /// Show one release's rollout: devices per outcome and wave, failure reasons, timings.
+    Report(commands::report::Args),
+    /// Run a whole fleet on loopback: staged rollout, a bad release halted and revoked, a report.
+    Demo(commands::demo::Args),
     /// Simulate a rollout scenario (or `sim compare` several): summary.json, timeseries.csv, plots.
     Sim(otamesh_sim::cli::SimArgs),
 }
@@ -52,6 +62,11 @@ fn main() -> ExitCode {
         Command::Announce(args) => {
             otamesh_node::cli::run_announce(args).map(|()| ExitCode::SUCCESS).map_err(Into::into)
         }
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Status(args) => commands::status::run(args),
+        Command::Fleet(args) => commands::fleet::run(args),
+        Command::Report(args) => commands::report::run(args),
+        Command::Demo(args) => commands::demo::run(args),
         Command::Sim(args) => otamesh_sim::cli::run(args).map(|()| ExitCode::SUCCESS).map_err(Into::into),
     };
     result.unwrap_or_else(|e| {

@@ -17,7 +17,7 @@ use std::path::Path;
 use otamesh_core::directive::{DirectiveBook, Order, VerifiedDirective};
 use otamesh_core::gate::Tally;
 use otamesh_core::lifecycle::{Action, Context, Facts, Lifecycle, Refusal, State, admit};
-use otamesh_core::report::{Report, SignedReport, VerifiedReport};
+use otamesh_core::report::{MAX_TEXT, Outcome, Report, SignedReport, VerifiedReport};
 use otamesh_core::rollout::{self, DeviceInfo, ReleaseInfo};
 use otamesh_core::{DeviceId, Millis, ReleaseId, SecretKey, TrustRoot, VerifiedManifest};
 
@@ -478,6 +478,7 @@ impl Device {
                 }
             }
             Action::Report(outcome) => {
+                let outcome = fit_reason(outcome);
                 self.report_seq = self.report_seq.saturating_add(1).max(now);
                 let report = Report {
                     device_key: self.key.public().to_bytes(),
@@ -636,6 +637,28 @@ fn run_hook(
     hook.run(env).map_err(|e| e.to_string())
 }
 
+/// Cuts a failure reason to what a report may carry ([`MAX_TEXT`] bytes, on a character
+/// boundary), so a long hook command or stderr never makes the report invalid and blinds
+/// the health gate.
+fn fit_reason(outcome: Outcome) -> Outcome {
+    let fit = |mut reason: String| {
+        if reason.len() > MAX_TEXT {
+            let mut end = MAX_TEXT - 3;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push_str("...");
+        }
+        reason
+    };
+    match outcome {
+        Outcome::Failed { reason } => Outcome::Failed { reason: fit(reason) },
+        Outcome::RolledBack { reason, revoked } => Outcome::RolledBack { reason: fit(reason), revoked },
+        committed => committed,
+    }
+}
+
 fn release_info(manifest: &VerifiedManifest) -> ReleaseInfo {
     let m = manifest.manifest();
     ReleaseInfo { id: manifest.id(), kind: m.kind, created_at: m.created_at }
@@ -647,7 +670,6 @@ mod tests {
 
     use otamesh_core::directive::{Directive, SignedDirective};
     use otamesh_core::lifecycle::Reason;
-    use otamesh_core::report::Outcome;
     use otamesh_core::rollout::{RolloutPolicy, Wave};
 
     use super::*;
@@ -838,6 +860,20 @@ mod tests {
         d.handle_directive(later, &testkit::trust().verify_directive(resume).unwrap()).unwrap();
         d.handle_timeout(later).unwrap();
         assert_eq!(d.status().unwrap().state, "committed");
+    }
+
+    #[test]
+    fn long_failure_reasons_still_make_valid_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("echo {} >&2; exit 1", "é".repeat(400));
+        let mut d = open(dir.path(), config(Some(&long), None));
+        let v1 = local_release(&d, 1, 1);
+        d.offer(NOW, v1).unwrap();
+        let report = events(&mut d).into_iter().find_map(|e| match e {
+            Event::Report(r) => Some(*r),
+            _ => None,
+        });
+        report.unwrap().verify().unwrap();
     }
 
     #[test]

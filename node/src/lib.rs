@@ -14,10 +14,13 @@
 //! - [`db`]: SQLite state: lifecycle per release, slots, the hash-chained audit log.
 //! - [`slots`]: A/B slot directories and the atomic switch.
 //! - [`hooks`]: the install hook and the health check.
+//! - [`serve`]: a static HTTP origin over a store (`otamesh serve`, the demo).
+//! - [`client`]: a client of the node API (`otamesh status`, `fleet`, `report`).
 
 pub mod announce;
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod datadir;
@@ -28,6 +31,7 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod origin;
+pub mod serve;
 pub mod slots;
 pub mod store;
 pub mod wire;

@@ -324,7 +324,7 @@ impl Default for Directives {
 
 /// A scenario that cannot run: which file, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {key}: {reason}")]
+#[error("{file}: {}{reason}", key_prefix(.key))]
 pub struct ScenarioError {
     /// The scenario file.
     pub file: String,
@@ -523,6 +523,11 @@ impl Scenario {
         self.rollout.validate().map_err(|e| (policy_key(&e), e.to_string()))?;
         Ok(())
     }
+}
+
+/// `key: `, or nothing for an error about the whole file.
+fn key_prefix(key: &str) -> String {
+    if key == "-" { String::new() } else { format!("{key}: ") }
 }
 
 fn policy_key(e: &PolicyError) -> String {

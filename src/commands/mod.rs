@@ -1,9 +1,16 @@
 //! One module per command. Each has an `Args` (clap) and a `run` that returns the exit
 //! code; errors carry context naming the file and the fix, printed on one line.
+//! [`text`] is shared by the commands that show a node's API to people.
 
 pub mod audit;
+pub mod demo;
 pub mod directive;
+pub mod fleet;
 pub mod inspect;
 pub mod keygen;
 pub mod publish;
+pub mod report;
+pub mod serve;
+pub mod status;
+pub mod text;
 pub mod verify;
