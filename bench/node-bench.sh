@@ -42,6 +42,8 @@ OTAMESH_BENCH_MIB=$MIB OTAMESH_BENCH_ARTIFACT=$WORK/artifact.bin \
 
 mkdir -p "$WORK/www" "$WORK/nginx"
 mv "$WORK/artifact.bin" "$WORK/www/artifact.bin"
+# nginx workers run unprivileged: let them read the artifact.
+chmod a+rx "$WORK" "$WORK/www" && chmod a+r "$WORK/www/artifact.bin"
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
   -keyout "$WORK/nginx/key.pem" -out "$WORK/nginx/cert.pem" 2>/dev/null
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -71,9 +73,9 @@ nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
 NGINX_PID=$!
 sleep 0.5
 for i in 1 2 3; do
-  curl -sk -o /dev/null -w "BENCH nginx HTTPS (curl, 1 stream): $MIB MiB at %{speed_download} B/s\n" \
+  curl -skf -o /dev/null -w "BENCH nginx HTTPS (curl, 1 stream): $MIB MiB at %{speed_download} B/s\n" \
     "https://127.0.0.1:$PORT/artifact.bin" |
-    awk -v mib="$MIB" '{ printf "%s %s %s %s %s %s %s %s = %.0f MiB/s\n", $1,$2,$3,$4,$5,$6,$7,$8, $9/1048576 }'
+    awk -v mib="$MIB" '{ printf "%s %s %s %s %s %s %s %s = %.0f MiB/s\n", $1,$2,$3,$4,$5,$6,$7,$8, $10/1048576 }'
 done
 kill "$NGINX_PID" && NGINX_PID=""
 

@@ -66,7 +66,7 @@ pub struct PlannerConfig {
 impl Default for PlannerConfig {
     fn default() -> Self {
         Self {
-            max_per_peer: 16,
+            max_per_peer: 64,
             max_origin: 4,
             request_timeout: 10_000,
             origin_timeout: 120_000,
@@ -167,6 +167,7 @@ pub struct Planner {
     complete_sent: bool,
     /// The latest `now` seen; timeouts at or before it are not reported again.
     now: Millis,
+    next_timeout: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +239,7 @@ impl Planner {
             outputs: VecDeque::new(),
             complete_sent: false,
             now,
+            next_timeout: None,
         };
         planner.plan(now);
         planner
@@ -251,6 +253,12 @@ impl Planner {
     /// When [`Planner::handle_timeout`] should next be called; `None` when nothing is
     /// pending on time.
     pub fn poll_timeout(&self) -> Option<Millis> {
+        self.next_timeout
+    }
+
+    /// Recomputed after every input (in [`Planner::plan`]), so that drivers may call
+    /// [`Planner::poll_timeout`] as often as they like.
+    fn compute_timeout(&self) -> Option<Millis> {
         let mut next: Option<Millis> = None;
         // Work due now but not started waits for capacity, which only an input frees.
         let mut consider = |t: Millis| {
@@ -517,6 +525,11 @@ impl Planner {
 
     fn plan(&mut self, now: Millis) {
         self.now = self.now.max(now);
+        self.assign(now);
+        self.next_timeout = self.compute_timeout();
+    }
+
+    fn assign(&mut self, now: Millis) {
         if self.missing.is_empty() {
             if !self.complete_sent {
                 self.complete_sent = true;
@@ -545,9 +558,43 @@ impl Planner {
                 wan.push(slot);
             }
         }
-        // Rarest first; among equals, manifest order.
-        lan.sort_unstable();
-        for (_, slot) in lan {
+        // Rarest first; among equals, manifest order. Only the first `capacity`
+        // candidates are sorted unless free request slots remain after them: one chunk
+        // arriving frees one slot, and sorting every missing chunk for it is wasted.
+        let capacity: usize = self
+            .peers
+            .values()
+            .filter(|p| p.count > 0)
+            .map(|p| self.config.max_per_peer.saturating_sub(p.inflight))
+            .sum();
+        if lan.len() > capacity {
+            lan.select_nth_unstable(capacity);
+            let (head, tail) = lan.split_at_mut(capacity);
+            head.sort_unstable();
+            self.request_from_peers(now, head);
+            if self.peers.values().any(|p| p.count > 0 && p.inflight < self.config.max_per_peer) {
+                tail.sort_unstable();
+                self.request_from_peers(now, tail);
+            }
+        } else {
+            lan.sort_unstable();
+            self.request_from_peers(now, &lan);
+        }
+        for slot in wan {
+            if self.origin_inflight >= self.config.max_origin {
+                break;
+            }
+            self.origin_inflight += 1;
+            self.start(now, slot, Source::Origin);
+            self.outputs.push_back(Output::FetchFromOrigin { chunk: self.ids[slot] });
+        }
+    }
+
+    fn request_from_peers(&mut self, now: Millis, candidates: &[(u32, usize)]) {
+        for &(_, slot) in candidates {
+            if !matches!(self.state[slot], ChunkState::Missing { .. }) {
+                continue;
+            }
             let chunk = self.ids[slot];
             let best = self
                 .peers
@@ -560,14 +607,6 @@ impl Planner {
             self.peers.get_mut(&peer).expect("chosen peer is present").inflight += 1;
             self.start(now, slot, Source::Peer(peer));
             self.outputs.push_back(Output::Request { peer, chunk });
-        }
-        for slot in wan {
-            if self.origin_inflight >= self.config.max_origin {
-                break;
-            }
-            self.origin_inflight += 1;
-            self.start(now, slot, Source::Origin);
-            self.outputs.push_back(Output::FetchFromOrigin { chunk: self.ids[slot] });
         }
     }
 

@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginError};
 use crate::store::Store;
 use crate::wire::{
-    self, CHUNK_PROTOCOL, ChunkCodec, DIRECTIVES_TOPIC, Have, RELEASES_TOPIC, REPORTS_TOPIC, Request,
+    self, CHUNK_PROTOCOL, ChunkCodec, DIRECTIVES_TOPIC, Have, Item, RELEASES_TOPIC, REPORTS_TOPIC, Request,
     Response, SiteMessage, Want,
 };
 
@@ -54,7 +54,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The shortest gap between two have-bitfield messages.
 const HAVE_MIN_GAP: Duration = Duration::from_millis(300);
 /// A site peer not heard for this long is no longer a member.
-const MEMBER_TTL: Millis = 5_000;
+const MEMBER_TTL: Millis = 10_000;
 /// How often unconnected static peers are dialled again.
 const REDIAL: Duration = Duration::from_secs(3);
 /// Capacity of the channel from spawned tasks to the loop.
@@ -124,7 +124,9 @@ enum Internal {
     /// Fetching or storing a chunk failed for another reason.
     Failed { source: Source, chunk: ChunkId, reason: String },
     /// A chunk (or manifest) was read for a peer.
-    Serve { channel: ResponseChannel<Response>, response: Response, served_chunk: bool },
+    Serve { channel: ResponseChannel<Response>, response: Response, served: usize },
+    /// Several of the above, from one batch.
+    Many(Vec<Internal>),
     /// The origin listed a release this node does not know; here is its manifest.
     OriginManifest { bytes: Vec<u8>, url: String },
     /// The origin lists a directive this node has not seen; here it is.
@@ -844,14 +846,17 @@ impl Node {
                 todo.push((*id, o));
             }
         }
+        // Requests to one peer from one drain travel as batches: one stream per batch.
+        let mut batches: BTreeMap<DeviceId, Vec<ChunkId>> = BTreeMap::new();
         for (release, output) in todo {
             match output {
                 Output::Request { peer, chunk } => {
-                    let Some(p) = self.site_peers.get(&peer).map(|p| p.peer) else {
-                        self.fail_everywhere(Source::Peer(peer), chunk);
-                        continue;
-                    };
-                    self.send_request(p, peer, Want::Chunk(chunk));
+                    let batch = batches.entry(peer).or_default();
+                    batch.push(chunk);
+                    if batch.len() == wire::MAX_BATCH {
+                        let full = std::mem::take(batch);
+                        self.request_chunks(peer, full);
+                    }
                 }
                 Output::FetchFromOrigin { chunk } => self.fetch_from_origin(release, chunk),
                 Output::Ban { peer } => {
@@ -861,6 +866,21 @@ impl Node {
                 Output::Complete => self.on_complete(release),
             }
         }
+        for (peer, chunks) in batches {
+            if !chunks.is_empty() {
+                self.request_chunks(peer, chunks);
+            }
+        }
+    }
+
+    fn request_chunks(&mut self, peer: DeviceId, chunks: Vec<ChunkId>) {
+        let Some(p) = self.site_peers.get(&peer).map(|p| p.peer) else {
+            for chunk in chunks {
+                self.fail_everywhere(Source::Peer(peer), chunk);
+            }
+            return;
+        };
+        self.send_request(p, peer, Want::Chunks(chunks));
     }
 
     fn on_complete(&mut self, release: ReleaseId) {
@@ -882,7 +902,7 @@ impl Node {
     fn send_request(&mut self, peer: PeerId, device: DeviceId, want: Want) {
         let id = self.next_request_id;
         self.next_request_id += 1;
-        let rid = self.swarm.behaviour_mut().chunks.send_request(&peer, Request { id, want });
+        let rid = self.swarm.behaviour_mut().chunks.send_request(&peer, Request { id, want: want.clone() });
         self.requests.insert(rid, PendingRequest { id, peer: device, want });
     }
 
@@ -897,7 +917,7 @@ impl Node {
         let store = self.store.clone();
         tokio::spawn(async move {
             let msg = match origin.chunk(chunk, max_len as usize).await {
-                Ok(bytes) => ingest(store, Source::Origin, chunk, bytes).await,
+                Ok(bytes) => ingest(store, Source::Origin, vec![(chunk, bytes)]).await,
                 Err(e) => Internal::Failed { source: Source::Origin, chunk, reason: e.to_string() },
             };
             let _ = tx.send(msg).await;
@@ -964,8 +984,10 @@ impl Node {
                 let Some(pending) = self.requests.remove(&request_id) else { return };
                 if response.id != pending.id {
                     tracing::warn!(%peer, "response does not echo its request id; treated as bad");
-                    if let Want::Chunk(chunk) = pending.want {
-                        self.bad_everywhere(Source::Peer(pending.peer), chunk);
+                    if let Want::Chunks(chunks) = pending.want {
+                        for chunk in chunks {
+                            self.bad_everywhere(Source::Peer(pending.peer), chunk);
+                        }
                     }
                     return;
                 }
@@ -976,7 +998,11 @@ impl Node {
                 self.metrics.peer_request_failures.inc();
                 tracing::debug!(%peer, %error, "chunk request failed");
                 match pending.want {
-                    Want::Chunk(chunk) => self.fail_everywhere(Source::Peer(pending.peer), chunk),
+                    Want::Chunks(chunks) => {
+                        for chunk in chunks {
+                            self.fail_everywhere(Source::Peer(pending.peer), chunk);
+                        }
+                    }
                     Want::Manifest(r) => {
                         self.manifests_asked.remove(&r);
                     }
@@ -991,18 +1017,37 @@ impl Node {
 
     fn on_response(&mut self, pending: PendingRequest, response: Response) {
         let source = Source::Peer(pending.peer);
-        match (pending.want, response.status) {
-            (Want::Chunk(chunk), wire::Status::Found) => {
+        let mut items = response.items;
+        match pending.want {
+            Want::Chunks(chunks) => {
+                if items.len() != chunks.len() {
+                    tracing::warn!(peer = %pending.peer, "response has {} items for {} chunks", items.len(), chunks.len());
+                    for chunk in chunks {
+                        self.fail_everywhere(source, chunk);
+                    }
+                    return;
+                }
+                let mut found = Vec::new();
+                for (chunk, item) in chunks.into_iter().zip(items) {
+                    if item.status == wire::Status::Found {
+                        found.push((chunk, item.body));
+                    } else {
+                        self.fail_everywhere(source, chunk);
+                    }
+                }
+                if found.is_empty() {
+                    return;
+                }
                 let store = self.store.clone();
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
-                    let msg = ingest(store, source, chunk, response.body).await;
+                    let msg = ingest(store, source, found).await;
                     let _ = tx.send(msg).await;
                 });
             }
-            (Want::Chunk(chunk), _) => self.fail_everywhere(source, chunk),
-            (Want::Manifest(release), wire::Status::Found) => {
-                let verified = SignedManifest::from_bytes(&response.body)
+            Want::Manifest(release) if items.len() == 1 && items[0].status == wire::Status::Found => {
+                let body = items.pop().map(|i| i.body).unwrap_or_default();
+                let verified = SignedManifest::from_bytes(&body)
                     .map_err(|e| e.to_string())
                     .and_then(|m| self.trust.verify_manifest(m, now_ms()).map_err(|e| e.to_string()));
                 match verified {
@@ -1013,7 +1058,7 @@ impl Node {
                     }
                 }
             }
-            (Want::Manifest(release), _) => {
+            Want::Manifest(release) => {
                 self.manifests_asked.remove(&release);
             }
         }
@@ -1023,40 +1068,29 @@ impl Node {
         let id = request.id;
         match request.want {
             Want::Manifest(release) => {
-                let response = match self.releases.get(&release) {
-                    Some(r) => {
-                        Response { id, status: wire::Status::Found, body: r.manifest.signed().to_bytes() }
-                    }
-                    None => Response { id, status: wire::Status::NotFound, body: Vec::new() },
+                let item = match self.releases.get(&release) {
+                    Some(r) => Item { status: wire::Status::Found, body: r.manifest.signed().to_bytes() },
+                    None => Item { status: wire::Status::NotFound, body: Vec::new() },
                 };
+                let response = Response { id, items: vec![item] };
                 let _ = self.swarm.behaviour_mut().chunks.send_response(channel, response);
             }
-            Want::Chunk(chunk) => {
+            Want::Chunks(chunks) => {
                 let store = self.store.clone();
                 let tx = self.tx.clone();
                 let corrupt = self.config.corrupt_served_chunks;
                 tokio::spawn(async move {
-                    let read = tokio::task::spawn_blocking(move || store.read_chunk(chunk)).await;
-                    let (status, body) = match read {
-                        Ok(Ok(c)) => {
-                            let mut bytes = c.into_bytes();
-                            if corrupt && let Some(b) = bytes.first_mut() {
-                                *b ^= 0xff;
-                            }
-                            (wire::Status::Found, bytes)
-                        }
-                        Ok(Err(crate::store::StoreError::MissingChunk { .. })) => {
-                            (wire::Status::NotFound, Vec::new())
-                        }
-                        Ok(Err(e)) => {
-                            tracing::error!(%peer, error = %e, "cannot read a chunk to serve");
-                            (wire::Status::Failed, Vec::new())
-                        }
-                        Err(_) => (wire::Status::Failed, Vec::new()),
-                    };
-                    let served_chunk = status == wire::Status::Found;
-                    let response = Response { id, status, body };
-                    let _ = tx.send(Internal::Serve { channel, response, served_chunk }).await;
+                    let read = tokio::task::spawn_blocking(move || {
+                        chunks
+                            .into_iter()
+                            .map(|c| read_for_peer(&store, peer, c, corrupt))
+                            .collect::<Vec<_>>()
+                    })
+                    .await;
+                    let items = read.unwrap_or_default();
+                    let served = items.iter().filter(|i| i.status == wire::Status::Found).count();
+                    let response = Response { id, items };
+                    let _ = tx.send(Internal::Serve { channel, response, served }).await;
                 });
             }
         }
@@ -1078,12 +1112,16 @@ impl Node {
                 tracing::warn!(?source, %chunk, %reason, "chunk fetch failed; re-planned");
                 self.fail_everywhere(source, chunk);
             }
-            Internal::Serve { channel, response, served_chunk } => {
-                if served_chunk {
-                    self.metrics.chunks_served.inc();
-                    self.metrics.served_bytes.inc_by(response.body.len() as u64);
-                }
+            Internal::Serve { channel, response, served } => {
+                self.metrics.chunks_served.inc_by(served as u64);
+                let bytes: usize = response.items.iter().map(|i| i.body.len()).sum();
+                self.metrics.served_bytes.inc_by(bytes as u64);
                 let _ = self.swarm.behaviour_mut().chunks.send_response(channel, response);
+            }
+            Internal::Many(all) => {
+                for msg in all {
+                    self.on_internal(msg);
+                }
             }
             Internal::OriginManifest { bytes, url } => {
                 let verified = SignedManifest::from_bytes(&bytes)
@@ -1185,26 +1223,51 @@ impl Node {
     }
 }
 
-/// Verifies `bytes` against `chunk` and stores them, on the blocking pool.
-async fn ingest(store: Store, source: Source, chunk: ChunkId, bytes: Vec<u8>) -> Internal {
+/// Verifies each chunk's bytes against its id and stores it, on the blocking pool.
+async fn ingest(store: Store, source: Source, chunks: Vec<(ChunkId, Vec<u8>)>) -> Internal {
+    let ids: Vec<ChunkId> = chunks.iter().map(|(c, _)| *c).collect();
     let work = tokio::task::spawn_blocking(move || {
-        let len = bytes.len();
-        let Ok(verified) = VerifiedChunk::new(chunk, bytes) else {
-            return Internal::Bad { source, chunk };
-        };
-        match store.put_chunk(&verified) {
-            Ok(_) => Internal::Stored { source, chunk, len },
-            Err(e) => {
-                tracing::error!(%chunk, error = %e, "cannot store a verified chunk (disk full?)");
-                Internal::Failed { source, chunk, reason: e.to_string() }
+        let results = chunks.into_iter().map(|(chunk, bytes)| {
+            let len = bytes.len();
+            let Ok(verified) = VerifiedChunk::new(chunk, bytes) else {
+                return Internal::Bad { source, chunk };
+            };
+            match store.put_chunk(&verified) {
+                Ok(_) => Internal::Stored { source, chunk, len },
+                Err(e) => {
+                    tracing::error!(%chunk, error = %e, "cannot store a verified chunk (disk full?)");
+                    Internal::Failed { source, chunk, reason: e.to_string() }
+                }
             }
-        }
+        });
+        Internal::Many(results.collect())
     });
-    work.await.unwrap_or_else(|e| Internal::Failed {
-        source,
-        chunk,
-        reason: format!("store task failed: {e}"),
+    work.await.unwrap_or_else(|e| {
+        let reason = format!("store task failed: {e}");
+        Internal::Many(
+            ids.into_iter().map(|chunk| Internal::Failed { source, chunk, reason: reason.clone() }).collect(),
+        )
     })
+}
+
+/// Reads a chunk to serve (the store checks its hash on the way).
+fn read_for_peer(store: &Store, peer: PeerId, chunk: ChunkId, corrupt: bool) -> Item {
+    match store.read_chunk(chunk) {
+        Ok(c) => {
+            let mut body = c.into_bytes();
+            if corrupt && let Some(b) = body.first_mut() {
+                *b ^= 0xff;
+            }
+            Item { status: wire::Status::Found, body }
+        }
+        Err(crate::store::StoreError::MissingChunk { .. }) => {
+            Item { status: wire::Status::NotFound, body: Vec::new() }
+        }
+        Err(e) => {
+            tracing::error!(%peer, error = %e, "cannot read a chunk to serve");
+            Item { status: wire::Status::Failed, body: Vec::new() }
+        }
+    }
 }
 
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {

@@ -201,3 +201,75 @@ impl Origin {
         Ok(body)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-route HTTP server answering every request with `status` and `body`.
+    async fn serve(status: &'static str, body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn bodies_longer_than_the_chunk_are_refused() {
+        let url = serve("200 OK", vec![7; 1000]).await;
+        let origin = Origin::new(&url, None, Metrics::new()).unwrap();
+        let err = origin.chunk(ChunkId::of(b"x"), 999).await.unwrap_err();
+        assert!(matches!(err, OriginError::TooLarge { limit: 999, .. }), "{err}");
+        assert_eq!(origin.chunk(ChunkId::of(b"x"), 1000).await.unwrap().len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_not_retried_and_garbage_is_named() {
+        let metrics = Metrics::new();
+        let url = serve("404 Not Found", Vec::new()).await;
+        let origin = Origin::new(&url, None, metrics.clone()).unwrap();
+        assert!(matches!(origin.index().await, Err(OriginError::Status { status: 404, .. })));
+        assert_eq!(metrics.origin_errors.get(), 1, "no retries for a 404");
+        let url = serve("200 OK", b"<html>not a store</html>".to_vec()).await;
+        let origin = Origin::new(&url, None, metrics).unwrap();
+        assert!(matches!(origin.index().await, Err(OriginError::Malformed { .. })));
+        assert!(matches!(origin.manifest("../../etc/passwd").await, Err(OriginError::Malformed { .. })));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_origin_is_retried_then_reported() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let metrics = Metrics::new();
+        let origin = Origin::new(&format!("http://127.0.0.1:{port}"), None, metrics.clone()).unwrap();
+        assert!(matches!(origin.index().await, Err(OriginError::Http { .. })));
+        assert_eq!(metrics.origin_errors.get(), 3, "three attempts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_spaces_reads() {
+        let limit = RateLimit::new(1000);
+        let t0 = Instant::now();
+        limit.take(500).await;
+        limit.take(1500).await;
+        let elapsed = t0.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(1999) && elapsed < Duration::from_millis(2100),
+            "{elapsed:?}"
+        );
+    }
+}

@@ -13,8 +13,10 @@
 //! - [`site_topic`]: [`SiteMessage`], one per site: membership and have-bitfields.
 //!
 //! The chunk protocol ([`CHUNK_PROTOCOL`]) is request-response: one stream per request,
-//! many requests in flight per peer (pipelining), each framed as
-//! `u32 header length | header | u32 body length | body` (big-endian lengths).
+//! many requests in flight per peer (pipelining), and each request may name up to
+//! [`MAX_BATCH`] chunks, so per-stream costs are paid once per batch. A request is one
+//! frame `u32 length | header`; a response is the header frame followed by one body
+//! frame per item (big-endian lengths).
 
 use std::io;
 
@@ -36,11 +38,17 @@ pub const DIRECTIVES_TOPIC: &str = "otamesh/directives/1";
 pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/chunk/1");
 
 /// The largest header of a request or response.
-pub const MAX_HEADER_BYTES: usize = 1024;
+pub const MAX_HEADER_BYTES: usize = 4096;
 
-/// The largest body of a response: a chunk of the chunker's maximum size (16 MiB) or a
+/// The most chunks one request may name.
+pub const MAX_BATCH: usize = 32;
+
+/// The largest body of one item: a chunk of the chunker's maximum size (16 MiB) or a
 /// manifest (the codec's 8 MiB cap).
 pub const MAX_BODY_BYTES: usize = 16 << 20;
+
+/// The largest response, all items together.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// The gossipsub topic of one site.
 pub fn site_topic(site: &str) -> String {
@@ -72,17 +80,17 @@ pub struct Have {
 }
 
 /// What a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Want {
-    /// A chunk by id.
-    Chunk(ChunkId),
+    /// Chunks by id (1 to [`MAX_BATCH`]); the response has one item per chunk, in order.
+    Chunks(Vec<ChunkId>),
     /// A release's signed manifest (for a node that heard of the release only through
     /// a peer's have-bitfield).
     Manifest(ReleaseId),
 }
 
 /// A request on [`CHUNK_PROTOCOL`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// Chosen by the requester; the response echoes it.
     pub id: u64,
@@ -106,6 +114,13 @@ pub enum Status {
 pub struct Response {
     /// The request's id.
     pub id: u64,
+    /// One per chunk asked for (or one for a manifest), in the request's order.
+    pub items: Vec<Item>,
+}
+
+/// One answered chunk or manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
     /// The outcome.
     pub status: Status,
     /// The chunk or manifest bytes when [`Status::Found`]; empty otherwise.
@@ -115,7 +130,7 @@ pub struct Response {
 #[derive(Serialize, Deserialize)]
 struct ResponseHeader {
     id: u64,
-    status: Status,
+    statuses: Vec<Status>,
 }
 
 /// The request-response codec of [`CHUNK_PROTOCOL`], with the size limits above.
@@ -132,7 +147,16 @@ impl libp2p::request_response::Codec for ChunkCodec {
         T: AsyncRead + Unpin + Send,
     {
         let header = read_frame(io, MAX_HEADER_BYTES).await?;
-        codec::decode(&header).map_err(invalid)
+        let request: Request = codec::decode(&header).map_err(invalid)?;
+        if let Want::Chunks(chunks) = &request.want
+            && (chunks.is_empty() || chunks.len() > MAX_BATCH)
+        {
+            return Err(invalid(format!(
+                "a request names {} chunks (1 to {MAX_BATCH} allowed)",
+                chunks.len()
+            )));
+        }
+        Ok(request)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
@@ -141,8 +165,20 @@ impl libp2p::request_response::Codec for ChunkCodec {
     {
         let header: ResponseHeader =
             codec::decode(&read_frame(io, MAX_HEADER_BYTES).await?).map_err(invalid)?;
-        let body = read_frame(io, MAX_BODY_BYTES).await?;
-        Ok(Response { id: header.id, status: header.status, body })
+        if header.statuses.len() > MAX_BATCH {
+            return Err(invalid(format!(
+                "a response has {} items (at most {MAX_BATCH})",
+                header.statuses.len()
+            )));
+        }
+        let mut items = Vec::with_capacity(header.statuses.len());
+        let mut total = 0usize;
+        for status in header.statuses {
+            let body = read_frame(io, MAX_BODY_BYTES.min(MAX_RESPONSE_BYTES - total)).await?;
+            total += body.len();
+            items.push(Item { status, body });
+        }
+        Ok(Response { id: header.id, items })
     }
 
     async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Request) -> io::Result<()>
@@ -157,8 +193,11 @@ impl libp2p::request_response::Codec for ChunkCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &codec::encode(&ResponseHeader { id: res.id, status: res.status })).await?;
-        write_frame(io, &res.body).await?;
+        let statuses = res.items.iter().map(|i| i.status).collect();
+        write_frame(io, &codec::encode(&ResponseHeader { id: res.id, statuses })).await?;
+        for item in &res.items {
+            write_frame(io, &item.body).await?;
+        }
         io.close().await
     }
 }
@@ -175,8 +214,11 @@ pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Res
     if len > max {
         return Err(invalid(format!("frame of {len} bytes exceeds the {max}-byte limit")));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    let mut buf = Vec::with_capacity(len);
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "frame cut short"));
+    }
     Ok(buf)
 }
 
@@ -201,14 +243,24 @@ mod tests {
 
     #[test]
     fn requests_and_responses_round_trip() {
-        let req = Request { id: 7, want: Want::Chunk(ChunkId::of(b"x")) };
+        let req = Request { id: 7, want: Want::Chunks(vec![ChunkId::of(b"x"), ChunkId::of(b"y")]) };
         let mut buf = Vec::new();
-        block_on(ChunkCodec.write_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new(&mut buf), req))
-            .unwrap();
+        block_on(ChunkCodec.write_request(
+            &CHUNK_PROTOCOL,
+            &mut futures::io::Cursor::new(&mut buf),
+            req.clone(),
+        ))
+        .unwrap();
         let back =
             block_on(ChunkCodec.read_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new(buf))).unwrap();
         assert_eq!(back, req);
-        let res = Response { id: 7, status: Status::Found, body: vec![1; 300_000] };
+        let res = Response {
+            id: 7,
+            items: vec![
+                Item { status: Status::Found, body: vec![1; 300_000] },
+                Item { status: Status::NotFound, body: Vec::new() },
+            ],
+        };
         assert_eq!(round_trip_response(res.clone()).unwrap(), res);
     }
 
@@ -227,6 +279,18 @@ mod tests {
             ChunkCodec.read_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new([0, 0, 0, 1, 0xff])),
         );
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn batches_over_the_limit_are_refused() {
+        for n in [0, MAX_BATCH + 1] {
+            let req = Request { id: 1, want: Want::Chunks(vec![ChunkId::of(b"x"); n]) };
+            let mut buf = Vec::new();
+            block_on(ChunkCodec.write_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new(&mut buf), req))
+                .unwrap();
+            let r = block_on(ChunkCodec.read_request(&CHUNK_PROTOCOL, &mut futures::io::Cursor::new(buf)));
+            assert!(r.is_err(), "{n} chunks");
+        }
     }
 
     #[test]

@@ -234,34 +234,73 @@ impl Node {
         format!("/ip4/127.0.0.1/tcp/{}", self.port)
     }
 
-    /// Starts a node; `extra` are more flags (`--peer`, `--origin`, ...).
+    /// Starts a node and waits until its API answers; `extra` are more flags
+    /// (`--peer`, `--origin`, ...). The libp2p port is chosen by the OS; a taken API
+    /// port (another process got it first) is retried with a new one.
     pub fn start(dir: &Path, name: &str, site: &str, trust: &Path, extra: &[String]) -> Self {
         let data = dir.join(name);
-        let port = free_port();
-        let api = format!("127.0.0.1:{}", free_port());
-        let mut args: Vec<String> = vec![
-            "node".into(),
-            "--data".into(),
-            data.display().to_string(),
-            "--site".into(),
-            site.into(),
-            "--class".into(),
-            "gw".into(),
-            "--listen".into(),
-            format!("/ip4/127.0.0.1/tcp/{port}"),
-            "--api".into(),
-            api.clone(),
-            "--trust".into(),
-            trust.display().to_string(),
-            "--poll-interval".into(),
-            "0.5".into(),
-            "--no-mdns".into(),
-        ];
-        args.extend(extra.iter().cloned());
         let log = dir.join(format!("{name}.log"));
-        let mut node = Self { name: name.into(), data, port, api, args, log, child: None };
-        node.spawn();
-        node
+        for _ in 0..5 {
+            let api = format!("127.0.0.1:{}", free_port());
+            let mut args: Vec<String> = vec![
+                "node".into(),
+                "--data".into(),
+                data.display().to_string(),
+                "--site".into(),
+                site.into(),
+                "--class".into(),
+                "gw".into(),
+                "--listen".into(),
+                "/ip4/127.0.0.1/tcp/0".into(),
+                "--api".into(),
+                api.clone(),
+                "--trust".into(),
+                trust.display().to_string(),
+                "--poll-interval".into(),
+                "0.5".into(),
+                "--no-mdns".into(),
+            ];
+            args.extend(extra.iter().cloned());
+            let mut node = Self {
+                name: name.into(),
+                data: data.clone(),
+                port: 0,
+                api,
+                args,
+                log: log.clone(),
+                child: None,
+            };
+            node.spawn();
+            if node.wait_up() {
+                return node;
+            }
+        }
+        panic!("node {name} did not start; see {}", log.display());
+    }
+
+    /// Waits for the API and learns the libp2p port; false if the process exited.
+    fn wait_up(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
+            if let Some(s) = self.status() {
+                let port = s["listen"]
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|a| a.as_str())
+                    .and_then(|a| a.rsplit('/').next())
+                    .and_then(|p| p.parse().ok());
+                if let Some(port) = port {
+                    self.port = port;
+                    return true;
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     pub fn spawn(&mut self) {
