@@ -223,10 +223,8 @@ fn pick_manifest(
     m.rollout = policy;
     for _ in 0..10_000 {
         let id = m.release_id();
-        let waves: Vec<usize> = devices
-            .iter()
-            .map(|d| m.rollout.wave_of(m.kind, position(id, *d)).unwrap())
-            .collect();
+        let waves: Vec<usize> =
+            devices.iter().map(|d| m.rollout.wave_of(m.kind, position(id, *d)).unwrap()).collect();
         if ok(&waves) {
             return (m, waves);
         }
@@ -295,7 +293,12 @@ fn waves_gate_directives_and_fleet_view_on_a_six_node_fleet() {
         if waves[i] == 0 {
             assert!(at < second_wave_at, "{} (first wave) committed only at +{} ms", n.name, at - start);
         } else {
-            assert!(at >= second_wave_at, "{} (second wave) committed at +{} ms, before +{delay} s", n.name, at - start);
+            assert!(
+                at >= second_wave_at,
+                "{} (second wave) committed at +{} ms, before +{delay} s",
+                n.name,
+                at - start
+            );
         }
     }
 
@@ -322,7 +325,11 @@ fn waves_gate_directives_and_fleet_view_on_a_six_node_fleet() {
     wait_for(Duration::from_secs(30), "the first wave reports its outcomes", || {
         first.iter().all(|&i| {
             let n = &nodes[i];
-            if i < 3 { state(n) == "rolled_back" } else { state(n) == "committed" && active_seq(n) == Some(2) }
+            if i < 3 {
+                state(n) == "rolled_back"
+            } else {
+                state(n) == "committed" && active_seq(n) == Some(2)
+            }
         })
     });
     // Well past the second wave's start, nobody of it installed v2.
@@ -334,10 +341,14 @@ fn waves_gate_directives_and_fleet_view_on_a_six_node_fleet() {
         std::thread::sleep(Duration::from_millis(200));
     }
     for &i in &rest {
-        assert!(!audit_has(&nodes[i], "transition", v2, "installing"), "{} started installing v2", nodes[i].name);
+        assert!(
+            !audit_has(&nodes[i], "transition", v2, "installing"),
+            "{} started installing v2",
+            nodes[i].name
+        );
     }
-    let report: Value = serde_json::from_str(&http_get(&nodes[0].api, &format!("/report?release={v2}")).unwrap())
-        .unwrap();
+    let report: Value =
+        serde_json::from_str(&http_get(&nodes[0].api, &format!("/report?release={v2}")).unwrap()).unwrap();
     eprintln!("v2 report: {report}");
     let failed = first.iter().filter(|&&i| i < 3).count() as u64;
     let outcomes = &report["outcomes"];
