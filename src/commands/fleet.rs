@@ -8,7 +8,7 @@ use otamesh_node::client::{Client, FleetDevice, FleetView, StatusView};
 use otamesh_node::clock;
 use otamesh_node::config::DEFAULT_API;
 
-use super::text::{ago, block_on, or_dash, short, table};
+use super::text::{ago, block_on, or_dash, print_raw, short, table};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -23,9 +23,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.api)?;
     if args.json {
-        let v = block_on(client.raw_json("/fleet"))??;
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+        return print_raw(&client, "/fleet");
     }
     let (fleet, status) = block_on(async { (client.fleet().await, client.status().await) })?;
     // The fleet is what matters; without /status only versions are missing.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use otamesh_node::client::{ActiveView, Client, StatusView};
 use otamesh_node::config::DEFAULT_API;
 
-use super::text::{block_on, or_dash, short, table};
+use super::text::{block_on, or_dash, print_raw, short, table};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,9 +20,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.api)?;
     if args.json {
-        let v = block_on(client.raw_json("/status"))??;
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+        return print_raw(&client, "/status");
     }
     let s = block_on(client.status())??;
     print!("{}", render(&s));

@@ -13,6 +13,16 @@ pub fn block_on<F: Future>(fut: F) -> anyhow::Result<F::Output> {
     Ok(rt.block_on(fut))
 }
 
+/// Prints the JSON a node's API serves at `path`, as it sent it (`--json`).
+pub fn print_raw(
+    client: &otamesh_node::client::Client,
+    path: &str,
+) -> anyhow::Result<std::process::ExitCode> {
+    let v = block_on(client.raw_json(path))??;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// The first 12 hex digits of an id: enough to tell releases and devices apart.
 pub fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
