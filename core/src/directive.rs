@@ -146,6 +146,14 @@ impl DirectiveBook {
     }
 }
 
+/// Rebuilds a book from standings kept elsewhere (a device's database), so a restart
+/// forgets neither a halt nor the sequence that older directives must exceed.
+impl FromIterator<(ReleaseId, Standing)> for DirectiveBook {
+    fn from_iter<I: IntoIterator<Item = (ReleaseId, Standing)>>(iter: I) -> Self {
+        Self { releases: iter.into_iter().collect() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +174,18 @@ mod tests {
         assert!(book.apply(&halt).unwrap().halted);
         assert_eq!(book.apply(&resume), Err(Refused::Replayed { sequence: 1, applied: 2 }));
         assert!(book.standing(ReleaseId::from_bytes([5; 32])).halted);
+    }
+
+    #[test]
+    fn a_rebuilt_book_still_refuses_replays() {
+        let root = TrustRoot::single(key(1).public());
+        let mut book = DirectiveBook::default();
+        let halt = book.apply(&root.verify_directive(directive(Order::Halt, 2)).unwrap()).unwrap();
+        let release = ReleaseId::from_bytes([5; 32]);
+        let mut rebuilt: DirectiveBook = [(release, halt)].into_iter().collect();
+        assert!(rebuilt.standing(release).halted);
+        let resume = root.verify_directive(directive(Order::Resume, 1)).unwrap();
+        assert_eq!(rebuilt.apply(&resume), Err(Refused::Replayed { sequence: 1, applied: 2 }));
     }
 
     #[test]

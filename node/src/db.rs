@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
+use otamesh_core::directive::Standing;
 use otamesh_core::lifecycle::{Reason, State};
 use otamesh_core::{Millis, ReleaseId, codec};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -130,6 +131,11 @@ CREATE TABLE IF NOT EXISTS slots(
     release_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
     version TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS directives(
+    release_id TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL,
+    halted INTEGER NOT NULL,
+    revoked_to TEXT);
 CREATE TABLE IF NOT EXISTS audit(
     seq INTEGER PRIMARY KEY,
     at INTEGER NOT NULL,
@@ -224,6 +230,63 @@ impl Db {
         let row = append_audit(&tx, &path, at, event, release, detail)?;
         tx.commit().map_err(|e| classify(&path, e))?;
         Ok(row)
+    }
+
+    /// Records where `release` stands after an applied directive, with its audit row,
+    /// in one transaction.
+    pub fn apply_directive(
+        &mut self,
+        at: Millis,
+        release: ReleaseId,
+        standing: &Standing,
+        detail: &str,
+    ) -> Result<AuditRow, DbError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| classify(&path, e))?;
+        tx.execute(
+            "INSERT INTO directives(release_id, sequence, halted, revoked_to) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(release_id) DO UPDATE SET sequence = ?2, halted = ?3, revoked_to = ?4",
+            params![
+                release.to_hex(),
+                standing.sequence as i64,
+                standing.halted,
+                standing.revoked_to.map(|r| r.to_hex())
+            ],
+        )
+        .map_err(|e| classify(&path, e))?;
+        let row = append_audit(&tx, &path, at, "directive", Some(release), detail)?;
+        tx.commit().map_err(|e| classify(&path, e))?;
+        Ok(row)
+    }
+
+    /// Where each directed release stands, as [`Db::apply_directive`] left it.
+    pub fn directives(&self) -> Result<Vec<(ReleaseId, Standing)>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT release_id, sequence, halted, revoked_to FROM directives")
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .map_err(self.sql())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sequence, halted, revoked_to) = row.map_err(self.sql())?;
+            let bad = |value: String| DbError::Value { path: self.path.clone(), what: "directive release id", value };
+            let release = id.parse().map_err(|_| bad(id.clone()))?;
+            let revoked_to = match revoked_to {
+                Some(to) => Some(to.parse().map_err(|_| bad(to.clone()))?),
+                None => None,
+            };
+            out.push((release, Standing { sequence: sequence as u64, halted, revoked_to }));
+        }
+        Ok(out)
     }
 
     /// Every release the device tracks, oldest sequence first.

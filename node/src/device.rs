@@ -147,6 +147,7 @@ impl Device {
         now: Millis,
     ) -> Result<Self, DeviceError> {
         let db = Db::open(&data.join("state.db"))?;
+        let directives = db.directives()?.into_iter().collect();
         let slots = Slots::open(data.join("slots"))?;
         let store = Store::create(data.join("store"))?;
         let id = DeviceId::of_public_key(&key.public().to_bytes());
@@ -160,7 +161,7 @@ impl Device {
             current: None,
             queued: None,
             tallies: BTreeMap::new(),
-            directives: DirectiveBook::default(),
+            directives,
             site_installing: 0,
             report_seq: now,
             events: VecDeque::new(),
@@ -351,12 +352,7 @@ impl Device {
                 return Ok(());
             }
         };
-        self.db.audit(
-            now,
-            "directive",
-            Some(d.release),
-            &format!("{:?} (sequence {})", d.order, d.sequence),
-        )?;
+        self.db.apply_directive(now, d.release, &standing, &format!("{:?} (sequence {})", d.order, d.sequence))?;
         if let Some(t) = &mut self.current
             && t.info.id == d.release
         {
@@ -844,6 +840,28 @@ mod tests {
         d.handle_directive(later, &testkit::trust().verify_directive(resume).unwrap()).unwrap();
         d.handle_timeout(later).unwrap();
         assert_eq!(d.status().unwrap().state, "committed");
+    }
+
+    #[test]
+    fn a_halt_survives_a_restart_and_older_directives_stay_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = open(dir.path(), config(None, None));
+        let v1 = local_release(&d, 1, 1);
+        let directive = |order, sequence| {
+            let signed = SignedDirective::sign(
+                Directive { release: v1.id(), order, sequence, issued_at: NOW },
+                &testkit::publisher(),
+            );
+            testkit::trust().verify_directive(signed).unwrap()
+        };
+        d.handle_directive(NOW, &directive(Order::Halt, 5)).unwrap();
+        drop(d);
+        let mut d = open(dir.path(), config(None, None));
+        d.handle_directive(NOW, &directive(Order::Resume, 4)).unwrap();
+        d.offer(NOW, v1.clone()).unwrap();
+        assert_eq!(d.status().unwrap().state, "waiting", "the halt from before the restart holds");
+        let refused = d.db.audit_rows().unwrap().into_iter().filter(|r| r.event == "refused").count();
+        assert_eq!(refused, 1, "the older resume is refused after the restart");
     }
 
     #[test]
