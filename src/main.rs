@@ -27,6 +27,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Sign a halt, resume or revoke directive for a release into an origin store.
     Directive(commands::directive::Args),
+    /// Enrol a device: sign its key, site and class so the fleet takes its reports.
+    Enroll(commands::enroll::Args),
     /// Print a node's audit log; --verify proves it unmodified.
     Audit(commands::audit::Args),
     /// Run a device node: gossip releases, fetch chunks LAN-first, serve /status and /metrics.
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => commands::verify::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Directive(args) => commands::directive::run(args),
+        Command::Enroll(args) => commands::enroll::run(args),
         Command::Audit(args) => commands::audit::run(args),
         Command::Node(args) => {
             otamesh_node::cli::run_node(args).map(|()| ExitCode::SUCCESS).map_err(Into::into)

@@ -296,6 +296,63 @@ fn inspect_json_shows_the_release() {
 }
 
 #[test]
+fn enroll_signs_the_device_and_a_node_refuses_an_enrolment_for_another_site() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(otamesh(dir.path(), &["keygen", "--out", "pub1"]).code, 0);
+    assert_eq!(otamesh(dir.path(), &["keygen", "--out", "other"]).code, 0);
+    let enroll = |site: &str| {
+        otamesh(
+            dir.path(),
+            &["enroll", "--key", "pub1.key", "--data", "dev", "--site", site, "--class", "gw"],
+        )
+    };
+    let r = enroll("s1");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let id = r.stdout.trim();
+    assert_eq!(id.len(), 64, "prints the device id: {id}");
+    assert!(dir.path().join("dev/enrolment").is_file() && dir.path().join("dev/identity.key").is_file());
+    // Enrolling again keeps the identity: the same device id.
+    assert_eq!(enroll("s1").stdout.trim(), id);
+
+    let r = enroll("bad site");
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--site") && r.stderr.lines().count() == 1, "{}", r.stderr);
+
+    let node = |site: &str, trust: &str| {
+        otamesh(
+            dir.path(),
+            &[
+                "node",
+                "--data",
+                "dev",
+                "--site",
+                site,
+                "--class",
+                "gw",
+                "--trust",
+                trust,
+                "--api",
+                "127.0.0.1:0",
+            ],
+        )
+    };
+    let r = node("s2", "pub1.pub");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("enrolment") && last.contains("\"s1\"") && last.contains("otamesh enroll"),
+        "{last}"
+    );
+    let r = node("s1", "other.pub");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.lines().last().unwrap_or_default().contains("not signed by the trust root"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn keygen_refuses_to_overwrite() {
     let f = Fixture::new();
     let r = otamesh(f.path(), &["keygen", "--out", "pub1"]);

@@ -107,6 +107,11 @@ impl FleetView {
         if previous.is_some() { Recorded::Updated } else { Recorded::New }
     }
 
+    /// True when `report` is not newer than the last one recorded from its device.
+    pub fn is_stale(&self, report: &VerifiedReport) -> bool {
+        self.devices.get(&report.device()).is_some_and(|e| e.sequence >= report.report().sequence)
+    }
+
     /// Every device heard of, by id.
     pub fn devices(&self) -> impl Iterator<Item = &DeviceEntry> {
         self.devices.values()
@@ -171,6 +176,7 @@ impl FleetView {
 mod tests {
     use super::*;
     use crate::SecretKey;
+    use crate::enrolment::{Enrolment, SignedEnrolment};
     use crate::report::{Report, SignedReport};
     use crate::rollout::Wave;
 
@@ -186,7 +192,15 @@ mod tests {
             sequence,
             sent_at: 1000 + u64::from(n),
         };
-        SignedReport::sign(r, &key).verify().unwrap()
+        let publisher = SecretKey::from_seed([0xee; 32]);
+        let e = Enrolment {
+            device_key: r.device_key,
+            site: r.site.clone(),
+            class: r.class.clone(),
+            issued_at: 1,
+        };
+        let enrolment = Some(SignedEnrolment::sign(e, &publisher));
+        SignedReport::sign(r, &key, enrolment).verify(&crate::TrustRoot::single(publisher.public())).unwrap()
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`manifest`]: what a release is (RFC 9124 information model).
 //! - [`trust`]: keys, trust roots, signatures, [`VerifiedManifest`].
 //! - [`directive`]: signed halt / resume / revoke orders.
+//! - [`enrolment`]: the publisher vouching for a device's key, site and class.
 //! - [`report`]: signed device status reports.
 //! - [`rollout`]: the rollout policy and the pure [`rollout::decide`].
 //! - [`gate`]: the per-release tally of reports and the health gate.
@@ -24,6 +25,7 @@
 pub mod chunking;
 pub mod codec;
 pub mod directive;
+pub mod enrolment;
 pub mod fetch;
 pub mod fleet;
 pub mod gate;

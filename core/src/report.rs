@@ -1,14 +1,17 @@
 //! Signed device status reports.
 //!
-//! After every outcome a device signs a report with its own key. A report is
-//! self-certifying: the device id is the hash of the public key it carries, so anyone
-//! can check it without a directory of devices. Which wave a device is in is never
-//! taken from the report; readers compute it from the device id.
+//! After every outcome a device signs a report with its own key. The device id is the
+//! hash of the public key the report carries, and the report carries the publisher's
+//! enrolment of that key ([`crate::enrolment`]), so anyone holding the trust root can
+//! check it without a directory of devices, and a key nobody enrolled counts for
+//! nothing. Which wave a device is in is never taken from the report; readers compute
+//! it from the device id.
 
 use serde::{Deserialize, Serialize};
 
+use crate::enrolment::SignedEnrolment;
 use crate::gate::Verdict;
-use crate::trust::{Domain, PublicKey, SecretKey, SignatureBytes};
+use crate::trust::{Domain, PublicKey, SecretKey, SignatureBytes, TrustRoot, VerifyError};
 use crate::{DeviceId, Millis, ReleaseId, codec};
 
 /// Longest free text (reason, site, class) a report may carry.
@@ -65,17 +68,19 @@ pub struct Report {
     pub sent_at: Millis,
 }
 
-/// A report and the device's signature.
+/// A report, the device's signature and the device's enrolment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedReport {
     /// The body.
     pub report: Report,
     /// By the key in `report.device_key`.
     pub signature: SignatureBytes,
+    /// The publisher's enrolment of `report.device_key`; a report without one is refused.
+    pub enrolment: Option<SignedEnrolment>,
 }
 
 /// Why a report was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReportError {
     /// The signature does not verify under the key the report carries.
@@ -84,6 +89,18 @@ pub enum ReportError {
     /// The carried key is not a valid ed25519 key.
     #[error("report carries an invalid device key")]
     BadKey,
+    /// The report carries no enrolment.
+    #[error("report from a device that is not enrolled")]
+    NotEnrolled,
+    /// The enrolment is not signed by the trust root.
+    #[error("report enrolment: {0}")]
+    Enrolment(VerifyError),
+    /// The enrolment is for another key, site or class than the report says.
+    #[error("report {field} differs from its enrolment")]
+    EnrolmentMismatch {
+        /// Which field.
+        field: &'static str,
+    },
     /// A text field over [`MAX_TEXT`] bytes.
     #[error("report field {field} is longer than {MAX_TEXT} bytes")]
     TooLong {
@@ -93,14 +110,15 @@ pub enum ReportError {
 }
 
 impl SignedReport {
-    /// Signs `report` with the device key (whose public half must be `report.device_key`).
-    pub fn sign(report: Report, key: &SecretKey) -> Self {
+    /// Signs `report` with the device key (whose public half must be `report.device_key`)
+    /// and attaches the device's enrolment.
+    pub fn sign(report: Report, key: &SecretKey, enrolment: Option<SignedEnrolment>) -> Self {
         let signature = key.sign(Domain::Report, &codec::encode(&report)).bytes;
-        Self { report, signature }
+        Self { report, signature, enrolment }
     }
 
-    /// Checks the signature and the field limits.
-    pub fn verify(self) -> Result<VerifiedReport, ReportError> {
+    /// Checks the field limits, the device's signature and its enrolment under `trust`.
+    pub fn verify(self, trust: &TrustRoot) -> Result<VerifiedReport, ReportError> {
         let r = &self.report;
         for (field, text) in [("site", &r.site), ("class", &r.class)] {
             if text.len() > MAX_TEXT {
@@ -115,6 +133,18 @@ impl SignedReport {
         let key = PublicKey::from_bytes(&r.device_key).map_err(|_| ReportError::BadKey)?;
         if !key.verifies(Domain::Report, &codec::encode(r), &self.signature) {
             return Err(ReportError::BadSignature);
+        }
+        let enrolment = self.enrolment.clone().ok_or(ReportError::NotEnrolled)?;
+        let enrolment = trust.verify_enrolment(enrolment).map_err(ReportError::Enrolment)?;
+        let e = enrolment.enrolment();
+        for (field, same) in [
+            ("device key", e.device_key == r.device_key),
+            ("site", e.site == r.site),
+            ("class", e.class == r.class),
+        ] {
+            if !same {
+                return Err(ReportError::EnrolmentMismatch { field });
+            }
         }
         Ok(VerifiedReport { device: DeviceId::of_public_key(&r.device_key), signed: self })
     }
@@ -157,7 +187,23 @@ impl VerifiedReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enrolment::Enrolment;
     use crate::trust::tests::key;
+
+    /// Key 1 is the publisher.
+    fn trust() -> TrustRoot {
+        TrustRoot::single(key(1).public())
+    }
+
+    fn enrol(k: &SecretKey, site: &str) -> Option<SignedEnrolment> {
+        let e = Enrolment {
+            device_key: k.public().to_bytes(),
+            site: site.into(),
+            class: "gw".into(),
+            issued_at: 1,
+        };
+        Some(SignedEnrolment::sign(e, &key(1)))
+    }
 
     fn report(k: &SecretKey) -> Report {
         Report {
@@ -175,15 +221,38 @@ mod tests {
     #[test]
     fn signed_report_verifies_and_names_its_device() {
         let k = key(3);
-        let v = SignedReport::sign(report(&k), &k).verify().unwrap();
+        let v = SignedReport::sign(report(&k), &k, enrol(&k, "s1")).verify(&trust()).unwrap();
         assert_eq!(v.device(), DeviceId::of_public_key(&k.public().to_bytes()));
     }
 
     #[test]
     fn forged_report_is_rejected() {
         let (victim, forger) = (key(3), key(4));
-        let signed = SignedReport::sign(report(&victim), &forger);
-        assert_eq!(signed.verify(), Err(ReportError::BadSignature));
+        let signed = SignedReport::sign(report(&victim), &forger, enrol(&victim, "s1"));
+        assert_eq!(signed.verify(&trust()), Err(ReportError::BadSignature));
+    }
+
+    #[test]
+    fn unenrolled_or_self_enrolled_keys_are_refused() {
+        let k = key(3);
+        assert_eq!(SignedReport::sign(report(&k), &k, None).verify(&trust()), Err(ReportError::NotEnrolled));
+        let e = Enrolment {
+            device_key: k.public().to_bytes(),
+            site: "s1".into(),
+            class: "gw".into(),
+            issued_at: 1,
+        };
+        let self_signed = SignedReport::sign(report(&k), &k, Some(SignedEnrolment::sign(e, &k)));
+        assert!(matches!(self_signed.verify(&trust()), Err(ReportError::Enrolment(_))));
+    }
+
+    #[test]
+    fn another_devices_enrolment_or_another_site_is_refused() {
+        let (k, other) = (key(3), key(4));
+        let borrowed = SignedReport::sign(report(&k), &k, enrol(&other, "s1"));
+        assert_eq!(borrowed.verify(&trust()), Err(ReportError::EnrolmentMismatch { field: "device key" }));
+        let elsewhere = SignedReport::sign(report(&k), &k, enrol(&k, "s2"));
+        assert_eq!(elsewhere.verify(&trust()), Err(ReportError::EnrolmentMismatch { field: "site" }));
     }
 
     #[test]
@@ -191,7 +260,8 @@ mod tests {
         let k = key(3);
         let mut r = report(&k);
         r.outcome = Outcome::Failed { reason: "x".repeat(MAX_TEXT + 1) };
-        assert_eq!(SignedReport::sign(r, &k).verify(), Err(ReportError::TooLong { field: "reason" }));
+        let signed = SignedReport::sign(r, &k, enrol(&k, "s1"));
+        assert_eq!(signed.verify(&trust()), Err(ReportError::TooLong { field: "reason" }));
     }
 
     #[test]

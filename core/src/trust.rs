@@ -26,6 +26,8 @@ pub enum Domain {
     Directive,
     /// A device status report.
     Report,
+    /// A device enrolment.
+    Enrolment,
 }
 
 impl Domain {
@@ -34,6 +36,7 @@ impl Domain {
             Self::Manifest => b"otamesh/v1/sig/manifest\0",
             Self::Directive => b"otamesh/v1/sig/directive\0",
             Self::Report => b"otamesh/v1/sig/report\0",
+            Self::Enrolment => b"otamesh/v1/sig/enrolment\0",
         }
     }
 

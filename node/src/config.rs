@@ -271,6 +271,8 @@ impl NodeArgs {
             utc_offset_min,
             install_hook: self.install_hook.clone().or(file.install_hook).map(hook),
             health_check: self.health_check.clone().or(file.health_check).map(hook),
+            // Read from the data directory when the node starts.
+            enrolment: None,
         };
         let trust = match self.trust.clone().or(file.trust) {
             Some(t) => t,
@@ -304,7 +306,8 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), reason: e.to_string() })
 }
 
-fn check_name(key: &'static str, value: &str) -> Result<(), ConfigError> {
+/// Checks a site or class name (it becomes part of a gossip topic and file names).
+pub fn check_name(key: &'static str, value: &str) -> Result<(), ConfigError> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));

@@ -4,6 +4,7 @@
 //! DATA/
 //!   LOCK                   held (flock) while a node runs on DATA
 //!   identity.key           the device's libp2p ed25519 keypair (protobuf, mode 0600)
+//!   enrolment              the publisher's enrolment of that key (`otamesh enroll`)
 //!   store/                 a release store (same layout as an origin); a release is
 //!                          listed in store/index.json once all its chunks are here
 //!   releases/<id>.manifest every accepted manifest, fetching or complete
@@ -15,8 +16,9 @@ use std::path::{Path, PathBuf};
 
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
+use otamesh_core::enrolment::{SignedEnrolment, VerifiedEnrolment};
 use otamesh_core::manifest::SignedManifest;
-use otamesh_core::{DeviceId, ReleaseId, VerifiedManifest};
+use otamesh_core::{DeviceId, ReleaseId, SecretKey, TrustRoot, VerifiedManifest};
 
 use crate::store::{Store, StoreError, write_atomic};
 
@@ -48,9 +50,53 @@ pub enum DataDirError {
         /// What is wrong.
         reason: String,
     },
+    /// `enrolment` is unreadable or does not vouch for this device as configured.
+    #[error(
+        "{path}: {reason}; enrol this device again: otamesh enroll --key PUBLISHER_KEY --data DIR --site SITE --class CLASS"
+    )]
+    Enrolment {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What an enrolment must say to be this device's.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// Publisher keys and threshold.
+    pub trust: &'a TrustRoot,
+    /// The device's key.
+    pub key: &'a SecretKey,
+    /// Its configured site.
+    pub site: &'a str,
+    /// Its configured class.
+    pub class: &'a str,
+}
+
+impl Expected<'_> {
+    fn check(&self, signed: SignedEnrolment) -> Result<VerifiedEnrolment, String> {
+        let verified =
+            self.trust.verify_enrolment(signed).map_err(|e| format!("not signed by the trust root: {e}"))?;
+        let e = verified.enrolment();
+        if e.device_key != self.key.public().to_bytes() {
+            return Err(format!(
+                "enrols device {}, not this one ({})",
+                e.device(),
+                DeviceId::of_public_key(&self.key.public().to_bytes())
+            ));
+        }
+        for (what, enrolled, configured) in [("site", &e.site, self.site), ("class", &e.class, self.class)] {
+            if enrolled != configured {
+                return Err(format!("enrolled for {what} {enrolled:?}, but --{what} is {configured:?}"));
+            }
+        }
+        Ok(verified)
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
@@ -127,6 +173,41 @@ impl DataDir {
         }
     }
 
+    /// The device's key: the identity as an otamesh key.
+    pub fn device_key(&self) -> Result<SecretKey, DataDirError> {
+        Ok(device_secret(&self.identity()?))
+    }
+
+    /// The enrolment, checked against `expected`; `None` when the device was never
+    /// enrolled.
+    pub fn enrolment(&self, expected: Expected<'_>) -> Result<Option<VerifiedEnrolment>, DataDirError> {
+        let path = self.root.join("enrolment");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(DataDirError::Io { path, source }),
+        };
+        SignedEnrolment::from_bytes(&bytes)
+            .map_err(|e| format!("not an enrolment ({e})"))
+            .and_then(|signed| expected.check(signed))
+            .map(Some)
+            .map_err(|reason| DataDirError::Enrolment { path, reason })
+    }
+
+    /// Writes the enrolment if it vouches for this device as `expected` says.
+    pub fn save_enrolment(
+        &self,
+        signed: SignedEnrolment,
+        expected: Expected<'_>,
+    ) -> Result<PathBuf, DataDirError> {
+        let path = self.root.join("enrolment");
+        let verified = expected
+            .check(signed)
+            .map_err(|reason| DataDirError::Enrolment { path: path.clone(), reason })?;
+        write_atomic(&path, &verified.signed().to_bytes())?;
+        Ok(path)
+    }
+
     /// Saves an accepted manifest so a restart knows the release.
     pub fn save_manifest(&self, manifest: &VerifiedManifest) -> Result<(), DataDirError> {
         let path = self.manifest_path(manifest.id());
@@ -170,6 +251,16 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// The device's report-signing key: the same ed25519 key as its libp2p identity, so its
+/// device id is the same on the mesh and in its reports.
+pub fn device_secret(keypair: &Keypair) -> SecretKey {
+    // Invariant: DataDir::identity only returns ed25519 keypairs.
+    let ed = keypair.clone().try_into_ed25519().expect("identity is ed25519");
+    let mut seed = [0u8; 32];
+    seed.copy_from_slice(ed.secret().as_ref());
+    SecretKey::from_seed(seed)
 }
 
 /// The device id of a libp2p keypair's owner: BLAKE3 over its ed25519 public key.

@@ -278,7 +278,11 @@ impl Db {
         let mut out = Vec::new();
         for row in rows {
             let (id, sequence, halted, revoked_to) = row.map_err(self.sql())?;
-            let bad = |value: String| DbError::Value { path: self.path.clone(), what: "directive release id", value };
+            let bad = |value: String| DbError::Value {
+                path: self.path.clone(),
+                what: "directive release id",
+                value,
+            };
             let release = id.parse().map_err(|_| bad(id.clone()))?;
             let revoked_to = match revoked_to {
                 Some(to) => Some(to.parse().map_err(|_| bad(to.clone()))?),

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use otamesh_core::directive::{DirectiveBook, Order, VerifiedDirective};
+use otamesh_core::enrolment::SignedEnrolment;
 use otamesh_core::gate::Tally;
 use otamesh_core::lifecycle::{Action, Context, Facts, Lifecycle, Refusal, State, admit};
 use otamesh_core::report::{MAX_TEXT, Outcome, Report, SignedReport, VerifiedReport};
@@ -39,6 +40,8 @@ pub struct DeviceConfig {
     pub install_hook: Option<Hook>,
     /// Runs after the switch; exit 0 commits, anything else rolls back.
     pub health_check: Option<Hook>,
+    /// The publisher's enrolment of this device, attached to its reports.
+    pub enrolment: Option<SignedEnrolment>,
 }
 
 /// What the device asks of the mesh.
@@ -322,12 +325,19 @@ impl Device {
     }
 
     /// Counts a verified report from any device toward its release's tally. Reports
-    /// for a release this device does not track are ignored (returns false).
+    /// for a release this device neither runs nor has queued are ignored (returns false).
     pub fn handle_report(&mut self, now: Millis, report: &VerifiedReport) -> Result<bool, DeviceError> {
         let r = report.report();
-        let Some(t) = self.current.as_ref().filter(|t| t.info.id == r.release) else { return Ok(false) };
+        // The queued release's reports count too: they arrive while this device is
+        // still busy with the one before, and its gate must see them later.
+        let manifest = match (&self.current, &self.queued) {
+            (Some(t), _) if t.info.id == r.release => &t.manifest,
+            (_, Some(q)) if q.id() == r.release => q,
+            _ => return Ok(false),
+        };
+        let m = manifest.manifest();
         let position = rollout::position(r.release, report.device());
-        let wave = t.manifest.manifest().rollout.wave_of(t.info.kind, position).unwrap_or(0);
+        let wave = m.rollout.wave_of(m.kind, position).unwrap_or(0);
         let _ = self.tallies.entry(r.release).or_default().record(
             report.device(),
             r.sequence,
@@ -352,7 +362,12 @@ impl Device {
                 return Ok(());
             }
         };
-        self.db.apply_directive(now, d.release, &standing, &format!("{:?} (sequence {})", d.order, d.sequence))?;
+        self.db.apply_directive(
+            now,
+            d.release,
+            &standing,
+            &format!("{:?} (sequence {})", d.order, d.sequence),
+        )?;
         if let Some(t) = &mut self.current
             && t.info.id == d.release
         {
@@ -484,7 +499,11 @@ impl Device {
                     sequence: self.report_seq,
                     sent_at: now,
                 };
-                self.events.push_back(Event::Report(Box::new(SignedReport::sign(report, &self.key))));
+                self.events.push_back(Event::Report(Box::new(SignedReport::sign(
+                    report,
+                    &self.key,
+                    self.config.enrolment.clone(),
+                ))));
             }
         }
         Ok(())
@@ -666,6 +685,7 @@ mod tests {
             utc_offset_min: 0,
             install_hook: install.map(hook),
             health_check: health.map(hook),
+            enrolment: Some(testkit::enrol(&SecretKey::from_seed([9; 32]), "s1")),
         }
     }
 
@@ -875,7 +895,7 @@ mod tests {
             Event::Report(r) => Some(*r),
             _ => None,
         });
-        report.unwrap().verify().unwrap();
+        report.unwrap().verify(&testkit::trust()).unwrap();
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`db`]: SQLite state: lifecycle per release, slots, the hash-chained audit log.
 //! - [`slots`]: A/B slot directories and the atomic switch.
 //! - [`hooks`]: the install hook and the health check.
+//! - [`feedback`]: why reports and directives from the mesh are refused; flood budget.
 //! - [`serve`]: a static HTTP origin over a store (`otamesh serve`, the demo).
 //! - [`client`]: a client of the node API (`otamesh status`, `fleet`, `report`).
 
@@ -26,6 +27,7 @@ pub mod config;
 pub mod datadir;
 pub mod db;
 pub mod device;
+pub mod feedback;
 pub mod hooks;
 pub mod keys;
 pub mod metrics;

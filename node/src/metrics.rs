@@ -35,6 +35,9 @@ pub struct Metrics {
     /// Gossip messages by `topic` (`releases`, `site`, `reports`, `directives`) and `result` (`accepted`,
     /// `rejected`, `ignored`).
     pub gossip_messages: Family<Labels, Counter>,
+    /// Reports and directives from the mesh that were not taken, by `topic` and
+    /// `reason` (see [`crate::feedback::Refusal`]).
+    pub feedback_refused: Family<Labels, Counter>,
     /// Peers banned for serving a bad chunk.
     pub bans: Counter,
     /// Releases this device committed after a passing health check.
@@ -58,6 +61,7 @@ impl Metrics {
         let origin_errors = Counter::default();
         let peer_request_failures = Counter::default();
         let gossip_messages = Family::<Labels, Counter>::default();
+        let feedback_refused = Family::<Labels, Counter>::default();
         let bans = Counter::default();
         let installs = Counter::default();
         let install_failures = Counter::default();
@@ -83,6 +87,11 @@ impl Metrics {
             "otamesh_gossip_messages",
             "Gossip messages received, by topic and validation result",
             gossip_messages.clone(),
+        );
+        registry.register(
+            "otamesh_feedback_refused",
+            "Reports and directives not taken, by topic and reason (malformed, forged, not_enrolled, unknown_release, replayed, flood)",
+            feedback_refused.clone(),
         );
         registry.register("otamesh_peer_bans", "Peers banned for serving a bad chunk", bans.clone());
         registry.register(
@@ -110,6 +119,7 @@ impl Metrics {
             origin_errors,
             peer_request_failures,
             gossip_messages,
+            feedback_refused,
             bans,
             installs,
             install_failures,
@@ -125,6 +135,11 @@ impl Metrics {
     /// Counts a gossip message on `topic` with validation `result`.
     pub fn gossip(&self, topic: &'static str, result: &'static str) {
         self.gossip_messages.get_or_create(&vec![("topic", topic), ("result", result)]).inc();
+    }
+
+    /// Counts a report or directive (`topic`) refused for `refusal`.
+    pub fn refused(&self, topic: &'static str, refusal: crate::feedback::Refusal) {
+        self.feedback_refused.get_or_create(&vec![("topic", topic), ("reason", refusal.label())]).inc();
     }
 
     /// The metrics in the OpenMetrics text format.

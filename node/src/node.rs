@@ -31,16 +31,17 @@ use otamesh_core::fetch::{Output, Planner, PlannerConfig, Source};
 use otamesh_core::fleet::FleetView;
 use otamesh_core::gate::Recorded;
 use otamesh_core::manifest::SignedManifest;
-use otamesh_core::report::{Outcome, SignedReport};
-use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, SecretKey, TrustRoot, VerifiedManifest, codec};
+use otamesh_core::report::{Outcome, SignedReport, VerifiedReport};
+use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, TrustRoot, VerifiedManifest, codec};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::api::{Fleet, FleetDevice, ReleaseStatus, Status};
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
-use crate::datadir::{DataDir, DataDirError, device_id, peer_device};
+use crate::datadir::{DataDir, DataDirError, Expected, device_id, device_secret, peer_device};
 use crate::device::{self, Command as DeviceCommand, Device, DeviceStatus, Event as DeviceEvent};
+use crate::feedback::{Refusal, ReportBudget};
 use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginError};
 use crate::store::Store;
@@ -63,6 +64,8 @@ const INTERNAL_QUEUE: usize = 1024;
 const ANNOUNCE_RETRY_FOR: Millis = 120_000;
 /// Capacity of the channel from the loop to the device thread.
 const DEVICE_QUEUE: usize = 256;
+/// Reports held for releases not heard of yet, at most (one per device).
+const MAX_HELD_REPORTS: usize = 10_000;
 
 /// Why the node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +175,16 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let api_listener =
         crate::api::bind(config.api).await.map_err(|source| NodeError::Api { addr: config.api, source })?;
     let secret = device_secret(&keypair);
-    let device = Device::open(&config.data, config.device.clone(), secret, &trust, now_ms())?;
+    let expected = Expected { trust: &trust, key: &secret, site: &config.site, class: &config.class };
+    let mut device_config = config.device.clone();
+    device_config.enrolment = data.enrolment(expected)?.map(|e| e.signed().clone());
+    if device_config.enrolment.is_none() {
+        tracing::warn!(
+            data = %config.data.display(),
+            "this device is not enrolled: it installs updates but its reports are not sent (others would refuse them); enrol it with `otamesh enroll`"
+        );
+    }
+    let device = Device::open(&config.data, device_config, secret, &trust, now_ms())?;
     let swarm = build_swarm(keypair, config.mdns)?;
     let (tx, rx) = mpsc::channel(INTERNAL_QUEUE);
     let (status_tx, status_rx) = watch::channel(Status::default());
@@ -192,6 +204,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         fleet: FleetView::default(),
         fleet_tx,
         directives_seen: BTreeMap::new(),
+        report_budget: ReportBudget::default(),
+        held_reports: BTreeMap::new(),
         site_installing: BTreeSet::new(),
         store: data.store().clone(),
         config,
@@ -290,6 +304,11 @@ struct Node {
     fleet_tx: watch::Sender<Fleet>,
     /// The newest directive sequence seen per release (older ones are not forwarded).
     directives_seen: BTreeMap<ReleaseId, u64>,
+    /// Reports per device allowed from the mesh.
+    report_budget: ReportBudget,
+    /// Reports (newest per device) for releases of this class not heard of yet; taken
+    /// when the manifest arrives.
+    held_reports: BTreeMap<DeviceId, VerifiedReport>,
     /// Site members that say they are installing.
     site_installing: BTreeSet<DeviceId>,
     swarm: Swarm<Behaviour>,
@@ -679,6 +698,13 @@ impl Node {
         tracing::info!(release = %id, sequence = m.sequence, version = %m.version, "release heard");
         self.manifests.insert(id, manifest.clone());
         self.tell_device(DeviceCommand::Offer(Box::new(manifest.clone())));
+        let held: Vec<DeviceId> =
+            self.held_reports.iter().filter(|(_, r)| r.report().release == id).map(|(d, _)| *d).collect();
+        for device in held {
+            if let Some(report) = self.held_reports.remove(&device) {
+                self.take_report(report);
+            }
+        }
         self.publish_fleet();
         if tell {
             self.announce(&manifest);
@@ -734,12 +760,13 @@ impl Node {
                     Outcome::RolledBack { .. } => self.metrics.rollbacks.inc(),
                 };
                 let bytes = report.to_bytes();
-                if let Ok(verified) = report.verify() {
-                    let _ = self.take_report(verified);
+                // Unenrolled, its reports would only be refused by every peer.
+                if let Ok(verified) = report.verify(&self.trust) {
+                    self.take_report(verified);
+                    // Queued like announcements: retried until some peer is subscribed.
+                    self.announce_queue.push_back((self.reports_topic.clone(), bytes, now_ms()));
+                    self.flush_announcements();
                 }
-                // Queued like announcements: retried until some peer is subscribed.
-                self.announce_queue.push_back((self.reports_topic.clone(), bytes, now_ms()));
-                self.flush_announcements();
             }
             device::Output::Status(status) => {
                 self.device_status = Some(status);
@@ -750,63 +777,77 @@ impl Node {
     }
 
     fn on_report_message(&mut self, data: &[u8], from: PeerId) -> MessageAcceptance {
-        let verified = match SignedReport::from_bytes(data)
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.verify().map_err(|e| e.to_string()))
-        {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(%from, error = %e, "rejected a report; not forwarded");
-                return MessageAcceptance::Reject;
+        match self.admit_report(data) {
+            Ok(()) => MessageAcceptance::Accept,
+            Err(refusal) => {
+                self.metrics.refused("reports", refusal);
+                tracing::debug!(%from, reason = refusal.label(), "report not taken; not forwarded");
+                refusal.acceptance()
             }
-        };
-        if !self.manifests.contains_key(&verified.report().release)
-            && verified.report().class != self.config.class
-        {
-            // A release of another class: nobody here judges it; pass it on.
-            return MessageAcceptance::Accept;
-        }
-        match self.take_report(verified) {
-            // A replay or a flood of one device's old reports: dropped, not forwarded.
-            Recorded::Stale => MessageAcceptance::Ignore,
-            Recorded::New | Recorded::Updated => MessageAcceptance::Accept,
         }
     }
 
+    /// Takes a report from the mesh into the fleet view and the device's gate tally,
+    /// or says why not.
+    fn admit_report(&mut self, data: &[u8]) -> Result<(), Refusal> {
+        let signed = SignedReport::from_bytes(data).map_err(|_| Refusal::Malformed)?;
+        let report = signed.verify(&self.trust).map_err(|e| Refusal::of_report(&e))?;
+        let r = report.report();
+        if self.fleet.is_stale(&report)
+            || self.held_reports.get(&report.device()).is_some_and(|h| h.report().sequence >= r.sequence)
+        {
+            return Err(Refusal::Replayed);
+        }
+        if !self.report_budget.spend(report.device(), now_ms()) {
+            return Err(Refusal::Flood);
+        }
+        if !self.manifests.contains_key(&r.release) {
+            if r.class != self.config.class {
+                // A release of another class: nobody here judges it; pass it on.
+                return Ok(());
+            }
+            if self.held_reports.len() < MAX_HELD_REPORTS || self.held_reports.contains_key(&report.device())
+            {
+                self.held_reports.insert(report.device(), report);
+            }
+            return Err(Refusal::UnknownRelease);
+        }
+        self.take_report(report);
+        Ok(())
+    }
+
     /// Counts a verified report in the fleet view and the device's gate tally.
-    fn take_report(&mut self, report: otamesh_core::report::VerifiedReport) -> Recorded {
-        let recorded = self.fleet.record(&report);
-        if recorded != Recorded::Stale {
+    fn take_report(&mut self, report: VerifiedReport) {
+        if self.fleet.record(&report) != Recorded::Stale {
             self.tell_device(DeviceCommand::Report(Box::new(report)));
             self.publish_fleet();
         }
-        recorded
     }
 
     fn on_directive_message(&mut self, data: &[u8], from: PeerId) -> MessageAcceptance {
         match self.take_directive(data) {
-            Ok(true) => MessageAcceptance::Accept,
-            Ok(false) => MessageAcceptance::Ignore,
-            Err(e) => {
-                tracing::warn!(%from, error = %e, "rejected a directive; not forwarded");
-                MessageAcceptance::Reject
+            Ok(()) => MessageAcceptance::Accept,
+            Err(refusal) => {
+                self.metrics.refused("directives", refusal);
+                tracing::warn!(%from, reason = refusal.label(), "directive not taken; not forwarded");
+                refusal.acceptance()
             }
         }
     }
 
-    /// Verifies a directive and hands it to the device; true when it is newer than any
-    /// seen for its release (worth forwarding). Older ones still reach the device, which
-    /// refuses and audits them.
-    fn take_directive(&mut self, data: &[u8]) -> Result<bool, String> {
-        let signed = SignedDirective::from_bytes(data).map_err(|e| e.to_string())?;
-        let verified = self.trust.verify_directive(signed).map_err(|e| e.to_string())?;
+    /// Verifies a directive and hands it to the device. An older one than already seen
+    /// for its release still reaches the device, which refuses and audits it, but is
+    /// not forwarded.
+    fn take_directive(&mut self, data: &[u8]) -> Result<(), Refusal> {
+        let signed = SignedDirective::from_bytes(data).map_err(|_| Refusal::Malformed)?;
+        let verified = self.trust.verify_directive(signed).map_err(|_| Refusal::Forged)?;
         let d = verified.directive();
         let seen = self.directives_seen.entry(d.release).or_insert(0);
         let newer = d.sequence > *seen;
         *seen = (*seen).max(d.sequence);
         tracing::info!(release = %d.release, order = ?d.order, sequence = d.sequence, newer, "directive");
         self.tell_device(DeviceCommand::Directive(Box::new(verified)));
-        Ok(newer)
+        if newer { Ok(()) } else { Err(Refusal::Replayed) }
     }
 
     fn publish_fleet(&mut self) {
@@ -1137,14 +1178,16 @@ impl Node {
             }
             Internal::OriginDirective { bytes, url } => match self.take_directive(&bytes) {
                 // Tell the mesh, so nodes without an origin learn it too.
-                Ok(true) => {
+                Ok(()) => {
                     let topic = self.directives_topic.clone();
                     if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
                         tracing::debug!(error = %e, "cannot gossip a directive from the origin");
                     }
                 }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(directive = %url, error = %e, "origin directive rejected"),
+                Err(refusal) => {
+                    self.metrics.refused("directives", refusal);
+                    tracing::warn!(directive = %url, reason = refusal.label(), "origin directive not taken");
+                }
             },
             Internal::PollDone => self.polling = false,
             Internal::Device(output) => self.on_device(output),
@@ -1278,14 +1321,4 @@ fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
 pub fn run_blocking(config: NodeConfig) -> Result<(), NodeError> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(config))
-}
-
-/// The device's report-signing key: the same ed25519 key as its libp2p identity, so its
-/// device id is the same on the mesh and in its reports.
-fn device_secret(keypair: &libp2p::identity::Keypair) -> SecretKey {
-    // Invariant: DataDir::identity only returns ed25519 keypairs.
-    let ed = keypair.clone().try_into_ed25519().expect("identity is ed25519");
-    let mut seed = [0u8; 32];
-    seed.copy_from_slice(ed.secret().as_ref());
-    SecretKey::from_seed(seed)
 }

@@ -1,6 +1,7 @@
 //! Test support: releases built in memory and written to a store.
 
 use otamesh_core::chunking::{ChunkerConfig, VerifiedChunk, chunk};
+use otamesh_core::enrolment::{Enrolment, SignedEnrolment};
 use otamesh_core::manifest::{FORMAT_VERSION, Manifest, Payload, UpdateKind};
 use otamesh_core::rollout::RolloutPolicy;
 use otamesh_core::{SecretKey, TrustRoot, VerifiedManifest};
@@ -15,6 +16,17 @@ pub fn publisher() -> SecretKey {
 /// A trust root of [`publisher`].
 pub fn trust() -> TrustRoot {
     TrustRoot::single(publisher().public())
+}
+
+/// [`publisher`]'s enrolment of `device` at `site`, class `gw`.
+pub fn enrol(device: &SecretKey, site: &str) -> SignedEnrolment {
+    let e = Enrolment {
+        device_key: device.public().to_bytes(),
+        site: site.into(),
+        class: "gw".into(),
+        issued_at: 1,
+    };
+    SignedEnrolment::sign(e, &publisher())
 }
 
 /// Deterministic incompressible bytes.

@@ -211,6 +211,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         logs_dir: &paths.logs,
         origin: &origin.url(),
         trust: &trust,
+        publisher: &key,
         class: CLASS,
         poll_interval_s: POLL_INTERVAL_S,
         cwd: &paths.root,

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod demo;
 pub mod directive;
+pub mod enroll;
 pub mod fleet;
 pub mod inspect;
 pub mod keygen;

@@ -39,11 +39,28 @@ pub fn publisher() -> SecretKey {
     SecretKey::from_seed([42; 32])
 }
 
-/// Writes the publisher's public key as a `.pub` file (what `--trust` takes).
+/// Enrols the node whose data directory is `data` at `site` (class `gw`) with
+/// `otamesh enroll`, signing with the publisher key file `key`.
+pub fn enroll(key: &Path, data: &Path, site: &str) {
+    let (code, out, err) = otamesh(&[
+        "enroll",
+        "--key",
+        key.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--site",
+        site,
+        "--class",
+        "gw",
+    ]);
+    assert_eq!(code, 0, "otamesh enroll: {out}{err}");
+}
+
+/// Writes the publisher's key pair as `publisher.key` and `publisher.pub` in `dir`;
+/// returns the `.pub` (what `--trust` takes). [`Node::start`] enrols nodes with the
+/// `.key` beside it.
 pub fn write_trust(dir: &Path, key: &SecretKey) -> PathBuf {
-    let p = dir.join("publisher.pub");
-    std::fs::write(&p, format!("{}\n", key.public())).unwrap();
-    p
+    otamesh_node::keys::write_keypair(&dir.join("publisher"), key).unwrap().1
 }
 
 /// A manifest for `data` (chunks not stored).
@@ -240,6 +257,9 @@ impl Node {
     pub fn start(dir: &Path, name: &str, site: &str, trust: &Path, extra: &[String]) -> Self {
         let data = dir.join(name);
         let log = dir.join(format!("{name}.log"));
+        if !data.join("enrolment").exists() {
+            enroll(&trust.with_extension("key"), &data, site);
+        }
         for _ in 0..5 {
             let api = format!("127.0.0.1:{}", free_port());
             let mut args: Vec<String> = vec![

@@ -77,6 +77,8 @@ pub struct Setup<'a> {
     pub origin: &'a str,
     /// The publisher's `.pub`.
     pub trust: &'a Path,
+    /// The publisher's key, to enrol every node.
+    pub publisher: &'a otamesh_core::SecretKey,
     /// The device class.
     pub class: &'a str,
     /// Origin poll interval, seconds.
@@ -97,6 +99,8 @@ impl Fleet {
             let addr = format!("/ip4/127.0.0.1/tcp/{port}");
             let data = setup.nodes_dir.join(&spec.name);
             let log = setup.logs_dir.join(format!("{}.log", spec.name));
+            crate::commands::enroll::enrol(setup.publisher, &data, &spec.site, setup.class)
+                .with_context(|| format!("cannot enrol node {}", spec.name))?;
             let mut args: Vec<String> = vec![
                 "node".into(),
                 "--data".into(),
