@@ -32,6 +32,8 @@ pub struct Status {
     pub site: String,
     /// The device class.
     pub class: String,
+    /// Whether the device carries a valid enrolment (without one its reports are not sent).
+    pub enrolled: bool,
     /// Connected peers.
     pub peers: usize,
     /// Devices of this site heard recently (their site gossip), by device id.

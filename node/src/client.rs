@@ -77,6 +77,8 @@ pub struct StatusView {
     pub site: Option<String>,
     /// Class.
     pub class: Option<String>,
+    /// Whether it carries a valid enrolment.
+    pub enrolled: Option<bool>,
     /// Connected peers.
     pub peers: Option<u64>,
     /// Site members heard recently.

@@ -184,6 +184,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             "this device is not enrolled: it installs updates but its reports are not sent (others would refuse them); enrol it with `otamesh enroll`"
         );
     }
+    let enrolled = device_config.enrolment.is_some();
     let device = Device::open(&config.data, device_config, secret, &trust, now_ms())?;
     let swarm = build_swarm(keypair, config.mdns)?;
     let (tx, rx) = mpsc::channel(INTERNAL_QUEUE);
@@ -206,6 +207,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         directives_seen: BTreeMap::new(),
         report_budget: ReportBudget::default(),
         held_reports: BTreeMap::new(),
+        enrolled,
         site_installing: BTreeSet::new(),
         store: data.store().clone(),
         config,
@@ -306,6 +308,8 @@ struct Node {
     directives_seen: BTreeMap<ReleaseId, u64>,
     /// Reports per device allowed from the mesh.
     report_budget: ReportBudget,
+    /// This device has a valid enrolment, so its reports are sent.
+    enrolled: bool,
     /// Reports (newest per device) for releases of this class not heard of yet; taken
     /// when the manifest arrives.
     held_reports: BTreeMap<DeviceId, VerifiedReport>,
@@ -1253,6 +1257,7 @@ impl Node {
             device_id: self.me.to_string(),
             peer_id: self.swarm.local_peer_id().to_string(),
             site: self.config.site.clone(),
+            enrolled: self.enrolled,
             class: self.config.class.clone(),
             peers: self.connected.len(),
             site_members: self.site_peers.keys().map(|d| d.to_string()).collect(),

@@ -36,6 +36,9 @@ fn render(s: &StatusView) -> String {
         or_dash(s.site.as_deref()),
         or_dash(s.class.as_deref())
     ));
+    if s.enrolled == Some(false) {
+        out.push_str("          not enrolled: its reports are not sent; run otamesh enroll\n");
+    }
     out.push_str(&format!(
         "peers     {} connected, {} site members heard\n",
         or_dash(s.peers),
