@@ -1,9 +1,10 @@
-//! `otamesh announce`: push a signed manifest into the mesh through one or more peers.
+//! `otamesh announce`: push a signed manifest into the mesh through one or more peers;
+//! [`push`] does the same for any gossip message (directives).
 //!
 //! A short-lived libp2p node with a fresh identity dials the peers, waits until one of
-//! them is subscribed to the releases topic, publishes the manifest and leaves. The
-//! receiving nodes verify it like any gossip: an invalid manifest is rejected there
-//! and goes no further.
+//! them is subscribed to the topic, publishes and leaves. The receiving nodes verify
+//! what it pushed like any gossip: an invalid message is rejected there and goes no
+//! further.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,9 +42,14 @@ pub enum AnnounceError {
     Config(#[from] crate::config::ConfigError),
     /// No peer became ready in time.
     #[error(
-        "no peer subscribed to releases within {0} s: check that --peer points at a running otamesh node"
+        "no peer subscribed to {topic} within {timeout} s: check that --peer points at a running otamesh node"
     )]
-    NoPeer(u64),
+    NoPeer {
+        /// The gossip topic.
+        topic: String,
+        /// Seconds waited.
+        timeout: u64,
+    },
     /// libp2p could not be set up or the runtime failed.
     #[error("network: {0}")]
     Network(String),
@@ -67,6 +73,34 @@ pub async fn run(args: AnnounceArgs) -> Result<(), AnnounceError> {
         .iter()
         .map(|p| crate::config::multiaddr("peer", p))
         .collect::<Result<Vec<Multiaddr>, _>>()?;
+    push(RELEASES_TOPIC, vec![signed.to_bytes()], &peers, Duration::from_secs(args.timeout)).await?;
+    tracing::info!(%release, "announced");
+    println!("{release}");
+    Ok(())
+}
+
+/// [`push`] on a fresh runtime, for callers without one.
+pub fn push_blocking(
+    topic: &str,
+    messages: Vec<Vec<u8>>,
+    peers: &[Multiaddr],
+    timeout: Duration,
+) -> Result<(), AnnounceError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AnnounceError::Network(e.to_string()))?;
+    rt.block_on(push(topic, messages, peers, timeout))
+}
+
+/// Publishes `messages` on the gossip `topic` through the first of `peers` that is
+/// subscribed to it, then leaves. The receiving nodes validate them like any gossip.
+pub async fn push(
+    topic: &str,
+    messages: Vec<Vec<u8>>,
+    peers: &[Multiaddr],
+    timeout: Duration,
+) -> Result<(), AnnounceError> {
     let net = |e: &dyn std::fmt::Display| AnnounceError::Network(e.to_string());
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
@@ -79,17 +113,16 @@ pub async fn run(args: AnnounceArgs) -> Result<(), AnnounceError> {
         .map_err(|e| net(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
         .build();
-    let topic = IdentTopic::new(RELEASES_TOPIC);
+    let topic = IdentTopic::new(topic);
     swarm.behaviour_mut().subscribe(&topic).map_err(|e| net(&e))?;
     for addr in peers {
         swarm.dial(addr.clone()).map_err(|e| AnnounceError::Network(format!("{addr}: {e}")))?;
     }
-    let bytes = signed.to_bytes();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut sent_at = None;
     loop {
         let wake = match sent_at {
-            // Give the publish time to leave the socket before closing.
+            // Give the messages time to leave the socket before closing.
             Some(t) => t + Duration::from_millis(500),
             None => deadline,
         };
@@ -98,13 +131,14 @@ pub async fn run(args: AnnounceArgs) -> Result<(), AnnounceError> {
                 SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, topic: t })
                     if t == topic.hash() && sent_at.is_none() =>
                 {
-                    match swarm.behaviour_mut().publish(topic.clone(), bytes.clone()) {
-                        Ok(_) | Err(gossipsub::PublishError::Duplicate) => {
-                            tracing::info!(%peer_id, %release, "announced");
-                            sent_at = Some(tokio::time::Instant::now());
+                    for bytes in &messages {
+                        match swarm.behaviour_mut().publish(topic.clone(), bytes.clone()) {
+                            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+                            Err(e) => tracing::debug!(error = %e, "publish not possible yet"),
                         }
-                        Err(e) => tracing::debug!(error = %e, "publish not possible yet"),
                     }
+                    tracing::debug!(%peer_id, messages = messages.len(), "pushed");
+                    sent_at = Some(tokio::time::Instant::now());
                 }
                 SwarmEvent::OutgoingConnectionError { error, .. } => {
                     tracing::warn!(%error, "cannot connect to a peer");
@@ -112,11 +146,10 @@ pub async fn run(args: AnnounceArgs) -> Result<(), AnnounceError> {
                 _ => {}
             },
             _ = tokio::time::sleep_until(wake) => {
-                if sent_at.is_some() {
-                    println!("{release}");
-                    return Ok(());
-                }
-                return Err(AnnounceError::NoPeer(args.timeout));
+                return match sent_at {
+                    Some(_) => Ok(()),
+                    None => Err(AnnounceError::NoPeer { topic: topic.to_string(), timeout: timeout.as_secs() }),
+                };
             }
         }
     }
