@@ -140,6 +140,11 @@ impl DirectiveBook {
         Ok(*standing)
     }
 
+    /// Whether a revoke names `release` as the one to go back to.
+    pub fn is_revoke_target(&self, release: ReleaseId) -> bool {
+        self.releases.values().any(|s| s.revoked_to == Some(release))
+    }
+
     /// The standing of `release`; default (not halted, not revoked) if never directed.
     pub fn standing(&self, release: ReleaseId) -> Standing {
         self.releases.get(&release).copied().unwrap_or_default()
@@ -195,6 +200,8 @@ mod tests {
         let to = ReleaseId::from_bytes([4; 32]);
         let s = book.apply(&root.verify_directive(directive(Order::Revoke { to }, 3)).unwrap()).unwrap();
         assert_eq!(s.revoked_to, Some(to));
+        assert!(book.is_revoke_target(to));
+        assert!(!book.is_revoke_target(ReleaseId::from_bytes([5; 32])));
     }
 
     #[test]

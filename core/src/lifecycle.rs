@@ -149,6 +149,9 @@ pub struct Context<'a> {
     pub tally: &'a Tally,
     /// Devices of this site installing right now (this device excluded).
     pub site_installing: u32,
+    /// A signed revoke names this release as the one to go back to: it goes now, past
+    /// waves, windows and the health gate (a halt and the site's install limit hold).
+    pub ordered: bool,
 }
 
 /// One device's progress through one release. See the module docs for the drain rule.
@@ -244,7 +247,12 @@ impl Lifecycle {
                 if self.halted {
                     return;
                 }
-                match decide(ctx.policy, ctx.release, &self.device, now, ctx.tally) {
+                let decision = if ctx.ordered {
+                    Decision::Go
+                } else {
+                    decide(ctx.policy, ctx.release, &self.device, now, ctx.tally)
+                };
+                match decision {
                     Decision::Go => {
                         self.state = State::Fetching;
                         self.actions.push_back(Action::Fetch);
@@ -254,7 +262,8 @@ impl Lifecycle {
                 }
             }
             State::Staged => {
-                let gate_breached = ctx.policy.gate.as_ref().is_some_and(|g| g.breached(ctx.tally));
+                let gate_breached =
+                    !ctx.ordered && ctx.policy.gate.as_ref().is_some_and(|g| g.breached(ctx.tally));
                 if self.halted || gate_breached || !ctx.policy.may_install(ctx.site_installing) {
                     return;
                 }
@@ -444,7 +453,7 @@ mod tests {
         ReleaseInfo { id: ReleaseId::from_bytes([1; 32]), kind: UpdateKind::Firmware, created_at: T0 };
 
     fn ctx<'a>(policy: &'a RolloutPolicy, tally: &'a Tally) -> Context<'a> {
-        Context { release: &RELEASE, policy, tally, site_installing: 0 }
+        Context { release: &RELEASE, policy, tally, site_installing: 0, ordered: false }
     }
 
     /// Drives a machine through a whole install with the given health result, as a
@@ -539,6 +548,30 @@ mod tests {
         assert_eq!(m.wave(&policy, &RELEASE), Some(1));
         m.handle_timeout(T0 + 60_000, ctx(&policy, &Tally::default()));
         assert_eq!(m.state(), &State::Fetching);
+    }
+
+    #[test]
+    fn an_ordered_revoke_target_goes_past_its_wave_and_a_breached_gate() {
+        let policy = RolloutPolicy {
+            waves: vec![
+                Wave { percent: 10.0, after_s: 0, require_success: None, require_reports: 0 },
+                Wave { percent: 100.0, after_s: 3_600, require_success: None, require_reports: 0 },
+            ],
+            gate: Some(HealthGate { max_failure_ratio: 0.0, min_reports: 1 }),
+            ..Default::default()
+        };
+        let mut tally = Tally::default();
+        let _ = tally.record(crate::DeviceId::of_public_key(&[1; 32]), 1, Verdict::Failure, 0);
+        let ordered = Context { ordered: true, ..ctx(&policy, &tally) };
+        let mut m = Lifecycle::new(device(500_000), T0);
+        m.handle_timeout(T0, ordered);
+        assert_eq!(m.state(), &State::Fetching, "not waiting an hour for wave 2");
+        m.handle_fetched(T0, ordered);
+        assert_eq!(drain(&mut m), vec![Action::Fetch, Action::Install], "the breached gate does not hold it");
+        // The same release without the order waits for its wave.
+        let mut plain = Lifecycle::new(device(500_000), T0);
+        plain.handle_timeout(T0, ctx(&policy, &tally));
+        assert_eq!(plain.state(), &State::Waiting);
     }
 
     #[test]

@@ -275,7 +275,7 @@ impl Device {
     }
 
     fn is_revoke_target(&self, id: ReleaseId) -> bool {
-        self.current.as_ref().is_some_and(|t| self.directives.standing(t.info.id).revoked_to == Some(id))
+        self.directives.is_revoke_target(id)
     }
 
     /// When the device next wants [`Device::handle_timeout`].
@@ -304,6 +304,7 @@ impl Device {
                 policy: &t.manifest.manifest().rollout,
                 tally: &tally,
                 site_installing,
+                ordered: self.directives.is_revoke_target(t.info.id),
             };
             f(&mut t.machine, ctx);
         }
@@ -481,9 +482,20 @@ impl Device {
             Action::Rollback => {
                 let active = self.slots.active()?;
                 if self.db.slot(active.name())?.is_some_and(|c| c.release_id == id) {
-                    self.slots.switch_to(active.other())?;
-                    self.slots.discard(active)?;
-                    self.db.clear_slot(active.name())?;
+                    // A revoke goes back only to the release it names. When the other
+                    // slot does not hold that one (or nothing), the device keeps running
+                    // this release until the named one is installed over it.
+                    let to = self.directives.standing(id).revoked_to;
+                    let other = self.db.slot(active.other().name())?.map(|c| c.release_id);
+                    if to.is_none_or(|to| other == Some(to)) {
+                        self.slots.switch_to(active.other())?;
+                        self.slots.discard(active)?;
+                        self.db.clear_slot(active.name())?;
+                    } else if let Some(to) = to {
+                        let detail =
+                            format!("keeps running it: {to} is not in the other slot and is installed next");
+                        self.db.audit(now, "revoke", Some(id), &detail)?;
+                    }
                 }
             }
             Action::Report(outcome) => {
@@ -882,6 +894,30 @@ mod tests {
         assert_eq!(d.status().unwrap().state, "waiting", "the halt from before the restart holds");
         let refused = d.db.audit_rows().unwrap().into_iter().filter(|r| r.event == "refused").count();
         assert_eq!(refused, 1, "the older resume is refused after the restart");
+    }
+
+    #[test]
+    fn a_revoke_to_a_release_not_in_the_other_slot_installs_it_without_emptying_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = open(dir.path(), config(None, None));
+        let (v0, v1) = (local_release(&d, 1, 1), local_release(&d, 2, 2));
+        d.offer(NOW, v1.clone()).unwrap();
+        assert_eq!(d.status().unwrap().state, "committed");
+        assert_eq!(d.status().unwrap().previous, None, "v1 is the first install: the other slot is empty");
+        let revoke = SignedDirective::sign(
+            Directive { release: v1.id(), order: Order::Revoke { to: v0.id() }, sequence: 1, issued_at: NOW },
+            &testkit::publisher(),
+        );
+        d.handle_directive(NOW, &testkit::trust().verify_directive(revoke).unwrap()).unwrap();
+        let active = |d: &Device| d.status().unwrap().active.map(|s| s.release_id);
+        assert_eq!(active(&d), Some(v1.id()), "not switched to an empty slot");
+        // The node offers the named release again; its lower sequence is no obstacle.
+        assert!(matches!(d.offer(NOW, v0.clone()).unwrap(), Offered::Started));
+        assert_eq!(d.status().unwrap().state, "committed");
+        assert_eq!(active(&d), Some(v0.id()));
+        assert_eq!(d.status().unwrap().previous.map(|s| s.release_id), Some(v1.id()));
+        // v1 is not taken up again.
+        assert!(matches!(d.offer(NOW, v1).unwrap(), Offered::Refused(_) | Offered::Known));
     }
 
     #[test]

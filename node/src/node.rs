@@ -26,7 +26,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, tcp, yamux};
 use otamesh_core::chunking::VerifiedChunk;
-use otamesh_core::directive::SignedDirective;
+use otamesh_core::directive::{Order, SignedDirective};
 use otamesh_core::fetch::{Output, Planner, PlannerConfig, Source};
 use otamesh_core::fleet::FleetView;
 use otamesh_core::gate::Recorded;
@@ -850,7 +850,15 @@ impl Node {
         let newer = d.sequence > *seen;
         *seen = (*seen).max(d.sequence);
         tracing::info!(release = %d.release, order = ?d.order, sequence = d.sequence, newer, "directive");
+        let order = d.order;
         self.tell_device(DeviceCommand::Directive(Box::new(verified)));
+        // The release a revoke returns to is offered again: a device whose other slot
+        // does not hold it installs it (its sequence may be lower than the installed one).
+        if let Order::Revoke { to } = order
+            && let Some(target) = self.manifests.get(&to)
+        {
+            self.tell_device(DeviceCommand::Offer(Box::new(target.clone())));
+        }
         if newer { Ok(()) } else { Err(Refusal::Replayed) }
     }
 

@@ -826,7 +826,7 @@ impl<'a> World<'a> {
         let site_installing = self.ctx_installing(d);
         let Self { machine, release, policy, tally, .. } = self;
         if let Some(m) = machine[d as usize].as_mut() {
-            m.handle_timeout(now, Context { release, policy, tally, site_installing });
+            m.handle_timeout(now, Context { release, policy, tally, site_installing, ordered: false });
         }
         self.sync(d);
     }
@@ -1206,7 +1206,7 @@ impl<'a> World<'a> {
             let site_installing = self.ctx_installing(d);
             let Self { machine, release, policy, tally, .. } = self;
             if let Some(m) = machine[i].as_mut() {
-                m.handle_fetched(now, Context { release, policy, tally, site_installing });
+                m.handle_fetched(now, Context { release, policy, tally, site_installing, ordered: false });
             }
             self.sync(d);
             return;
