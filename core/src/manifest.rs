@@ -21,8 +21,9 @@ use crate::rollout::RolloutPolicy;
 use crate::trust::Signature;
 use crate::{Millis, ReleaseId, codec};
 
-/// The manifest format this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The manifest format this build writes and reads. 2: signatures cover the release id
+/// (a prehash), and ids are encoded as byte strings.
+pub const FORMAT_VERSION: u16 = 2;
 
 /// The largest payload a manifest may describe: 16 GiB.
 pub const MAX_PAYLOAD_BYTES: u64 = 16 << 30;
@@ -187,15 +188,9 @@ impl Manifest {
 
     /// The release id: BLAKE3 over a domain prefix and the canonical encoding.
     pub fn release_id(&self) -> ReleaseId {
-        Self::release_id_of(&self.canonical_bytes())
-    }
-
-    /// The release id of a manifest whose canonical encoding is `canonical` (saves
-    /// encoding twice when the bytes are at hand).
-    pub fn release_id_of(canonical: &[u8]) -> ReleaseId {
         let mut h = blake3::Hasher::new();
         h.update(b"otamesh/v1/release-id\0");
-        h.update(canonical);
+        h.update(&self.canonical_bytes());
         ReleaseId::from_bytes(*h.finalize().as_bytes())
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Every signature covers a domain-separation prefix followed by the canonical encoding
 //! of the signed value, so a signature over a manifest can never be replayed as one over
-//! a directive or a report ([`Domain`]). A [`TrustRoot`] lists publisher keys and a
+//! a directive or a report ([`Domain`]). A manifest, which can be megabytes, is signed
+//! through its release id: the BLAKE3 hash of its canonical encoding (a prehash, so
+//! ed25519 hashes 57 bytes rather than the whole manifest again with SHA-512). A [`TrustRoot`] lists publisher keys and a
 //! threshold; a manifest is valid only with `threshold` distinct valid signatures from
 //! keys in the root (TUF's threshold signatures). The only way to hold a
 //! [`VerifiedManifest`] is [`TrustRoot::verify_manifest`].
@@ -111,10 +113,16 @@ impl SecretKey {
         Signature { key: self.public().key_id(), bytes: SignatureBytes(sig.to_bytes()) }
     }
 
-    /// Adds this key's signature to a manifest.
+    /// Signs a manifest, with this key alone.
     pub fn sign_manifest(&self, manifest: Manifest) -> SignedManifest {
-        let signature = self.sign(Domain::Manifest, &manifest.canonical_bytes());
+        let signature = self.manifest_signature(&manifest);
         SignedManifest { manifest, signatures: vec![signature] }
+    }
+
+    /// This key's signature over a manifest (to add to a [`SignedManifest`] for a
+    /// threshold): over its release id, the BLAKE3 hash of its canonical encoding.
+    pub fn manifest_signature(&self, manifest: &Manifest) -> Signature {
+        self.sign(Domain::Manifest, manifest.release_id().as_bytes())
     }
 }
 
@@ -335,14 +343,14 @@ impl TrustRoot {
         now: Millis,
     ) -> Result<VerifiedManifest, VerifyError> {
         signed.manifest.check()?;
-        let body = signed.manifest.canonical_bytes();
-        self.check_signatures(Domain::Manifest, &body, &signed.signatures)?;
+        let id = signed.manifest.release_id();
+        self.check_signatures(Domain::Manifest, id.as_bytes(), &signed.signatures)?;
         if let Some(expires_at) = signed.manifest.expires_at
             && now >= expires_at
         {
             return Err(VerifyError::Expired { expires_at, now });
         }
-        Ok(VerifiedManifest { id: Manifest::release_id_of(&body), signed })
+        Ok(VerifiedManifest { id, signed })
     }
 }
 
@@ -414,7 +422,7 @@ pub(crate) mod tests {
         // The same key twice is still one signature.
         signed.signatures.push(signed.signatures[0].clone());
         assert!(root.verify_manifest(signed.clone(), NOW).is_err());
-        signed.signatures.push(b.sign(Domain::Manifest, &signed.manifest.canonical_bytes()));
+        signed.signatures.push(b.manifest_signature(&signed.manifest));
         root.verify_manifest(signed, NOW).unwrap();
     }
 
