@@ -303,20 +303,20 @@ fn waves_gate_directives_and_fleet_view_on_a_six_node_fleet() {
         }
     }
 
-    // ---- gate: v2 fails on every node of site a; gate 0.2 over at least 3 reports ----
+    // ---- gate: v2 fails on every node of site a; gate 0.2 over at least 4 reports ----
     let later = 10;
     let policy = RolloutPolicy {
         waves: vec![
             Wave { percent: 50.0, after_s: 0, require_success: None, require_reports: 0 },
             Wave { percent: 100.0, after_s: later, require_success: None, require_reports: 0 },
         ],
-        gate: Some(HealthGate { max_failure_ratio: 0.2, min_reports: 3 }),
+        gate: Some(HealthGate { max_failure_ratio: 0.2, min_reports: 4 }),
         ..RolloutPolicy::default()
     };
     let d2 = noise(32, 300_000);
     let (m2, waves) = pick_manifest(&d2, 2, policy, &ids, |w| {
         let first: Vec<usize> = (0..w.len()).filter(|&i| w[i] == 0).collect();
-        first.len() >= 3 && first.len() < w.len() && first.iter().any(|&i| i < 3)
+        first.len() >= 4 && first.len() < w.len() && first.iter().any(|&i| i < 3)
     });
     let start = m2.created_at;
     let v2 = publish_manifest(&store, &key, &d2, m2);
