@@ -186,7 +186,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     }
     let enrolled = device_config.enrolment.is_some();
     let device = Device::open(&config.data, device_config, secret, &trust, now_ms())?;
-    let swarm = build_swarm(keypair, config.mdns)?;
+    let swarm = build_swarm(keypair, &config.site, config.mdns)?;
     let (tx, rx) = mpsc::channel(INTERNAL_QUEUE);
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (fleet_tx, fleet_rx) = watch::channel(Fleet::default());
@@ -245,17 +245,23 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     result
 }
 
-fn build_swarm(keypair: libp2p::identity::Keypair, with_mdns: bool) -> Result<Swarm<Behaviour>, NodeError> {
+fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    site: &str,
+    with_mdns: bool,
+) -> Result<Swarm<Behaviour>, NodeError> {
     let net = |e: &dyn std::fmt::Display| NodeError::Network(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| net(&e))?
         .with_behaviour(|key| {
-            let gossipsub = gossipsub::Behaviour::new(
+            let mut gossipsub = gossipsub::Behaviour::new(
                 MessageAuthenticity::Signed(key.clone()),
                 gossip_config().map_err(|e| e.to_string())?,
             )?;
+            let (params, thresholds) = peer_score(site);
+            gossipsub.with_peer_score(params, thresholds)?;
             let rr = request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(60))
                 .with_max_concurrent_streams(1024);
@@ -290,6 +296,30 @@ pub fn gossip_config() -> Result<gossipsub::Config, gossipsub::ConfigBuilderErro
         // Content-addressed ids: the same manifest announced twice is one message.
         .message_id_fn(|m| MessageId::from(blake3::hash(&m.data).to_hex().to_string()))
         .build()
+}
+
+/// Gossipsub peer scoring. Only invalid messages count against a peer (P4, squared):
+/// a peer whose messages were rejected twice is no longer gossiped to, three times and it
+/// is ignored altogether, until the count decays (by 10% a second). Nothing else is
+/// scored, so quiet topics, peers sharing an address (containers, NAT, loopback) and
+/// honest forwarders cost nothing: a node forwards only what it validated.
+fn peer_score(site: &str) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    };
+    let topics = [RELEASES_TOPIC, REPORTS_TOPIC, DIRECTIVES_TOPIC, &wire::site_topic(site)]
+        .map(|t| (IdentTopic::new(t).hash(), topic.clone()))
+        .into();
+    let params =
+        gossipsub::PeerScoreParams { topics, ip_colocation_factor_weight: 0.0, ..Default::default() };
+    (params, gossipsub::PeerScoreThresholds::default())
 }
 
 struct Node {
