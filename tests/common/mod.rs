@@ -141,9 +141,14 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// Serves `root`; `rate` limits total egress in bytes per second.
+    /// Serves `root` on 127.0.0.1; `rate` limits total egress in bytes per second.
     pub fn start(root: &Path, rate: Option<u64>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0", root, rate)
+    }
+
+    /// Serves `root` on `addr`.
+    pub fn start_on(addr: &str, root: &Path, rate: Option<u64>) -> Self {
+        let listener = TcpListener::bind(addr).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let bytes_served = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(Mutex::new(BTreeMap::new()));
@@ -239,63 +244,104 @@ fn serve_one(
 pub struct Node {
     pub name: String,
     pub data: PathBuf,
+    /// The address it listens on (127.0.0.1, or its network namespace's address).
+    pub host: String,
     pub port: u16,
     pub api: String,
     pub args: Vec<String>,
     pub log: PathBuf,
+    /// What the node command runs under (`ip netns exec NS`), if anything.
+    wrapper: Vec<String>,
     child: Option<Child>,
 }
 
 impl Node {
     pub fn addr(&self) -> String {
-        format!("/ip4/127.0.0.1/tcp/{}", self.port)
+        format!("/ip4/{}/tcp/{}", self.host, self.port)
     }
 
-    /// Starts a node and waits until its API answers; `extra` are more flags
-    /// (`--peer`, `--origin`, ...). The libp2p port is chosen by the OS; a taken API
-    /// port (another process got it first) is retried with a new one.
+    /// Starts a node on 127.0.0.1 and waits until its API answers; `extra` are more
+    /// flags (`--peer`, `--origin`, ...). The libp2p port is chosen by the OS; a taken
+    /// API port (another process got it first) is retried with a new one.
     pub fn start(dir: &Path, name: &str, site: &str, trust: &Path, extra: &[String]) -> Self {
-        let data = dir.join(name);
-        let log = dir.join(format!("{name}.log"));
-        if !data.join("enrolment").exists() {
-            enroll(&trust.with_extension("key"), &data, site);
-        }
         for _ in 0..5 {
             let api = format!("127.0.0.1:{}", free_port());
-            let mut args: Vec<String> = vec![
-                "node".into(),
-                "--data".into(),
-                data.display().to_string(),
-                "--site".into(),
-                site.into(),
-                "--class".into(),
-                "gw".into(),
-                "--listen".into(),
-                "/ip4/127.0.0.1/tcp/0".into(),
-                "--api".into(),
-                api.clone(),
-                "--trust".into(),
-                trust.display().to_string(),
-                "--poll-interval".into(),
-                "0.5".into(),
-                "--no-mdns".into(),
-            ];
-            args.extend(extra.iter().cloned());
-            let mut node = Self {
-                name: name.into(),
-                data: data.clone(),
-                port: 0,
-                api,
-                args,
-                log: log.clone(),
-                child: None,
-            };
-            node.spawn();
-            if node.wait_up() {
+            let mut args = vec!["--no-mdns".to_string()];
+            args.extend_from_slice(extra);
+            if let Some(node) = Self::launch(dir, name, site, trust, "127.0.0.1", 0, &api, &args, &[]) {
                 return node;
             }
         }
-        panic!("node {name} did not start; see {}", log.display());
+        panic!("node {name} did not start; see {}", dir.join(format!("{name}.log")).display());
+    }
+
+    /// Starts a node inside the network namespace `netns`, listening on `host` (port
+    /// 4700, API on 4780), with mDNS on.
+    pub fn start_in_netns(
+        netns: &str,
+        host: &str,
+        dir: &Path,
+        name: &str,
+        site: &str,
+        trust: &Path,
+        extra: &[String],
+    ) -> Self {
+        let wrapper = ["ip", "netns", "exec", netns].map(String::from);
+        Self::launch(dir, name, site, trust, host, 4700, &format!("{host}:4780"), extra, &wrapper)
+            .unwrap_or_else(|| {
+                panic!("node {name} did not start; see {}", dir.join(format!("{name}.log")).display())
+            })
+    }
+
+    /// Enrols (once) and starts a node; `None` if the process exited before its API
+    /// answered.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        dir: &Path,
+        name: &str,
+        site: &str,
+        trust: &Path,
+        host: &str,
+        port: u16,
+        api: &str,
+        extra: &[String],
+        wrapper: &[String],
+    ) -> Option<Self> {
+        let data = dir.join(name);
+        if !data.join("enrolment").exists() {
+            enroll(&trust.with_extension("key"), &data, site);
+        }
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "--data".into(),
+            data.display().to_string(),
+            "--site".into(),
+            site.into(),
+            "--class".into(),
+            "gw".into(),
+            "--listen".into(),
+            format!("/ip4/{host}/tcp/{port}"),
+            "--api".into(),
+            api.into(),
+            "--trust".into(),
+            trust.display().to_string(),
+            "--poll-interval".into(),
+            "0.5".into(),
+        ];
+        args.extend(extra.iter().cloned());
+        let mut node = Self {
+            name: name.into(),
+            data,
+            host: host.into(),
+            port: 0,
+            api: api.into(),
+            args,
+            log: dir.join(format!("{name}.log")),
+            wrapper: wrapper.to_vec(),
+            child: None,
+        };
+        node.spawn();
+        node.wait_up().then_some(node)
     }
 
     /// Waits for the API and learns the libp2p port; false if the process exited.
@@ -325,7 +371,15 @@ impl Node {
 
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(BIN)
+        let mut command = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(&self.args)
             .env("RUST_LOG", "info,otamesh_node=debug,libp2p_gossipsub=warn")
             .stdin(Stdio::null())
