@@ -25,7 +25,7 @@ enum Command {
     Verify(commands::verify::Args),
     /// Show what a manifest or directive file says.
     Inspect(commands::inspect::Args),
-    /// Sign a halt, resume or revoke directive for a release into an origin store.
+    /// Sign a halt, resume or revoke directive; push it to nodes (--peer) and/or into a store (--store).
     Directive(commands::directive::Args),
     /// Enrol a device: sign its key, site and class so the fleet takes its reports.
     Enroll(commands::enroll::Args),

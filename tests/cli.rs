@@ -253,6 +253,31 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn directive_needs_a_peer_or_a_store_and_says_which_peer_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(otamesh(dir.path(), &["keygen", "--out", "pub1"]).code, 0);
+    let release = "ab".repeat(32);
+    let with = |extra: &[&str]| {
+        let mut args = vec!["directive", "halt", "--key", "pub1.key", "--release", &release];
+        args.extend_from_slice(extra);
+        otamesh(dir.path(), &args)
+    };
+    let r = with(&[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--peer") && r.stderr.contains("--store"), "{}", r.stderr);
+    let r = with(&["--peer", "not-a-multiaddr"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("--peer \"not-a-multiaddr\""), "{}", r.stderr);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "one line: {}", r.stderr);
+    // Nothing listens there: the push fails on one line naming the topic.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let r = with(&["--peer", &format!("/ip4/127.0.0.1/tcp/{port}"), "--timeout", "5"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no peer subscribed to otamesh/directives/1"), "{}", r.stderr);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "one line: {}", r.stderr);
+}
+
+#[test]
 fn bad_publish_inputs_leave_the_store_as_it_was() {
     let f = Fixture::new();
     let before = f.store_listing();

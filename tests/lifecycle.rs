@@ -182,10 +182,11 @@ fn sigkill_during_install_leaves_the_active_slot_intact_and_the_audit_log_valid(
         state(&node) == "committed" && active_seq(&node) == Some(1)
     });
     let (v2, _) = publish(&store, &key, &d2, "gw", 2);
-    // /status is not refreshed while the hook runs, so watch the audit log.
+    // The device shows `installing` just before the hook runs, once the state is persisted.
     wait_for(Duration::from_secs(30), "v2 installing (hook sleeping)", || {
-        audit_has(&node, "transition", v2, "installing")
+        release_entry(&node, v2).is_some_and(|r| r["state"] == "installing")
     });
+    assert!(audit_has(&node, "transition", v2, "installing"), "shown before it was persisted");
     std::thread::sleep(Duration::from_millis(500));
     node.kill9();
     // Whatever the kill left, the active slot is v1, whole.

@@ -178,6 +178,53 @@ fn manifests_with_an_unknown_key_or_a_broken_signature_are_never_accepted_nor_fo
 }
 
 #[test]
+fn directives_pushed_through_a_peer_reach_the_mesh_and_forged_ones_are_never_forwarded() {
+    let dir = TestDir::new();
+    let prefix = |name: &str| dir.path().join(name).display().to_string();
+    for name in ["publisher", "stranger"] {
+        let (code, _, err) = otamesh(&["keygen", "--out", &prefix(name)]);
+        assert_eq!(code, 0, "keygen: {err}");
+    }
+    let trust = dir.path().join("publisher.pub");
+    let first = Node::start(dir.path(), "first", "s", &trust, &[]);
+    // The third node can only hear what the first forwards.
+    let third = Node::start(dir.path(), "third", "s", &trust, &["--peer".into(), first.addr()]);
+    wait_for(Duration::from_secs(20), "first and third connected", || {
+        third.status().is_some_and(|s| s["peers"].as_u64() == Some(1))
+    });
+    // Each directive is about its own release, so audit rows tell them apart.
+    let (forged, good) = ("aa".repeat(32), "bb".repeat(32));
+    let halt = |key: &str, release: &str| {
+        let key = format!("{}.key", prefix(key));
+        let (code, out, err) =
+            otamesh(&["directive", "halt", "--key", &key, "--release", release, "--peer", &first.addr()]);
+        assert_eq!(code, 0, "directive --peer failed: {err}");
+        assert!(out.contains("pushed to 1 peer(s)"), "{out}");
+    };
+    let rejected = "otamesh_gossip_messages_total{topic=\"directives\",result=\"rejected\"}";
+    let directive_rows = |node: &Node, release: &str| {
+        audit_rows(&node.data).iter().filter(|r| r["event"] == "directive" && r["release"] == release).count()
+    };
+    // The forged one first: by the time the good one has reached the third node, the
+    // forged one would have too, had the first forwarded it.
+    halt("stranger", &forged);
+    wait_for(Duration::from_secs(20), "the first node rejects the forged directive", || {
+        first.metric(rejected) >= 1.0
+    });
+    halt("publisher", &good);
+    wait_for(Duration::from_secs(30), "the good directive reaches the third node", || {
+        directive_rows(&third, &good) == 1
+    });
+    for n in [&first, &third] {
+        assert_eq!(directive_rows(n, &good), 1, "{}", n.name);
+        let about_forged =
+            audit_rows(&n.data).into_iter().filter(|r| r["release"] == forged.as_str()).count();
+        assert_eq!(about_forged, 0, "{} audited the forged directive", n.name);
+    }
+    assert_eq!(third.metric(rejected), 0.0, "the forged directive reached the third node");
+}
+
+#[test]
 fn a_node_killed_mid_transfer_does_not_fetch_its_verified_chunks_again() {
     let dir = TestDir::new();
     let key = publisher();

@@ -57,8 +57,10 @@ pub struct WaveReport {
     pub committed: usize,
     /// Devices of this wave whose install failed.
     pub failed: usize,
-    /// Devices of this wave that rolled back.
+    /// Devices of this wave that rolled back on their own (health check, crash).
     pub rolled_back: usize,
+    /// Devices of this wave that rolled back because the release was revoked.
+    pub revoked: usize,
     /// The first outcome report of the wave.
     pub first_report_at: Option<Millis>,
     /// The last outcome report of the wave.
@@ -137,6 +139,7 @@ impl FleetView {
                     committed: 0,
                     failed: 0,
                     rolled_back: 0,
+                    revoked: 0,
                     first_report_at: None,
                     last_report_at: None,
                 }
@@ -157,7 +160,10 @@ impl FleetView {
                     *failure_reasons.entry(reason.clone()).or_insert(0) += 1;
                     "failed"
                 }
-                Outcome::RolledBack { revoked: true, .. } => "revoked",
+                Outcome::RolledBack { revoked: true, .. } => {
+                    w.revoked += 1;
+                    "revoked"
+                }
                 Outcome::RolledBack { reason, .. } => {
                     w.rolled_back += 1;
                     *failure_reasons.entry(reason.clone()).or_insert(0) += 1;
@@ -226,19 +232,35 @@ mod tests {
             ..Default::default()
         };
         let mut fleet = FleetView::default();
-        for n in 0..20u8 {
-            let outcome =
-                if n % 5 == 0 { Outcome::Failed { reason: "disk full".into() } } else { Outcome::Committed };
+        for n in 0..40u8 {
+            let outcome = match n % 8 {
+                0 => Outcome::Failed { reason: "disk full".into() },
+                1 => Outcome::RolledBack { reason: "health check exited with 1".into(), revoked: false },
+                2 => Outcome::RolledBack { reason: "revoked".into(), revoked: true },
+                _ => Outcome::Committed,
+            };
             let _ = fleet.record(&report(n, r, outcome, 1));
         }
         let rep = fleet.rollout(r, UpdateKind::Firmware, 0, &policy);
-        assert_eq!(rep.outcomes["committed"], 16);
-        assert_eq!(rep.outcomes["failed"], 4);
-        assert_eq!(rep.failure_reasons["disk full"], 4);
+        assert_eq!(rep.outcomes["committed"], 25);
+        assert_eq!(rep.outcomes["failed"], 5);
+        assert_eq!(rep.outcomes["rolled_back"], 5);
+        assert_eq!(rep.outcomes["revoked"], 5);
+        assert_eq!(rep.failure_reasons["disk full"], 5);
+        assert_eq!(rep.failure_reasons["health check exited with 1"], 5);
+        assert!(!rep.failure_reasons.contains_key("revoked"), "a revoke is not a failure: {rep:?}");
         assert_eq!(rep.waves.len(), 2);
         assert_eq!(rep.waves[1].opens_at, 10_000);
-        let per_wave: usize = rep.waves.iter().map(|w| w.committed + w.failed).sum();
-        assert_eq!(per_wave, 20);
-        assert!(rep.waves.iter().all(|w| w.committed > 0), "both waves got devices: {rep:?}");
+        // Every state the report knows is counted in some wave, each device once.
+        let sum = |f: fn(&WaveReport) -> usize| rep.waves.iter().map(f).sum::<usize>();
+        assert_eq!(sum(|w| w.committed), 25);
+        assert_eq!(sum(|w| w.failed), 5);
+        assert_eq!(sum(|w| w.rolled_back), 5);
+        assert_eq!(sum(|w| w.revoked), 5);
+        for w in &rep.waves {
+            let reported = w.committed + w.failed + w.rolled_back + w.revoked;
+            assert!(reported > 0, "both waves got devices: {rep:?}");
+            assert!(w.first_report_at.is_some() && w.last_report_at.is_some(), "{rep:?}");
+        }
     }
 }

@@ -1,20 +1,33 @@
-//! `otamesh announce`: push a signed manifest into the mesh through one or more peers;
-//! [`push`] does the same for any gossip message (directives).
+//! Pushing signed messages into the mesh through one or more peers: `otamesh announce`
+//! (a manifest on the releases topic) and `otamesh directive --peer` (a directive on
+//! the directives topic), both through [`push`], which takes any gossip messages.
 //!
-//! A short-lived libp2p node with a fresh identity dials the peers, waits until one of
-//! them is subscribed to the topic, publishes and leaves. The receiving nodes verify
-//! what it pushed like any gossip: an invalid message is rejected there and goes no
-//! further.
+//! A short-lived libp2p node with a fresh identity dials the peers, waits until the
+//! ones it reached are subscribed to the topic, publishes the messages once and leaves.
+//! The receiving nodes verify it like any gossip: an invalid message is rejected there
+//! and goes no further.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, noise, tcp, yamux};
 
 use crate::wire::RELEASES_TOPIC;
+
+/// How long to wait for the remaining peers once one is subscribed: a peer that never
+/// subscribes (not an otamesh node, or a slow dial) does not hold the push back longer.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// How often a publish that failed (no subscription known yet) is tried again.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// How long to stay connected after publishing, so the message leaves the socket.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// `otamesh announce` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,7 +43,7 @@ pub struct AnnounceArgs {
     pub timeout: u64,
 }
 
-/// Why an announcement failed.
+/// Why an announcement or a push failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AnnounceError {
@@ -40,7 +53,7 @@ pub enum AnnounceError {
     /// A `--peer` value is not a multiaddr.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// No peer became ready in time.
+    /// No peer was reached and subscribed to the topic in time.
     #[error(
         "no peer subscribed to {topic} within {timeout} s: check that --peer points at a running otamesh node"
     )]
@@ -57,51 +70,49 @@ pub enum AnnounceError {
 
 /// Runs `otamesh announce` on a fresh runtime; prints the release id on success.
 pub fn run_blocking(args: AnnounceArgs) -> Result<(), AnnounceError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| AnnounceError::Network(e.to_string()))?;
-    rt.block_on(run(args))
+    runtime()?.block_on(run(args))
 }
 
-/// Announces the manifest; returns once it was handed to a subscribed peer.
+/// Announces the manifest; returns once it was handed to the subscribed peers.
 pub async fn run(args: AnnounceArgs) -> Result<(), AnnounceError> {
     let signed = crate::store::read_manifest_file(&args.manifest)?;
     let release = signed.manifest.release_id();
-    let peers = args
-        .peer
-        .iter()
-        .map(|p| crate::config::multiaddr("peer", p))
-        .collect::<Result<Vec<Multiaddr>, _>>()?;
+    let peers = parse_peers(&args.peer)?;
     push(RELEASES_TOPIC, vec![signed.to_bytes()], &peers, Duration::from_secs(args.timeout)).await?;
     tracing::info!(%release, "announced");
     println!("{release}");
     Ok(())
 }
 
-/// [`push`] on a fresh runtime, for callers without one.
+/// Parses `--peer` values; a bad one is the one-line config error naming the flag.
+pub fn parse_peers(values: &[String]) -> Result<Vec<Multiaddr>, AnnounceError> {
+    Ok(values.iter().map(|p| crate::config::multiaddr("peer", p)).collect::<Result<_, _>>()?)
+}
+
+/// [`push`] on a fresh single-threaded runtime, for synchronous callers.
 pub fn push_blocking(
     topic: &str,
     messages: Vec<Vec<u8>>,
     peers: &[Multiaddr],
     timeout: Duration,
-) -> Result<(), AnnounceError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| AnnounceError::Network(e.to_string()))?;
-    rt.block_on(push(topic, messages, peers, timeout))
+) -> Result<usize, AnnounceError> {
+    runtime()?.block_on(push(topic, messages, peers, timeout))
 }
 
-/// Publishes `messages` on the gossip `topic` through the first of `peers` that is
-/// subscribed to it, then leaves. The receiving nodes validate them like any gossip.
+/// Publishes `messages` on the gossip `topic` through `peers`; returns how many peers
+/// they were sent to (those subscribed to the topic when they were published).
+///
+/// It publishes once every peer reached is subscribed, or [`GRACE`] after the first
+/// one is, and fails with [`AnnounceError::NoPeer`] when no peer is subscribed within
+/// `timeout` (or every dial failed).
 pub async fn push(
     topic: &str,
     messages: Vec<Vec<u8>>,
     peers: &[Multiaddr],
     timeout: Duration,
-) -> Result<(), AnnounceError> {
+) -> Result<usize, AnnounceError> {
     let net = |e: &dyn std::fmt::Display| AnnounceError::Network(e.to_string());
+    let no_peer = || AnnounceError::NoPeer { topic: topic.to_owned(), timeout: timeout.as_secs() };
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -113,44 +124,99 @@ pub async fn push(
         .map_err(|e| net(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
         .build();
-    let topic = IdentTopic::new(topic);
-    swarm.behaviour_mut().subscribe(&topic).map_err(|e| net(&e))?;
+    let gossip_topic = IdentTopic::new(topic);
+    let hash = gossip_topic.hash();
+    swarm.behaviour_mut().subscribe(&gossip_topic).map_err(|e| net(&e))?;
+    // Dials not yet resolved; each ends in ConnectionEstablished or OutgoingConnectionError.
+    let mut dialling = BTreeSet::new();
     for addr in peers {
-        swarm.dial(addr.clone()).map_err(|e| AnnounceError::Network(format!("{addr}: {e}")))?;
+        let opts = DialOpts::from(addr.clone());
+        let id = opts.connection_id();
+        match swarm.dial(opts) {
+            Ok(()) => {
+                dialling.insert(id);
+            }
+            Err(e) => tracing::warn!(%addr, error = %e, "cannot dial a peer"),
+        }
     }
+    let mut connected = BTreeSet::new();
+    let mut subscribed = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut sent_at = None;
+    let mut first_subscribed: Option<tokio::time::Instant> = None;
+    let mut sent: Option<(tokio::time::Instant, usize)> = None;
+    let total = messages.len();
+    let mut unsent = messages;
     loop {
-        let wake = match sent_at {
-            // Give the messages time to leave the socket before closing.
-            Some(t) => t + Duration::from_millis(500),
-            None => deadline,
+        if sent.is_none() && !subscribed.is_empty() {
+            let settled = dialling.is_empty() && connected.is_subset(&subscribed);
+            let waited = first_subscribed.is_some_and(|t| tokio::time::Instant::now() >= t + GRACE);
+            if settled || waited {
+                let to = swarm.behaviour().all_peers().filter(|(_, t)| t.contains(&&hash)).count();
+                let mut failed = None;
+                unsent.retain(|bytes| match swarm.behaviour_mut().publish(hash.clone(), bytes.clone()) {
+                    Ok(_) | Err(gossipsub::PublishError::Duplicate) => false,
+                    // Not yet possible: tried again.
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+                    | Err(gossipsub::PublishError::AllQueuesFull(_)) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                });
+                if let Some(e) = failed {
+                    return Err(AnnounceError::Network(format!("cannot publish on {topic}: {e}")));
+                }
+                if unsent.is_empty() {
+                    tracing::debug!(%topic, peers = to, messages = total, "pushed");
+                    sent = Some((tokio::time::Instant::now(), to));
+                }
+            }
+        }
+        if sent.is_none() && dialling.is_empty() && connected.is_empty() {
+            return Err(no_peer());
+        }
+        let now = tokio::time::Instant::now();
+        let wake = match (sent, first_subscribed) {
+            (Some((at, _)), _) => at + LINGER,
+            // Past the grace, messages not yet published are tried again every RETRY.
+            (None, Some(t)) => (t + GRACE).max(now + RETRY).min(deadline),
+            (None, None) => deadline,
         };
         tokio::select! {
             event = swarm.select_next_some() => match event {
-                SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, topic: t })
-                    if t == topic.hash() && sent_at.is_none() =>
-                {
-                    for bytes in &messages {
-                        match swarm.behaviour_mut().publish(topic.clone(), bytes.clone()) {
-                            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
-                            Err(e) => tracing::debug!(error = %e, "publish not possible yet"),
-                        }
-                    }
-                    tracing::debug!(%peer_id, messages = messages.len(), "pushed");
-                    sent_at = Some(tokio::time::Instant::now());
+                SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
+                    dialling.remove(&connection_id);
+                    connected.insert(peer_id);
                 }
-                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
+                    dialling.remove(&connection_id);
                     tracing::warn!(%error, "cannot connect to a peer");
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                    connected.remove(&peer_id);
+                    subscribed.remove(&peer_id);
+                }
+                SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, topic }) if topic == hash => {
+                    subscribed.insert(peer_id);
+                    first_subscribed.get_or_insert_with(tokio::time::Instant::now);
                 }
                 _ => {}
             },
             _ = tokio::time::sleep_until(wake) => {
-                return match sent_at {
-                    Some(_) => Ok(()),
-                    None => Err(AnnounceError::NoPeer { topic: topic.to_string(), timeout: timeout.as_secs() }),
-                };
+                if let Some((_, to)) = sent {
+                    return Ok(to);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(no_peer());
+                }
             }
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, AnnounceError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AnnounceError::Network(e.to_string()))
 }

@@ -185,8 +185,10 @@ pub struct WaveView {
     pub committed: u64,
     /// Devices whose install failed.
     pub failed: u64,
-    /// Devices that rolled back.
+    /// Devices that rolled back on their own (health check, crash).
     pub rolled_back: u64,
+    /// Devices that rolled back because the release was revoked (0 from older nodes).
+    pub revoked: u64,
     /// The first outcome report, Unix milliseconds.
     pub first_report_at: Option<u64>,
     /// The last outcome report, Unix milliseconds.

@@ -9,10 +9,13 @@
 //! crash recovery are the core's.
 //!
 //! It is synchronous and may block for as long as a hook runs, so the node runs it on
-//! its own thread and talks to it over bounded channels.
+//! its own thread and talks to it over bounded channels. Just before it blocks, it shows
+//! its status to a watcher ([`Device::watch_status`]), so the node's `/status` says
+//! `installing` or `checking` while the install hook or the health check runs.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use otamesh_core::directive::{DirectiveBook, Order, VerifiedDirective};
 use otamesh_core::enrolment::SignedEnrolment;
@@ -127,6 +130,8 @@ pub struct Device {
     site_installing: u32,
     report_seq: u64,
     events: VecDeque<Event>,
+    /// Shown the status before a long, blocking action (see [`Device::watch_status`]).
+    watcher: Option<Box<dyn FnMut(DeviceStatus) + Send>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -168,6 +173,7 @@ impl Device {
             site_installing: 0,
             report_seq: now,
             events: VecDeque::new(),
+            watcher: None,
         };
         let last = device.db.releases()?.into_iter().max_by_key(|r| (r.updated_at, r.sequence));
         if let Some(record) = last {
@@ -190,6 +196,23 @@ impl Device {
     /// This device's id.
     pub fn id(&self) -> DeviceId {
         self.id
+    }
+
+    /// Calls `f` with the status just before the device blocks on a long action
+    /// (assembling the payload and running the install hook, running the health check),
+    /// so that a watcher sees `installing` or `checking` while it runs, not only the
+    /// state from before and after. The state shown is already persisted.
+    pub fn watch_status(&mut self, f: impl FnMut(DeviceStatus) + Send + 'static) {
+        self.watcher = Some(Box::new(f));
+    }
+
+    fn show_status(&mut self) {
+        let Some(mut watch) = self.watcher.take() else { return };
+        match self.status() {
+            Ok(status) => watch(status),
+            Err(e) => tracing::error!(error = %e, "device status unreadable"),
+        }
+        self.watcher = Some(watch);
     }
 
     /// The local chunk store the mesh fills.
@@ -450,6 +473,7 @@ impl Device {
             }
             Action::StopFetch => self.events.push_back(Event::StopFetch { release: id }),
             Action::Install => {
+                self.show_status();
                 let result = self.install(&manifest, id);
                 if let Some(t) = &mut self.current {
                     t.machine.handle_installed(now, result);
@@ -469,6 +493,7 @@ impl Device {
                 }
             }
             Action::RunHealthCheck => {
+                self.show_status();
                 let active = self.slots.active()?;
                 let result = match &self.config.health_check {
                     None => Ok(()),
@@ -568,16 +593,35 @@ pub enum Output {
 }
 
 /// Runs `device` on its own thread: applies commands, wakes at its timeouts, hands
-/// events and status changes to `out` (which returns false once the node is gone).
-/// Ends when the command channel closes. A failing database or disk is logged and the
-/// device keeps serving everything else.
+/// events and status changes to `out` (which returns false once the node is gone),
+/// status changes also just before a hook runs. Ends when the command channel closes.
+/// A failing database or disk is logged and the device keeps serving everything else.
 pub fn spawn(
     mut device: Device,
     commands: std::sync::mpsc::Receiver<Command>,
-    mut out: impl FnMut(Output) -> bool + Send + 'static,
+    mut out: impl FnMut(Output) -> bool + Send + Clone + 'static,
 ) -> std::thread::JoinHandle<()> {
+    // The status last handed out, by the loop below or by the watcher before a hook.
+    let shown: Arc<Mutex<Option<DeviceStatus>>> = Arc::default();
+    let mut show = {
+        let mut out = out.clone();
+        move |status: DeviceStatus| {
+            let mut last = shown.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.as_ref() == Some(&status) {
+                return true;
+            }
+            *last = Some(status.clone());
+            out(Output::Status(status))
+        }
+    };
+    device.watch_status({
+        let mut show = show.clone();
+        move |status| {
+            // A node that is gone is noticed by the loop below.
+            let _ = show(status);
+        }
+    });
     std::thread::spawn(move || {
-        let mut last_status = None;
         loop {
             let now = crate::clock::now_ms();
             // Wake at least every few seconds so wall-clock jumps are noticed.
@@ -601,13 +645,11 @@ pub fn spawn(
                 }
             }
             match device.status() {
-                Ok(status) if last_status.as_ref() != Some(&status) => {
-                    last_status = Some(status.clone());
-                    if !out(Output::Status(status)) {
+                Ok(status) => {
+                    if !show(status) {
                         return;
                     }
                 }
-                Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "device status unreadable"),
             }
         }
@@ -932,6 +974,36 @@ mod tests {
             _ => None,
         });
         report.unwrap().verify(&testkit::trust()).unwrap();
+    }
+
+    #[test]
+    fn the_status_says_installing_and_checking_before_their_hooks_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let marks = dir.path().join("marks");
+        let hook = |phase: &str| format!("echo {phase} >> '{}'", marks.display());
+        let d = open(dir.path(), config(Some(&hook("checked")), Some(&hook("installed"))));
+        let v1 = local_release(&d, 1, 1);
+        let (commands, rx) = std::sync::mpsc::sync_channel(1);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = {
+            let (seen, marks) = (seen.clone(), marks.clone());
+            move |out| {
+                if let Output::Status(s) = out {
+                    // What the hooks had done when this status went out.
+                    let done = std::fs::read_to_string(&marks).unwrap_or_default();
+                    seen.lock().unwrap().push((s.state, done));
+                }
+                true
+            }
+        };
+        let thread = spawn(d, rx, record);
+        commands.send(Command::Offer(Box::new(v1))).unwrap();
+        drop(commands);
+        thread.join().unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let expected =
+            [("installing", ""), ("checking", "installed\n"), ("committed", "installed\nchecked\n")];
+        assert_eq!(seen, expected.map(|(s, d)| (s, d.to_owned())), "statuses in order, each once");
     }
 
     #[test]

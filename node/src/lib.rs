@@ -9,7 +9,7 @@
 //! - [`origin`]: the HTTP(S) origin client (rate limit, retries, byte counters).
 //! - [`metrics`], [`api`]: Prometheus metrics and the `/status` + `/metrics` API.
 //! - [`node`]: the daemon's event loop, driving the core's fetch planner.
-//! - [`announce`]: `otamesh announce`.
+//! - [`announce`]: pushing a manifest (`otamesh announce`) or a directive into the mesh.
 //! - [`cli`]: the entry points the `otamesh` binary calls.
 //! - [`db`]: SQLite state: lifecycle per release, slots, the hash-chained audit log.
 //! - [`slots`]: A/B slot directories and the atomic switch.

@@ -78,9 +78,19 @@ fn render(release: &str, r: &ReportView, status: &StatusView) -> String {
     if let Some(base) = r.waves.iter().filter_map(|w| w.opens_at).min() {
         out.push_str(&format!("waves (times from the first wave's opening, {}):\n", utc(base)));
         let mut rows = vec![
-            ["WAVE", "SHARE", "OPENS", "COMMITTED", "FAILED", "ROLLED BACK", "FIRST OUTCOME", "LAST OUTCOME"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "WAVE",
+                "SHARE",
+                "OPENS",
+                "COMMITTED",
+                "FAILED",
+                "ROLLED BACK",
+                "REVOKED",
+                "FIRST OUTCOME",
+                "LAST OUTCOME",
+            ]
+            .map(String::from)
+            .to_vec(),
         ];
         for w in &r.waves {
             rows.push(vec![
@@ -90,6 +100,7 @@ fn render(release: &str, r: &ReportView, status: &StatusView) -> String {
                 w.committed.to_string(),
                 w.failed.to_string(),
                 w.rolled_back.to_string(),
+                w.revoked.to_string(),
                 offset_s(w.first_report_at, base),
                 offset_s(w.last_report_at, base),
             ]);
@@ -133,9 +144,9 @@ mod tests {
     #[test]
     fn renders_waves_relative_to_the_first() {
         let r: ReportView = serde_json::from_str(
-            r#"{"release":"ab11","outcomes":{"committed":2,"rolled_back":1},
+            r#"{"release":"ab11","outcomes":{"committed":2,"rolled_back":1,"revoked":1},
                 "waves":[{"wave":0,"percent":25.0,"opens_at":1000,"committed":2,"failed":0,"rolled_back":1,
-                          "first_report_at":3000,"last_report_at":4500},
+                          "revoked":1,"first_report_at":3000,"last_report_at":4500},
                          {"wave":1,"percent":100.0,"opens_at":11000,"committed":0,"failed":0,"rolled_back":0,
                           "first_report_at":null,"last_report_at":null}],
                 "failure_reasons":{"health check exited with 1":1}}"#,
@@ -143,9 +154,11 @@ mod tests {
         .unwrap();
         let text = render("ab11000000000000000000000000000000000000000000000000000000000000", &r, &status());
         assert!(text.contains("release ab1100000000 1.1 (sequence 2), as heard by dddddddddddd"), "{text}");
-        assert!(text.contains("2 committed, 0 failed, 1 rolled back, 0 revoked (3 reported)"), "{text}");
+        assert!(text.contains("2 committed, 0 failed, 1 rolled back, 1 revoked (4 reported)"), "{text}");
         assert!(
-            text.contains("1     25%    +0.0 s   2          0       1            +2.0 s         +3.5 s"),
+            text.contains(
+                "1     25%    +0.0 s   2          0       1            1        +2.0 s         +3.5 s"
+            ),
             "{text}"
         );
         assert!(text.contains("2     100%   +10.0 s  0"), "{text}");
