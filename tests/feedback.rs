@@ -53,11 +53,7 @@ fn bad_reports_are_counted_by_reason_and_never_forwarded() {
     let dir = TestDir::new();
     let key = publisher();
     let trust = write_trust(dir.path(), &key);
-    let first = Node::start(dir.path(), "first", "s", &trust, &[]);
-    let third = Node::start(dir.path(), "third", "s", &trust, &["--peer".into(), first.addr()]);
-    wait_for(Duration::from_secs(20), "first and third connected", || {
-        third.status().is_some_and(|s| s["peers"].as_u64() == Some(1))
-    });
+    let (first, third) = relay_pair(dir.path(), &trust);
     let data = noise(5, 200_000);
     let manifest = key.sign_manifest(manifest_for(&data, "gw", 1));
     let release = manifest.manifest.release_id();

@@ -132,12 +132,7 @@ fn manifests_with_an_unknown_key_or_a_broken_signature_are_never_accepted_nor_fo
     let dir = TestDir::new();
     let key = publisher();
     let trust = write_trust(dir.path(), &key);
-    let first = Node::start(dir.path(), "first", "s", &trust, &[]);
-    // The third node can only hear what the first forwards.
-    let third = Node::start(dir.path(), "third", "s", &trust, &["--peer".into(), first.addr()]);
-    wait_for(Duration::from_secs(20), "first and third connected", || {
-        third.status().is_some_and(|s| s["peers"].as_u64() == Some(1))
-    });
+    let (first, third) = relay_pair(dir.path(), &trust);
     let data = noise(3, 300_000);
     let write = |name: &str, signed: &otamesh_core::SignedManifest| {
         let p = dir.path().join(name);
@@ -186,12 +181,7 @@ fn directives_pushed_through_a_peer_reach_the_mesh_and_forged_ones_are_never_for
         assert_eq!(code, 0, "keygen: {err}");
     }
     let trust = dir.path().join("publisher.pub");
-    let first = Node::start(dir.path(), "first", "s", &trust, &[]);
-    // The third node can only hear what the first forwards.
-    let third = Node::start(dir.path(), "third", "s", &trust, &["--peer".into(), first.addr()]);
-    wait_for(Duration::from_secs(20), "first and third connected", || {
-        third.status().is_some_and(|s| s["peers"].as_u64() == Some(1))
-    });
+    let (first, third) = relay_pair(dir.path(), &trust);
     // Each directive is about its own release, so audit rows tell them apart.
     let (forged, good) = ("aa".repeat(32), "bb".repeat(32));
     let halt = |key: &str, release: &str| {

@@ -434,6 +434,17 @@ impl Drop for Node {
     }
 }
 
+/// Two nodes of site `s`: `first` hears everything pushed at it, `third` is peered only
+/// with `first`, so it hears only what `first` forwards. Returns once they are connected.
+pub fn relay_pair(dir: &Path, trust: &Path) -> (Node, Node) {
+    let first = Node::start(dir, "first", "s", trust, &[]);
+    let third = Node::start(dir, "third", "s", trust, &["--peer".into(), first.addr()]);
+    wait_for(Duration::from_secs(20), "first and third connected", || {
+        third.status().is_some_and(|s| s["peers"].as_u64() == Some(1))
+    });
+    (first, third)
+}
+
 /// Sums every sample of `name` (all label sets) in Prometheus text.
 pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
