@@ -213,9 +213,13 @@ impl Drop for Fleet {
 }
 
 impl Sample {
-    /// Node `i`'s active release id.
+    /// Node `i`'s active release id. While a new release is on trial (its health check
+    /// runs), that is the one before it, which the device goes back to if the check fails.
     pub fn active(&self, i: usize) -> Option<&str> {
-        self.nodes.get(i)?.as_ref()?.active.as_ref()?.release_id.as_deref()
+        let s = self.nodes.get(i)?.as_ref()?;
+        let on_trial = matches!(s.state.as_deref(), Some("activated" | "checking"));
+        let slot = if on_trial { s.previous.as_ref() } else { s.active.as_ref() };
+        slot?.release_id.as_deref()
     }
 
     /// Node `i`'s state for `release`: `committed` when it runs it, else what its
@@ -280,4 +284,27 @@ pub fn tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_on_trial_is_not_yet_the_active_one() {
+        let (old, new) = ("aa".repeat(32), "bb".repeat(32));
+        let status = |state: &str| -> StatusView {
+            serde_json::from_str(&format!(
+                r#"{{"state":"{state}","active":{{"release_id":"{new}"}},"previous":{{"release_id":"{old}"}},
+                    "releases":[{{"release_id":"{new}","state":"{state}"}}]}}"#
+            ))
+            .unwrap()
+        };
+        let sample =
+            Sample { t: 0.0, nodes: vec![Some(status("checking")), Some(status("committed"))], fleet: None };
+        assert_eq!(sample.active(0), Some(old.as_str()), "checking: still on the previous release");
+        assert_eq!(sample.phase(0, None, &new), "checking");
+        assert_eq!(sample.active(1), Some(new.as_str()));
+        assert_eq!(sample.phase(1, None, &new), "committed");
+    }
 }
