@@ -363,7 +363,8 @@ struct Node {
     connected: BTreeSet<PeerId>,
     /// Static peers: the address to dial and the peer id it turned out to have.
     static_peers: Vec<(Multiaddr, Option<PeerId>)>,
-    /// Manifests to publish on the releases topic once someone is subscribed.
+    /// Manifests, reports and directives to publish once someone is subscribed to their
+    /// topic (retried for `ANNOUNCE_RETRY_FOR`).
     announce_queue: VecDeque<(IdentTopic, Vec<u8>, Millis)>,
     manifests_asked: BTreeSet<ReleaseId>,
     have_dirty: bool,
@@ -1220,11 +1221,10 @@ impl Node {
             }
             Internal::OriginDirective { bytes, url } => match self.take_directive(&bytes) {
                 // Tell the mesh, so nodes without an origin learn it too.
+                // Queued like announcements: retried until some peer is subscribed.
                 Ok(()) => {
-                    let topic = self.directives_topic.clone();
-                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
-                        tracing::debug!(error = %e, "cannot gossip a directive from the origin");
-                    }
+                    self.announce_queue.push_back((self.directives_topic.clone(), bytes, now_ms()));
+                    self.flush_announcements();
                 }
                 Err(refusal) => {
                     self.metrics.refused("directives", refusal);

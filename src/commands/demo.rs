@@ -815,7 +815,11 @@ impl Demo {
         // Any node will do: they all hear the same signed reports.
         let reporter = &self.fleet.nodes[0].api;
         let mut release_reports = Vec::new();
-        let bad_installed = bad.as_ref().map(|b| b.gate.health_rollbacks.len() + b.gate.committed.len());
+        // Devices that installed the bad release: rolled back by its health check, or
+        // committed it (a device is in one of the two, counted once).
+        let bad_installed = bad
+            .as_ref()
+            .map(|b| b.gate.health_rollbacks.iter().chain(&b.gate.committed).collect::<BTreeSet<_>>().len());
         for (i, (r, b)) in releases.iter().zip(&per_release).enumerate() {
             let node_report = reporter.report(&r.hex).await.ok();
             let installed = if i == 0 { None } else { bad_installed };
@@ -920,6 +924,7 @@ impl Demo {
                     committed: from_node.map(|x| x.committed),
                     failed: from_node.map(|x| x.failed),
                     rolled_back: from_node.map(|x| x.rolled_back),
+                    revoked: from_node.map(|x| x.revoked),
                     first_outcome_s: from_node.and_then(|x| rel(x.first_report_at)),
                     last_outcome_s: from_node.and_then(|x| rel(x.last_report_at)),
                 }
@@ -1151,6 +1156,7 @@ struct WaveSummary {
     committed: Option<u64>,
     failed: Option<u64>,
     rolled_back: Option<u64>,
+    revoked: Option<u64>,
     first_outcome_s: Option<f64>,
     last_outcome_s: Option<f64>,
 }
@@ -1196,8 +1202,13 @@ fn render(report: &Report, args: &Args) -> String {
             bytes(r.new_bytes as f64)
         ));
         for w in &r.waves {
-            let counts = match (w.committed, w.failed, w.rolled_back) {
-                (Some(c), Some(f), Some(rb)) => format!("{c} committed, {f} failed, {rb} rolled back"),
+            let counts = match (w.committed, w.failed, w.rolled_back, w.revoked) {
+                (Some(c), Some(f), Some(rb), Some(0) | None) => {
+                    format!("{c} committed, {f} failed, {rb} rolled back")
+                }
+                (Some(c), Some(f), Some(rb), Some(rv)) => {
+                    format!("{c} committed, {f} failed, {rb} rolled back, {rv} revoked")
+                }
                 _ => "no outcome counts (the node has no /report)".into(),
             };
             let window = match (w.first_outcome_s, w.last_outcome_s) {
