@@ -338,6 +338,13 @@ fn enroll_signs_the_device_and_a_node_refuses_an_enrolment_for_another_site() {
     assert!(dir.path().join("dev/enrolment").is_file() && dir.path().join("dev/identity.key").is_file());
     // Enrolling again keeps the identity: the same device id.
     assert_eq!(enroll("s1").stdout.trim(), id);
+    let r = otamesh(dir.path(), &["inspect", "dev/enrolment", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["device_id"].as_str(), v["site"].as_str()),
+        (Some("enrolment"), Some(id), Some("s1"))
+    );
 
     let r = enroll("bad site");
     assert_eq!(r.code, 1);

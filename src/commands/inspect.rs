@@ -4,11 +4,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use otamesh_core::SignedManifest;
 use otamesh_core::directive::{Order, SignedDirective};
+use otamesh_core::enrolment::SignedEnrolment;
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A manifest or directive file.
+    /// A manifest, directive or enrolment file.
     file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -22,8 +23,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         manifest_json(&m)
     } else if let Ok(d) = SignedDirective::from_bytes(&bytes) {
         directive_json(&d)
+    } else if let Ok(e) = SignedEnrolment::from_bytes(&bytes) {
+        enrolment_json(&e)
     } else {
-        anyhow::bail!("{path}: neither a manifest nor a directive (truncated or corrupted?)");
+        anyhow::bail!("{path}: not a manifest, directive or enrolment (truncated or corrupted?)");
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -72,6 +75,19 @@ fn directive_json(s: &SignedDirective) -> serde_json::Value {
         "to": to,
         "sequence": d.sequence,
         "issued_at": d.issued_at,
+        "signatures": s.signatures.iter().map(|sig| sig.key.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+fn enrolment_json(s: &SignedEnrolment) -> serde_json::Value {
+    let e = &s.enrolment;
+    json!({
+        "type": "enrolment",
+        "device_id": e.device().to_hex(),
+        "device_key": hex::encode(e.device_key),
+        "site": e.site,
+        "class": e.class,
+        "issued_at": e.issued_at,
         "signatures": s.signatures.iter().map(|sig| sig.key.to_string()).collect::<Vec<_>>(),
     })
 }
