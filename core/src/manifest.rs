@@ -305,6 +305,7 @@ pub(crate) mod tests {
             let _ = SignedManifest::from_bytes(&bytes);
             let _ = codec::decode::<crate::directive::SignedDirective>(&bytes);
             let _ = codec::decode::<crate::report::SignedReport>(&bytes);
+            let _ = codec::decode::<crate::enrolment::SignedEnrolment>(&bytes);
         }
 
         #[test]

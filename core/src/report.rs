@@ -255,6 +255,21 @@ mod tests {
         assert_eq!(elsewhere.verify(&trust()), Err(ReportError::EnrolmentMismatch { field: "site" }));
     }
 
+    proptest::proptest! {
+        /// Every byte of a report is covered by a signature: flipping any bit either
+        /// breaks the decoding or the verification, never a panic, never a report.
+        #[test]
+        fn a_report_with_any_bit_flipped_never_verifies(pos in proptest::prelude::any::<proptest::sample::Index>(), bit in 0u8..8) {
+            let k = key(3);
+            let mut bytes = SignedReport::sign(report(&k), &k, enrol(&k, "s1")).to_bytes();
+            let i = pos.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            if let Ok(signed) = SignedReport::from_bytes(&bytes) {
+                proptest::prop_assert!(signed.verify(&trust()).is_err(), "bit {} of byte {} flipped and still verifies", bit, i);
+            }
+        }
+    }
+
     #[test]
     fn oversized_reason_is_rejected() {
         let k = key(3);

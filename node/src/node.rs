@@ -1180,17 +1180,23 @@ impl Node {
         }
     }
 
+    /// Verified chunks from `source` are in the store: count them and tell every
+    /// planner, once for the lot.
+    fn on_stored(&mut self, now: Millis, source: Source, chunks: &[(ChunkId, usize)]) {
+        let label = if source == Source::Origin { "wan" } else { "lan" };
+        for &(_, len) in chunks {
+            self.metrics.chunk_bytes(label, len);
+        }
+        for r in self.releases.values_mut() {
+            r.planner.handle_chunks_verified(now, source, chunks.iter().map(|&(c, _)| c));
+        }
+        self.have_dirty = true;
+    }
+
     fn on_internal(&mut self, msg: Internal) {
         let now = now_ms();
         match msg {
-            Internal::Stored { source, chunk, len } => {
-                let label = if source == Source::Origin { "wan" } else { "lan" };
-                self.metrics.chunk_bytes(label, len);
-                for r in self.releases.values_mut() {
-                    r.planner.handle_chunk_verified(now, source, chunk);
-                }
-                self.have_dirty = true;
-            }
+            Internal::Stored { source, chunk, len } => self.on_stored(now, source, &[(chunk, len)]),
             Internal::Bad { source, chunk } => self.bad_everywhere(source, chunk),
             Internal::Failed { source, chunk, reason } => {
                 tracing::warn!(?source, %chunk, %reason, "chunk fetch failed; re-planned");
@@ -1203,8 +1209,20 @@ impl Node {
                 let _ = self.swarm.behaviour_mut().chunks.send_response(channel, response);
             }
             Internal::Many(all) => {
+                // One batch from one source: the chunks it stored are planned for at once.
+                let mut stored = Vec::new();
+                let mut from = None;
                 for msg in all {
-                    self.on_internal(msg);
+                    match msg {
+                        Internal::Stored { source, chunk, len } => {
+                            from = Some(source);
+                            stored.push((chunk, len));
+                        }
+                        other => self.on_internal(other),
+                    }
+                }
+                if let Some(source) = from {
+                    self.on_stored(now, source, &stored);
                 }
             }
             Internal::OriginManifest { bytes, url } => {
