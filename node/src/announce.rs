@@ -63,6 +63,14 @@ pub enum AnnounceError {
         /// Seconds waited.
         timeout: u64,
     },
+    /// Every dial failed: nothing listens at any `--peer`.
+    #[error(
+        "cannot connect to any --peer to push on {topic}: check the address and that an otamesh node listens there"
+    )]
+    Unreachable {
+        /// The gossip topic.
+        topic: String,
+    },
     /// libp2p could not be set up or the runtime failed.
     #[error("network: {0}")]
     Network(String),
@@ -104,7 +112,7 @@ pub fn push_blocking(
 ///
 /// It publishes once every peer reached is subscribed, or [`GRACE`] after the first
 /// one is, and fails with [`AnnounceError::NoPeer`] when no peer is subscribed within
-/// `timeout` (or every dial failed).
+/// `timeout`, and with [`AnnounceError::Unreachable`] when every dial failed.
 pub async fn push(
     topic: &str,
     messages: Vec<Vec<u8>>,
@@ -173,7 +181,7 @@ pub async fn push(
             }
         }
         if sent.is_none() && dialling.is_empty() && connected.is_empty() {
-            return Err(no_peer());
+            return Err(AnnounceError::Unreachable { topic: topic.to_owned() });
         }
         let now = tokio::time::Instant::now();
         let wake = match (sent, first_subscribed) {
