@@ -578,6 +578,12 @@ impl Node {
                 self.adopt(v, false);
                 MessageAcceptance::Accept
             }
+            // Expiry depends on this node's clock (devices without a battery-backed
+            // clock can be far off): not forwarded, but the sender is not scored down.
+            Err(e @ otamesh_core::trust::VerifyError::Expired { .. }) => {
+                tracing::warn!(%from, error = %e, "ignored an expired manifest from gossip; not forwarded");
+                MessageAcceptance::Ignore
+            }
             Err(e) => {
                 tracing::warn!(%from, error = %e, "rejected a manifest from gossip; not forwarded");
                 MessageAcceptance::Reject
