@@ -208,6 +208,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         report_budget: ReportBudget::default(),
         held_reports: BTreeMap::new(),
         enrolled,
+        fleet_dirty: false,
         site_installing: BTreeSet::new(),
         store: data.store().clone(),
         config,
@@ -340,6 +341,8 @@ struct Node {
     report_budget: ReportBudget,
     /// This device has a valid enrolment, so its reports are sent.
     enrolled: bool,
+    /// Reports changed the fleet view since `/fleet` was last rebuilt.
+    fleet_dirty: bool,
     /// Reports (newest per device) for releases of this class not heard of yet; taken
     /// when the manifest arrives.
     held_reports: BTreeMap<DeviceId, VerifiedReport>,
@@ -662,6 +665,9 @@ impl Node {
         self.have_dirty = true;
         self.flush_announcements();
         self.publish_status();
+        if self.fleet_dirty {
+            self.publish_fleet();
+        }
     }
 
     fn member_left(&mut self, device: DeviceId) {
@@ -861,7 +867,9 @@ impl Node {
     fn take_report(&mut self, report: VerifiedReport) {
         if self.fleet.record(&report) != Recorded::Stale {
             self.tell_device(DeviceCommand::Report(Box::new(report)));
-            self.publish_fleet();
+            // Rebuilt at the next heartbeat: a wave's burst of reports costs one rebuild
+            // of the fleet view and its rollout reports a second, not one per report.
+            self.fleet_dirty = true;
         }
     }
 
@@ -900,6 +908,7 @@ impl Node {
     }
 
     fn publish_fleet(&mut self) {
+        self.fleet_dirty = false;
         let devices = self
             .fleet
             .devices()
