@@ -27,19 +27,29 @@ fn fleet_ids(node: &Node) -> Vec<String> {
     f["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap().to_owned()).collect()
 }
 
-/// A report by `device` about `release`, enrolled by `enroller` at site `s`.
+/// A report by `device` (class `gw`) about `release`, enrolled by `enroller` at site `s`.
 fn report(device: &SecretKey, enroller: &SecretKey, release: ReleaseId, sequence: u64) -> SignedReport {
+    report_of_class("gw", device, enroller, release, sequence)
+}
+
+fn report_of_class(
+    class: &str,
+    device: &SecretKey,
+    enroller: &SecretKey,
+    release: ReleaseId,
+    sequence: u64,
+) -> SignedReport {
     let r = Report {
         device_key: device.public().to_bytes(),
         site: "s".into(),
-        class: "gw".into(),
+        class: class.into(),
         release,
         outcome: Outcome::Failed { reason: "health check exited with 1".into() },
         active: None,
         sequence,
         sent_at: otamesh_node::clock::now_ms(),
     };
-    let e = Enrolment { device_key: r.device_key, site: "s".into(), class: "gw".into(), issued_at: 1 };
+    let e = Enrolment { device_key: r.device_key, site: "s".into(), class: class.into(), issued_at: 1 };
     SignedReport::sign(r, device, Some(SignedEnrolment::sign(e, enroller)))
 }
 
@@ -95,6 +105,18 @@ fn bad_reports_are_counted_by_reason_and_never_forwarded() {
     for n in [&first, &third] {
         assert_eq!(fleet_ids(n), vec![ghost_id.clone()], "{} lists someone else", n.name);
     }
+    // An enrolled device of another class, on a release these nodes do not run: no
+    // gate here judges it, but it is in the inventory everywhere.
+    let camera = SecretKey::from_seed([8; 32]);
+    push(
+        &first,
+        REPORTS_TOPIC,
+        vec![report_of_class("cam", &camera, &key, ReleaseId::from_bytes([7; 32]), 1).to_bytes()],
+    );
+    let camera_id = DeviceId::of_public_key(&camera.public().to_bytes()).to_string();
+    wait_for(Duration::from_secs(20), "both nodes list the camera", || {
+        [&first, &third].iter().all(|n| fleet_ids(n).contains(&camera_id))
+    });
     // (Not `replayed`: gossip keeps no order, so the third may get the ghost's accepted
     // reports out of order and drop the older ones itself.)
     for reason in ["not_enrolled", "forged", "malformed", "unknown_release", "flood"] {

@@ -850,7 +850,9 @@ impl Node {
         }
         if !self.manifests.contains_key(&r.release) {
             if r.class != self.config.class {
-                // A release of another class: nobody here judges it; pass it on.
+                // A release of another class: no gate here judges it, but the device
+                // belongs in the inventory.
+                self.fleet_dirty |= self.fleet.record(&report) != Recorded::Stale;
                 return Ok(());
             }
             if self.held_reports.len() < MAX_HELD_REPORTS || self.held_reports.contains_key(&report.device())

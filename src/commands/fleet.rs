@@ -63,7 +63,8 @@ fn render(fleet: &FleetView, status: &StatusView, now: u64) -> String {
         .filter_map(|id| Some((known.get(id)?.0?, id)))
         .max()
         .map(|(_, id)| id.to_owned());
-    let behind = |d: &FleetDevice| newest.is_some() && d.active != newest;
+    // Only devices of the node's own class can be measured against its releases.
+    let behind = |d: &FleetDevice| newest.is_some() && d.class == status.class && d.active != newest;
     let failed = |d: &FleetDevice| matches!(d.state.as_deref(), Some("failed" | "rolled_back"));
     let mut sites: BTreeMap<&str, Vec<&FleetDevice>> = BTreeMap::new();
     for d in &fleet.devices {
@@ -149,6 +150,26 @@ mod tests {
         assert!(
             text.contains("behind the newest release: 2; failed or rolled back on their last release: 2")
         );
+    }
+
+    #[test]
+    fn devices_of_another_class_are_listed_but_never_behind() {
+        let fleet: FleetView = serde_json::from_str(
+            r#"{"devices":[
+              {"device_id":"aaaaaaaaaaaaaaaa","site":"s1","class":"gw","active":"r2r2r2r2r2r2r2","state":"committed"},
+              {"device_id":"bbbbbbbbbbbbbbbb","site":"s1","class":"gw","active":"r1r1r1r1r1r1r1","state":"committed"},
+              {"device_id":"cccccccccccccccc","site":"s1","class":"cam","active":"c9c9c9c9c9c9c9","state":"committed"}]}"#,
+        )
+        .unwrap();
+        let status: StatusView = serde_json::from_str(
+            r#"{"device_id":"aaaaaaaaaaaaaaaa","class":"gw","releases":[
+              {"release_id":"r1r1r1r1r1r1r1","sequence":1,"version":"1.0"},
+              {"release_id":"r2r2r2r2r2r2r2","sequence":2,"version":"2.0"}]}"#,
+        )
+        .unwrap();
+        let text = render(&fleet, &status, 0);
+        assert!(text.contains("s1: 3 devices, 2 up to date, 1 behind, 0 failed"), "{text}");
+        assert!(text.contains("behind the newest release: 1;"), "{text}");
     }
 
     #[test]
