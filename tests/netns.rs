@@ -28,6 +28,12 @@ impl Lan {
         let id = std::process::id() % 10_000;
         let prefix = format!("10.{}.{}", 100 + id % 100, id / 100);
         let mut lan = Lan { bridge: format!("otm{id}br"), netns: Vec::new(), prefix };
+        // Both kinds of thing this needs, tried before anything else is made.
+        let probe = format!("otm{id}probe");
+        if !ip(&["netns", "add", &probe]) {
+            return None;
+        }
+        ip(&["netns", "del", &probe]);
         if !ip(&["link", "add", &lan.bridge, "type", "bridge", "mcast_snooping", "0"]) {
             return None;
         }
