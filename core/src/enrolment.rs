@@ -30,6 +30,42 @@ impl Enrolment {
     pub fn device(&self) -> DeviceId {
         DeviceId::of_public_key(&self.device_key)
     }
+
+    /// The first field in which this enrolment differs from the given device key, site
+    /// and class; `None` when it vouches for exactly that device.
+    pub fn mismatch(&self, device_key: &[u8; 32], site: &str, class: &str) -> Option<Mismatch> {
+        if self.device_key != *device_key {
+            Some(Mismatch::DeviceKey)
+        } else if self.site != site {
+            Some(Mismatch::Site)
+        } else if self.class != class {
+            Some(Mismatch::Class)
+        } else {
+            None
+        }
+    }
+}
+
+/// Where an enrolment differs from the device it is held up for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// It enrols another key.
+    DeviceKey,
+    /// It enrols the key for another site.
+    Site,
+    /// It enrols the key for another class.
+    Class,
+}
+
+impl Mismatch {
+    /// The field's name in messages.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::DeviceKey => "device key",
+            Self::Site => "site",
+            Self::Class => "class",
+        }
+    }
 }
 
 /// An enrolment and its publisher signatures.

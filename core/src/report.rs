@@ -136,15 +136,8 @@ impl SignedReport {
         }
         let enrolment = self.enrolment.clone().ok_or(ReportError::NotEnrolled)?;
         let enrolment = trust.verify_enrolment(enrolment).map_err(ReportError::Enrolment)?;
-        let e = enrolment.enrolment();
-        for (field, same) in [
-            ("device key", e.device_key == r.device_key),
-            ("site", e.site == r.site),
-            ("class", e.class == r.class),
-        ] {
-            if !same {
-                return Err(ReportError::EnrolmentMismatch { field });
-            }
+        if let Some(m) = enrolment.enrolment().mismatch(&r.device_key, &r.site, &r.class) {
+            return Err(ReportError::EnrolmentMismatch { field: m.field() });
         }
         Ok(VerifiedReport { device: DeviceId::of_public_key(&r.device_key), signed: self })
     }

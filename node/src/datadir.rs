@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use otamesh_core::enrolment::{SignedEnrolment, VerifiedEnrolment};
+use otamesh_core::enrolment::{Mismatch, SignedEnrolment, VerifiedEnrolment};
 use otamesh_core::manifest::SignedManifest;
 use otamesh_core::{DeviceId, ReleaseId, SecretKey, TrustRoot, VerifiedManifest};
 
@@ -83,17 +83,18 @@ impl Expected<'_> {
         let verified =
             self.trust.verify_enrolment(signed).map_err(|e| format!("not signed by the trust root: {e}"))?;
         let e = verified.enrolment();
-        if e.device_key != self.key.public().to_bytes() {
-            return Err(format!(
-                "enrols device {}, not this one ({})",
-                e.device(),
-                DeviceId::of_public_key(&self.key.public().to_bytes())
-            ));
-        }
-        for (what, enrolled, configured) in [("site", &e.site, self.site), ("class", &e.class, self.class)] {
-            if enrolled != configured {
-                return Err(format!("enrolled for {what} {enrolled:?}, but --{what} is {configured:?}"));
+        let key = self.key.public().to_bytes();
+        let configured = |enrolled: &str, flag: &str, value: &str| {
+            format!("enrolled for {flag} {enrolled:?}, but --{flag} is {value:?}")
+        };
+        match e.mismatch(&key, self.site, self.class) {
+            None => {}
+            Some(Mismatch::DeviceKey) => {
+                let this = DeviceId::of_public_key(&key);
+                return Err(format!("enrols device {}, not this one ({this})", e.device()));
             }
+            Some(Mismatch::Site) => return Err(configured(&e.site, "site", self.site)),
+            Some(Mismatch::Class) => return Err(configured(&e.class, "class", self.class)),
         }
         Ok(verified)
     }
