@@ -21,17 +21,13 @@ fn env_usize(name: &str, default: usize) -> usize {
 #[ignore]
 fn stress_bench_two_nodes_lan_transfer() {
     let mib = env_usize("OTAMESH_BENCH_MIB", 256);
-    let dir = TestDir::new();
-    let key = publisher();
-    let trust = write_trust(dir.path(), &key);
-    let store = dir.path().join("origin");
+    let World { dir, key, trust, store, origin } = World::new();
     let data = noise(9, mib * MIB);
     if let Ok(p) = std::env::var("OTAMESH_BENCH_ARTIFACT") {
         std::fs::write(p, &data).unwrap();
     }
     publish(&store, &key, &data, "gw", 1);
     drop(data);
-    let origin = Origin::start(&store, None);
     let seed = Node::start(dir.path(), "seed", "s", &trust, &["--origin".into(), origin.url.clone()]);
     wait_for(Duration::from_secs(600), "the seed holds the release", || seed.complete());
     let leech = Node::start(dir.path(), "leech", "s", &trust, &["--peer".into(), seed.addr()]);
@@ -64,12 +60,7 @@ fn stress_bench_twelve_nodes_mesh_vs_central() {
     let rate = env_usize("OTAMESH_BENCH_RATE", 10_000_000) as u64;
     let size = (mib * MIB) as u64;
     let run = |mesh: bool| -> (f64, u64) {
-        let dir = TestDir::new();
-        let key = publisher();
-        let trust = write_trust(dir.path(), &key);
-        let store = dir.path().join("origin");
-        otamesh_node::store::Store::create(&store).unwrap();
-        let origin = Origin::start(&store, Some(rate));
+        let World { dir, key, trust, store, origin } = World::with_origin("127.0.0.1:0", Some(rate));
         let mut nodes: Vec<Node> = Vec::new();
         for s in 0..3 {
             let mut site_nodes: Vec<String> = Vec::new();

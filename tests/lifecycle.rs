@@ -71,12 +71,7 @@ fn with_health(extra: &[String], check: &str) -> Vec<String> {
 /// audit log verifies until one row is edited by hand.
 #[test]
 fn a_failing_health_check_rolls_back_one_node_and_old_manifests_and_edited_audit_rows_are_caught() {
-    let dir = TestDir::new();
-    let key = publisher();
-    let trust = write_trust(dir.path(), &key);
-    let store = dir.path().join("origin");
-    otamesh_node::store::Store::create(&store).unwrap();
-    let origin = Origin::start(&store, None);
+    let World { dir, key, trust, store, origin } = World::new();
     let extra = vec!["--origin".to_string(), origin.url.clone()];
     let good = Node::start(dir.path(), "good", "s", &trust, &with_health(&extra, "true"));
     let mut bad_args = with_health(&extra, "test \"$OTAMESH_SEQUENCE\" = 1");
@@ -166,12 +161,7 @@ fn a_failing_health_check_rolls_back_one_node_and_old_manifests_and_edited_audit
 /// verifies.
 #[test]
 fn sigkill_during_install_leaves_the_active_slot_intact_and_the_audit_log_valid() {
-    let dir = TestDir::new();
-    let key = publisher();
-    let trust = write_trust(dir.path(), &key);
-    let store = dir.path().join("origin");
-    otamesh_node::store::Store::create(&store).unwrap();
-    let origin = Origin::start(&store, None);
+    let World { dir, key, trust, store, origin } = World::new();
     let mut args = vec!["--origin".to_string(), origin.url.clone(), "--hook-timeout".into(), "60".into()];
     args.extend(["--install-hook".into(), "test \"$OTAMESH_SEQUENCE\" = 1 || sleep 30".into()]);
     let mut node = Node::start(dir.path(), "n", "s", &trust, &args);
@@ -241,12 +231,7 @@ fn pick_manifest(
 /// resume (refused, audited), a revoke back to v1, and `/fleet` on every node.
 #[test]
 fn waves_gate_directives_and_fleet_view_on_a_six_node_fleet() {
-    let dir = TestDir::new();
-    let key = publisher();
-    let trust = write_trust(dir.path(), &key);
-    let store = dir.path().join("origin");
-    otamesh_node::store::Store::create(&store).unwrap();
-    let origin = Origin::start(&store, None);
+    let World { dir, key, trust, store, origin } = World::new();
     let extra = vec!["--origin".to_string(), origin.url.clone()];
     let mut nodes: Vec<Node> = Vec::new();
     for (site, n) in [("a", 3), ("b", 3)] {

@@ -33,12 +33,7 @@ fn wait_members(nodes: &[Node], members: usize) {
 
 #[test]
 fn twelve_nodes_in_three_sites_fetch_each_chunk_over_the_wan_about_once_per_site() {
-    let dir = TestDir::new();
-    let key = publisher();
-    let trust = write_trust(dir.path(), &key);
-    let store = dir.path().join("origin");
-    otamesh_node::store::Store::create(&store).unwrap();
-    let origin = Origin::start(&store, None);
+    let World { dir, key, trust, store, origin } = World::new();
     let extra = vec!["--origin".to_string(), origin.url.clone()];
     let sites: Vec<Vec<Node>> =
         ["a", "b", "c"].iter().map(|s| site(dir.path(), s, 4, &trust, &extra)).collect();
@@ -70,13 +65,9 @@ fn twelve_nodes_in_three_sites_fetch_each_chunk_over_the_wan_about_once_per_site
 
 #[test]
 fn a_peer_serving_corrupt_chunks_is_banned_and_everyone_completes() {
-    let dir = TestDir::new();
-    let key = publisher();
-    let trust = write_trust(dir.path(), &key);
-    let store = dir.path().join("origin");
+    let World { dir, key, trust, store, origin } = World::new();
     let data = noise(2, 4 * MIB);
     publish(&store, &key, &data, "gw", 1);
-    let origin = Origin::start(&store, None);
     let with_origin = vec!["--origin".to_string(), origin.url.clone()];
     // The bad node fetches the whole release alone first, so it has every chunk to
     // offer; then it serves them corrupted (test-only flag).
@@ -216,13 +207,9 @@ fn directives_pushed_through_a_peer_reach_the_mesh_and_forged_ones_are_never_for
 
 #[test]
 fn a_node_killed_mid_transfer_does_not_fetch_its_verified_chunks_again() {
-    let dir = TestDir::new();
-    let key = publisher();
-    let trust = write_trust(dir.path(), &key);
-    let store = dir.path().join("origin");
+    let World { dir, key, trust, store, origin } = World::new();
     let data = noise(4, 8 * MIB);
     publish(&store, &key, &data, "gw", 1);
-    let origin = Origin::start(&store, None);
     let args = vec!["--origin".to_string(), origin.url.clone(), "--wan-rate".into(), "2000000".into()];
     let mut node = Node::start(dir.path(), "n", "s", &trust, &args);
     wait_for(Duration::from_secs(30), "a third of the release", || {

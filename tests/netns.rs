@@ -83,12 +83,7 @@ fn hosts_on_one_lan_find_each_other_by_mdns_and_share_a_release() {
         eprintln!("skipped: making network namespaces needs root and iproute2 (CI has both)");
         return;
     };
-    let dir = TestDir::new();
-    let key = publisher();
-    let trust = write_trust(dir.path(), &key);
-    let store = dir.path().join("origin");
-    otamesh_node::store::Store::create(&store).unwrap();
-    let origin = Origin::start_on(&format!("{}:0", lan.gateway()), &store, None);
+    let World { dir, key, trust, store, origin } = World::with_origin(&format!("{}:0", lan.gateway()), None);
     let extra = vec!["--origin".to_string(), origin.url.clone()];
     let nodes: Vec<Node> = (0..3)
         .map(|i| {

@@ -107,6 +107,34 @@ pub fn publish(
     (verified.id(), signed)
 }
 
+/// What most node tests start from: a scratch directory, the publisher's key and trust
+/// file, and an origin serving the release store `store` (empty until published to).
+/// Destructure it in this field order, so the origin stops before the directory goes.
+pub struct World {
+    pub dir: TestDir,
+    pub key: SecretKey,
+    pub trust: PathBuf,
+    pub store: PathBuf,
+    pub origin: Origin,
+}
+
+impl World {
+    pub fn new() -> Self {
+        Self::with_origin("127.0.0.1:0", None)
+    }
+
+    /// The origin listens on `addr`; `rate` limits its egress in bytes per second.
+    pub fn with_origin(addr: &str, rate: Option<u64>) -> Self {
+        let dir = TestDir::new();
+        let key = publisher();
+        let trust = write_trust(dir.path(), &key);
+        let store = dir.path().join("origin");
+        Store::create(&store).unwrap();
+        let origin = Origin::start_on(addr, &store, rate);
+        Self { dir, key, trust, store, origin }
+    }
+}
+
 /// A scratch directory, kept (and its path printed) when `OTAMESH_KEEP` is set.
 pub struct TestDir(Option<tempfile::TempDir>, PathBuf);
 
