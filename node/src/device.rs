@@ -215,6 +215,11 @@ impl Device {
         self.watcher = Some(watch);
     }
 
+    /// The directives applied so far (kept across restarts).
+    pub fn directives(&self) -> &DirectiveBook {
+        &self.directives
+    }
+
     /// The local chunk store the mesh fills.
     pub fn store(&self) -> &Store {
         &self.store

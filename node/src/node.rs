@@ -26,7 +26,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, tcp, yamux};
 use otamesh_core::chunking::VerifiedChunk;
-use otamesh_core::directive::{Order, SignedDirective};
+use otamesh_core::directive::{DirectiveBook, Order, SignedDirective};
 use otamesh_core::fetch::{Output, Planner, PlannerConfig, Source};
 use otamesh_core::fleet::FleetView;
 use otamesh_core::gate::Recorded;
@@ -186,6 +186,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     }
     let enrolled = device_config.enrolment.is_some();
     let device = Device::open(&config.data, device_config, secret, &trust, now_ms())?;
+    let directives = device.directives().clone();
     let swarm = build_swarm(keypair, &config.site, config.mdns)?;
     let (tx, rx) = mpsc::channel(INTERNAL_QUEUE);
     let (status_tx, status_rx) = watch::channel(Status::default());
@@ -204,7 +205,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         manifests: BTreeMap::new(),
         fleet: FleetView::default(),
         fleet_tx,
-        directives_seen: BTreeMap::new(),
+        directives,
         report_budget: ReportBudget::default(),
         held_reports: BTreeMap::new(),
         enrolled,
@@ -335,8 +336,9 @@ struct Node {
     /// The fleet as heard through signed reports.
     fleet: FleetView,
     fleet_tx: watch::Sender<Fleet>,
-    /// The newest directive sequence seen per release (older ones are not forwarded).
-    directives_seen: BTreeMap<ReleaseId, u64>,
+    /// The directives this node has passed on, by the device's own rule (older ones are
+    /// not forwarded); starts from what the device applied before a restart.
+    directives: DirectiveBook,
     /// Reports per device allowed from the mesh.
     report_budget: ReportBudget,
     /// This device has a valid enrolment, so its reports are sent.
@@ -892,10 +894,8 @@ impl Node {
     fn take_directive(&mut self, data: &[u8]) -> Result<(), Refusal> {
         let signed = SignedDirective::from_bytes(data).map_err(|_| Refusal::Malformed)?;
         let verified = self.trust.verify_directive(signed).map_err(|_| Refusal::Forged)?;
+        let newer = self.directives.apply(&verified).is_ok();
         let d = verified.directive();
-        let seen = self.directives_seen.entry(d.release).or_insert(0);
-        let newer = d.sequence > *seen;
-        *seen = (*seen).max(d.sequence);
         tracing::info!(release = %d.release, order = ?d.order, sequence = d.sequence, newer, "directive");
         let order = d.order;
         self.tell_device(DeviceCommand::Directive(Box::new(verified)));
@@ -1032,7 +1032,7 @@ impl Node {
         }
         self.polling = true;
         let known: BTreeSet<ReleaseId> = self.manifests.keys().copied().collect();
-        let directives_seen = self.directives_seen.clone();
+        let directives = self.directives.clone();
         let rejected = self.rejected_from_origin.clone();
         let class = self.config.class.clone();
         let tx = self.tx.clone();
@@ -1040,7 +1040,7 @@ impl Node {
             match origin.index().await {
                 Ok(index) => {
                     for d in index.directives {
-                        if directives_seen.get(&d.release_id).is_some_and(|s| *s >= d.sequence) {
+                        if directives.standing(d.release_id).sequence >= d.sequence {
                             continue;
                         }
                         match origin.manifest(&d.path).await {
