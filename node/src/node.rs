@@ -118,18 +118,29 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
+/// What became of a batch of chunks from one source.
+struct Ingested {
+    source: Source,
+    /// Checked and stored, with their lengths.
+    stored: Vec<(ChunkId, usize)>,
+    /// Bytes that did not match their id.
+    bad: Vec<ChunkId>,
+    /// Not fetched (origin error) or not stored (disk full ...), with why.
+    failed: Vec<(ChunkId, String)>,
+}
+
+impl Ingested {
+    fn new(source: Source) -> Self {
+        Self { source, stored: Vec::new(), bad: Vec::new(), failed: Vec::new() }
+    }
+}
+
 /// Results of spawned tasks, back to the loop.
 enum Internal {
-    /// A chunk's bytes were checked and stored.
-    Stored { source: Source, chunk: ChunkId, len: usize },
-    /// A chunk's bytes did not match its id.
-    Bad { source: Source, chunk: ChunkId },
-    /// Fetching or storing a chunk failed for another reason.
-    Failed { source: Source, chunk: ChunkId, reason: String },
+    /// A batch of chunks from one source was checked and stored, as far as it went.
+    Ingested(Ingested),
     /// A chunk (or manifest) was read for a peer.
     Serve { channel: ResponseChannel<Response>, response: Response, served: usize },
-    /// Several of the above, from one batch.
-    Many(Vec<Internal>),
     /// The origin listed a release this node does not know; here is its manifest.
     OriginManifest { bytes: Vec<u8>, url: String },
     /// The origin lists a directive this node has not seen; here it is.
@@ -1019,7 +1030,10 @@ impl Node {
         tokio::spawn(async move {
             let msg = match origin.chunk(chunk, max_len as usize).await {
                 Ok(bytes) => ingest(store, Source::Origin, vec![(chunk, bytes)]).await,
-                Err(e) => Internal::Failed { source: Source::Origin, chunk, reason: e.to_string() },
+                Err(e) => Internal::Ingested(Ingested {
+                    failed: vec![(chunk, e.to_string())],
+                    ..Ingested::new(Source::Origin)
+                }),
             };
             let _ = tx.send(msg).await;
         });
@@ -1197,15 +1211,26 @@ impl Node {
         }
     }
 
-    /// Verified chunks from `source` are in the store: count them and tell every
-    /// planner, once for the lot.
-    fn on_stored(&mut self, now: Millis, source: Source, chunks: &[(ChunkId, usize)]) {
+    /// A batch is through: bad and failed chunks are re-planned; the stored ones are
+    /// counted and told to every planner, once for the lot.
+    fn on_ingested(&mut self, now: Millis, batch: Ingested) {
+        let Ingested { source, stored, bad, failed } = batch;
+        for chunk in bad {
+            self.bad_everywhere(source, chunk);
+        }
+        for (chunk, reason) in failed {
+            tracing::warn!(?source, %chunk, %reason, "chunk fetch failed; re-planned");
+            self.fail_everywhere(source, chunk);
+        }
+        if stored.is_empty() {
+            return;
+        }
         let label = if source == Source::Origin { "wan" } else { "lan" };
-        for &(_, len) in chunks {
+        for &(_, len) in &stored {
             self.metrics.chunk_bytes(label, len);
         }
         for r in self.releases.values_mut() {
-            r.planner.handle_chunks_verified(now, source, chunks.iter().map(|&(c, _)| c));
+            r.planner.handle_chunks_verified(now, source, stored.iter().map(|&(c, _)| c));
         }
         self.have_dirty = true;
     }
@@ -1213,34 +1238,12 @@ impl Node {
     fn on_internal(&mut self, msg: Internal) {
         let now = now_ms();
         match msg {
-            Internal::Stored { source, chunk, len } => self.on_stored(now, source, &[(chunk, len)]),
-            Internal::Bad { source, chunk } => self.bad_everywhere(source, chunk),
-            Internal::Failed { source, chunk, reason } => {
-                tracing::warn!(?source, %chunk, %reason, "chunk fetch failed; re-planned");
-                self.fail_everywhere(source, chunk);
-            }
+            Internal::Ingested(batch) => self.on_ingested(now, batch),
             Internal::Serve { channel, response, served } => {
                 self.metrics.chunks_served.inc_by(served as u64);
                 let bytes: usize = response.items.iter().map(|i| i.body.len()).sum();
                 self.metrics.served_bytes.inc_by(bytes as u64);
                 let _ = self.swarm.behaviour_mut().chunks.send_response(channel, response);
-            }
-            Internal::Many(all) => {
-                // One batch from one source: the chunks it stored are planned for at once.
-                let mut stored = Vec::new();
-                let mut from = None;
-                for msg in all {
-                    match msg {
-                        Internal::Stored { source, chunk, len } => {
-                            from = Some(source);
-                            stored.push((chunk, len));
-                        }
-                        other => self.on_internal(other),
-                    }
-                }
-                if let Some(source) = from {
-                    self.on_stored(now, source, &stored);
-                }
             }
             Internal::OriginManifest { bytes, url } => {
                 let verified = SignedManifest::from_bytes(&bytes)
@@ -1348,27 +1351,29 @@ impl Node {
 async fn ingest(store: Store, source: Source, chunks: Vec<(ChunkId, Vec<u8>)>) -> Internal {
     let ids: Vec<ChunkId> = chunks.iter().map(|(c, _)| *c).collect();
     let work = tokio::task::spawn_blocking(move || {
-        let results = chunks.into_iter().map(|(chunk, bytes)| {
+        let mut batch = Ingested::new(source);
+        for (chunk, bytes) in chunks {
             let len = bytes.len();
             let Ok(verified) = VerifiedChunk::new(chunk, bytes) else {
-                return Internal::Bad { source, chunk };
+                batch.bad.push(chunk);
+                continue;
             };
             match store.put_chunk(&verified) {
-                Ok(_) => Internal::Stored { source, chunk, len },
+                Ok(_) => batch.stored.push((chunk, len)),
                 Err(e) => {
                     tracing::error!(%chunk, error = %e, "cannot store a verified chunk (disk full?)");
-                    Internal::Failed { source, chunk, reason: e.to_string() }
+                    batch.failed.push((chunk, e.to_string()));
                 }
             }
-        });
-        Internal::Many(results.collect())
+        }
+        batch
     });
-    work.await.unwrap_or_else(|e| {
+    let batch = work.await.unwrap_or_else(|e| {
         let reason = format!("store task failed: {e}");
-        Internal::Many(
-            ids.into_iter().map(|chunk| Internal::Failed { source, chunk, reason: reason.clone() }).collect(),
-        )
-    })
+        let failed = ids.into_iter().map(|chunk| (chunk, reason.clone())).collect();
+        Ingested { failed, ..Ingested::new(source) }
+    });
+    Internal::Ingested(batch)
 }
 
 /// Reads a chunk to serve (the store checks its hash on the way).
