@@ -179,6 +179,11 @@ impl Db {
         Ok(())
     }
 
+    /// Parses a release id read from column `what`.
+    fn release_id(&self, what: &'static str, text: String) -> Result<ReleaseId, DbError> {
+        text.parse().map_err(|_| DbError::Value { path: self.path.clone(), what, value: text })
+    }
+
     fn sql(&self) -> impl Fn(rusqlite::Error) -> DbError + '_ {
         |e| classify(&self.path, e)
     }
@@ -278,16 +283,8 @@ impl Db {
         let mut out = Vec::new();
         for row in rows {
             let (id, sequence, halted, revoked_to) = row.map_err(self.sql())?;
-            let bad = |value: String| DbError::Value {
-                path: self.path.clone(),
-                what: "directive release id",
-                value,
-            };
-            let release = id.parse().map_err(|_| bad(id.clone()))?;
-            let revoked_to = match revoked_to {
-                Some(to) => Some(to.parse().map_err(|_| bad(to.clone()))?),
-                None => None,
-            };
+            let release = self.release_id("directive release id", id)?;
+            let revoked_to = revoked_to.map(|to| self.release_id("directive revoked_to", to)).transpose()?;
             out.push((release, Standing { sequence: sequence as u64, halted, revoked_to }));
         }
         Ok(out)
@@ -314,10 +311,12 @@ impl Db {
         let mut out = Vec::new();
         for row in rows {
             let (id, sequence, version, state, reason, updated_at) = row.map_err(self.sql())?;
-            let bad = |what, value: String| DbError::Value { path: self.path.clone(), what, value };
-            let release = id.parse().map_err(|_| bad("release id", id.clone()))?;
-            let state =
-                state_from_text(&state, reason.as_deref()).ok_or_else(|| bad("state", state.clone()))?;
+            let release = self.release_id("release id", id)?;
+            let state = state_from_text(&state, reason.as_deref()).ok_or_else(|| DbError::Value {
+                path: self.path.clone(),
+                what: "state",
+                value: state.clone(),
+            })?;
             out.push(ReleaseRecord {
                 release,
                 sequence: sequence as u64,
@@ -359,11 +358,7 @@ impl Db {
             .optional()
             .map_err(self.sql())?;
         let Some((id, sequence, version)) = row else { return Ok(None) };
-        let release_id = id.parse().map_err(|_| DbError::Value {
-            path: self.path.clone(),
-            what: "slot release id",
-            value: id,
-        })?;
+        let release_id = self.release_id("slot release id", id)?;
         Ok(Some(SlotContent { release_id, sequence: sequence as u64, version }))
     }
 
