@@ -64,6 +64,11 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// No reports yet.
+    pub const fn new() -> Self {
+        Self { devices: BTreeMap::new(), per_wave: Vec::new() }
+    }
+
     /// Records that `device` (in wave `wave`, which the caller computes itself from the
     /// device id, never trusting the report) said `verdict` in its report `sequence`.
     pub fn record(&mut self, device: DeviceId, sequence: u64, verdict: Verdict, wave: u16) -> Recorded {

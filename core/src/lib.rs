@@ -18,12 +18,15 @@
 //! - [`report`]: signed device status reports.
 //! - [`rollout`]: the rollout policy and the pure [`rollout::decide`].
 //! - [`gate`]: the per-release tally of reports and the health gate.
-//! - [`lifecycle`]: the per-device state machine.
+//! - [`lifecycle`]: the per-release state machine of one device.
+//! - [`device`]: everything one device decides, with a [`lifecycle::Lifecycle`] inside;
+//!   the node and the simulator both execute it.
 //! - [`fetch`]: rendezvous hashing and the chunk fetch planner.
 //! - [`fleet`]: the fleet inventory and rollout reports built from signed reports.
 
 pub mod chunking;
 pub mod codec;
+pub mod device;
 pub mod directive;
 pub mod enrolment;
 pub mod fetch;

@@ -37,7 +37,6 @@ use std::collections::VecDeque;
 
 use crate::Millis;
 use crate::gate::Tally;
-use crate::manifest::Manifest;
 use crate::report::Outcome;
 use crate::rollout::{Decision, DeviceInfo, ReleaseInfo, RolloutPolicy, decide};
 
@@ -75,27 +74,197 @@ pub enum Reason {
     CrashedDuringCheck,
     /// A signed revoke directive ordered it.
     Revoked,
+    /// The signed manifest expired before the device committed resources to it (a
+    /// fetch, an install, the commit); an expired manifest is no longer trusted.
+    Expired,
 }
 
 impl State {
     /// A short lowercase name, for status output and metrics labels.
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Idle => "idle",
-            Self::Waiting => "waiting",
-            Self::Fetching => "fetching",
-            Self::Staged => "staged",
-            Self::Installing => "installing",
-            Self::Activated => "activated",
-            Self::Checking => "checking",
-            Self::Committed => "committed",
-            Self::RolledBack(_) => "rolled_back",
-        }
+        self.phase().name()
     }
 
     /// Committed or rolled back: nothing more will happen.
     pub fn is_final(&self) -> bool {
         matches!(self, Self::Committed | Self::RolledBack(_))
+    }
+
+    /// Whether a device in this state holds one of its site's install slots
+    /// (`max_concurrent_per_site`): from the start of the install until the health
+    /// check has decided, because the device may be rebooting or degraded all along.
+    pub fn holds_site_slot(&self) -> bool {
+        self.phase().holds_site_slot()
+    }
+
+    /// The state's two text columns, the one text form of a state (database, API,
+    /// simulator, demo): its [`State::name`], and for a rolled-back release the reason,
+    /// as `install_failed:disk full`. [`State::from_parts`] is the inverse.
+    pub fn parts(&self) -> (&'static str, Option<String>) {
+        let reason = match self {
+            Self::RolledBack(reason) => Some(reason.encode()),
+            _ => None,
+        };
+        (self.name(), reason)
+    }
+
+    /// Parses what [`State::parts`] wrote.
+    pub fn from_parts(name: &str, reason: Option<&str>) -> Result<Self, UnknownState> {
+        let unknown = || UnknownState(format!("{name}:{}", reason.unwrap_or_default()));
+        Ok(match (name, reason) {
+            ("idle", None) => Self::Idle,
+            ("waiting", None) => Self::Waiting,
+            ("fetching", None) => Self::Fetching,
+            ("staged", None) => Self::Staged,
+            ("installing", None) => Self::Installing,
+            ("activated", None) => Self::Activated,
+            ("checking", None) => Self::Checking,
+            ("committed", None) => Self::Committed,
+            ("rolled_back", Some(reason)) => {
+                let (kind, detail) = reason.split_once(':').unwrap_or((reason, ""));
+                Self::RolledBack(match kind {
+                    "install_failed" => Reason::InstallFailed(detail.to_owned()),
+                    "health_check_failed" => Reason::HealthCheckFailed(detail.to_owned()),
+                    "crashed_during_check" => Reason::CrashedDuringCheck,
+                    "revoked" => Reason::Revoked,
+                    "expired" => Reason::Expired,
+                    _ => return Err(unknown()),
+                })
+            }
+            _ => return Err(unknown()),
+        })
+    }
+}
+
+impl std::fmt::Display for State {
+    /// The state's name; see [`State::parts`] for the form with the reason.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for State {
+    /// As its name: API clients compare states by name ([`Phase`] parses it back).
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// Text that is not a lifecycle state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown lifecycle state {0:?}: expected one of {names}", names = Phase::NAMES.join(", "))]
+pub struct UnknownState(pub String);
+
+/// A lifecycle state without the rolled-back reason: what status output shows and
+/// what a reader of it (the API client, the demo) compares. Parsed from, and shown
+/// as, [`State::name`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// See [`State::Idle`].
+    #[default]
+    Idle,
+    /// See [`State::Waiting`].
+    Waiting,
+    /// See [`State::Fetching`].
+    Fetching,
+    /// See [`State::Staged`].
+    Staged,
+    /// See [`State::Installing`].
+    Installing,
+    /// See [`State::Activated`].
+    Activated,
+    /// See [`State::Checking`].
+    Checking,
+    /// See [`State::Committed`].
+    Committed,
+    /// See [`State::RolledBack`].
+    RolledBack,
+}
+
+impl Phase {
+    /// Every phase, in lifecycle order.
+    pub const ALL: [Phase; 9] = [
+        Self::Idle,
+        Self::Waiting,
+        Self::Fetching,
+        Self::Staged,
+        Self::Installing,
+        Self::Activated,
+        Self::Checking,
+        Self::Committed,
+        Self::RolledBack,
+    ];
+    /// Their names, in the same order.
+    pub const NAMES: [&'static str; 9] = [
+        "idle",
+        "waiting",
+        "fetching",
+        "staged",
+        "installing",
+        "activated",
+        "checking",
+        "committed",
+        "rolled_back",
+    ];
+
+    /// The name, as in status output.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// Whether a device in this phase holds a site install slot ([`State::holds_site_slot`]).
+    pub fn holds_site_slot(self) -> bool {
+        matches!(self, Self::Installing | Self::Activated | Self::Checking)
+    }
+
+    /// Committed or rolled back.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Committed | Self::RolledBack)
+    }
+}
+
+impl State {
+    /// The phase, without the reason.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Self::Idle => Phase::Idle,
+            Self::Waiting => Phase::Waiting,
+            Self::Fetching => Phase::Fetching,
+            Self::Staged => Phase::Staged,
+            Self::Installing => Phase::Installing,
+            Self::Activated => Phase::Activated,
+            Self::Checking => Phase::Checking,
+            Self::Committed => Phase::Committed,
+            Self::RolledBack(_) => Phase::RolledBack,
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Phase {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let i = Self::NAMES.iter().position(|n| *n == s).ok_or_else(|| UnknownState(s.to_owned()))?;
+        Ok(Self::ALL[i])
+    }
+}
+
+impl serde::Serialize for Phase {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Phase {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -107,6 +276,18 @@ impl Reason {
             Self::HealthCheckFailed(why) => format!("health check failed: {why}"),
             Self::CrashedDuringCheck => "crashed during health check".to_owned(),
             Self::Revoked => "revoked by directive".to_owned(),
+            Self::Expired => "the manifest expired".to_owned(),
+        }
+    }
+
+    /// The machine-readable form inside [`State::encode`].
+    fn encode(&self) -> String {
+        match self {
+            Self::InstallFailed(why) => format!("install_failed:{why}"),
+            Self::HealthCheckFailed(why) => format!("health_check_failed:{why}"),
+            Self::CrashedDuringCheck => "crashed_during_check".to_owned(),
+            Self::Revoked => "revoked".to_owned(),
+            Self::Expired => "expired".to_owned(),
         }
     }
 }
@@ -152,6 +333,15 @@ pub struct Context<'a> {
     /// A signed revoke names this release as the one to go back to: it goes now, past
     /// waves, windows and the health gate (a halt and the site's install limit hold).
     pub ordered: bool,
+    /// When the signed manifest stops being valid. Checked before each step that
+    /// commits resources: the fetch, the install, the commit.
+    pub expires_at: Option<Millis>,
+}
+
+impl Context<'_> {
+    fn expired(&self, now: Millis) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
 }
 
 /// One device's progress through one release. See the module docs for the drain rule.
@@ -168,18 +358,6 @@ impl Lifecycle {
     /// A fresh machine for an admitted release; it wants a timeout at `now`.
     pub fn new(device: DeviceInfo, now: Millis) -> Self {
         Self::with_state(device, State::Idle, now)
-    }
-
-    /// The release info, device info and policy of a manifest, for [`Lifecycle::new`].
-    pub fn inputs(
-        manifest: &Manifest,
-        release_id: crate::ReleaseId,
-        device: crate::DeviceId,
-        utc_offset_min: i16,
-    ) -> (ReleaseInfo, DeviceInfo) {
-        let release = ReleaseInfo { id: release_id, kind: manifest.kind, created_at: manifest.created_at };
-        let device = DeviceInfo { position: crate::rollout::position(release_id, device), utc_offset_min };
-        (release, device)
     }
 
     /// Rebuilds a machine after a crash from its last persisted state (see the table in
@@ -215,11 +393,6 @@ impl Lifecycle {
         &self.state
     }
 
-    /// The device's wave under `policy`, `None` when the release skips waves or has none.
-    pub fn wave(&self, policy: &RolloutPolicy, release: &ReleaseInfo) -> Option<usize> {
-        policy.wave_of(release.kind, self.device.position)
-    }
-
     /// Whether an operator halt holds this machine.
     pub fn is_halted(&self) -> bool {
         self.halted
@@ -227,7 +400,12 @@ impl Lifecycle {
 
     /// The next action to execute, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front();
+        if action.is_none() && self.actions.capacity() > 0 {
+            // A simulator keeps a million machines: an idle one holds no buffer.
+            self.actions = VecDeque::new();
+        }
+        action
     }
 
     /// When the machine next wants [`Lifecycle::handle_timeout`]. `None`: only a new
@@ -253,6 +431,7 @@ impl Lifecycle {
                     decide(ctx.policy, ctx.release, &self.device, now, ctx.tally)
                 };
                 match decision {
+                    Decision::Go if ctx.expired(now) => self.state = State::RolledBack(Reason::Expired),
                     Decision::Go => {
                         self.state = State::Fetching;
                         self.actions.push_back(Action::Fetch);
@@ -265,6 +444,10 @@ impl Lifecycle {
                 let gate_breached =
                     !ctx.ordered && ctx.policy.gate.as_ref().is_some_and(|g| g.breached(ctx.tally));
                 if self.halted || gate_breached || !ctx.policy.may_install(ctx.site_installing) {
+                    return;
+                }
+                if ctx.expired(now) {
+                    self.state = State::RolledBack(Reason::Expired);
                     return;
                 }
                 self.state = State::Installing;
@@ -311,12 +494,18 @@ impl Lifecycle {
         self.actions.push_back(Action::RunHealthCheck);
     }
 
-    /// The health check finished.
-    pub fn handle_health(&mut self, _now: Millis, result: Result<(), String>) {
+    /// The health check finished. `expires_at` is the manifest's expiry: a release whose
+    /// manifest expired meanwhile is rolled back rather than committed.
+    pub fn handle_health(&mut self, now: Millis, result: Result<(), String>, expires_at: Option<Millis>) {
         if self.state != State::Checking {
             return;
         }
         match result {
+            Ok(()) if expires_at.is_some_and(|at| now >= at) => {
+                // Not the release's fault: no failure report, the device only goes back.
+                self.actions.push_back(Action::Rollback);
+                self.state = State::RolledBack(Reason::Expired);
+            }
             Ok(()) => {
                 self.state = State::Committed;
                 self.actions.push_back(Action::Commit);
@@ -361,76 +550,6 @@ impl Lifecycle {
     }
 }
 
-/// Why a verified manifest is not taken up by a device.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// The manifest is for another device class.
-    #[error("manifest is for class {manifest:?}, this device is {device:?}")]
-    OtherClass {
-        /// The manifest's class.
-        manifest: String,
-        /// This device's class.
-        device: String,
-    },
-    /// Anti-rollback: the sequence is not above the installed one.
-    #[error("sequence {sequence} is not above the installed sequence {installed} (anti-rollback)")]
-    NotNewer {
-        /// The manifest's sequence.
-        sequence: u64,
-        /// The installed one.
-        installed: u64,
-    },
-    /// A delta for a different installed version.
-    #[error("delta assumes installed sequence {precursor}, this device has {installed:?}")]
-    WrongPrecursor {
-        /// What the delta needs.
-        precursor: u64,
-        /// What is installed.
-        installed: Option<u64>,
-    },
-    /// This device already tried the release and rolled it back; it is not retried.
-    #[error("this release was rolled back on this device before and is not retried")]
-    RolledBackBefore,
-}
-
-/// What a device knows about itself when a manifest arrives.
-#[derive(Debug, Clone, Copy)]
-pub struct Facts<'a> {
-    /// Its device class.
-    pub class: &'a str,
-    /// The sequence of the release it runs, if any.
-    pub installed: Option<u64>,
-    /// A verified revoke names this release as the one to go back to.
-    pub revoke_target: bool,
-    /// This device already rolled this release back.
-    pub rolled_back_before: bool,
-}
-
-/// Whether a device takes up `manifest`. A release named by a verified revoke as the
-/// one to go back to may have a lower sequence than the installed one.
-pub fn admit(manifest: &Manifest, facts: &Facts<'_>) -> Result<(), Refusal> {
-    let Facts { class, installed, revoke_target, rolled_back_before } = *facts;
-    if manifest.class != class {
-        return Err(Refusal::OtherClass { manifest: manifest.class.clone(), device: class.to_owned() });
-    }
-    if rolled_back_before && !revoke_target {
-        return Err(Refusal::RolledBackBefore);
-    }
-    if let Some(installed) = installed
-        && manifest.sequence <= installed
-        && !revoke_target
-    {
-        return Err(Refusal::NotNewer { sequence: manifest.sequence, installed });
-    }
-    if let Some(precursor) = manifest.precursor
-        && installed != Some(precursor)
-    {
-        return Err(Refusal::WrongPrecursor { precursor, installed });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,7 +572,7 @@ mod tests {
         ReleaseInfo { id: ReleaseId::from_bytes([1; 32]), kind: UpdateKind::Firmware, created_at: T0 };
 
     fn ctx<'a>(policy: &'a RolloutPolicy, tally: &'a Tally) -> Context<'a> {
-        Context { release: &RELEASE, policy, tally, site_installing: 0, ordered: false }
+        Context { release: &RELEASE, policy, tally, site_installing: 0, ordered: false, expires_at: None }
     }
 
     /// Drives a machine through a whole install with the given health result, as a
@@ -473,7 +592,7 @@ mod tests {
                     Action::Fetch => m.handle_fetched(now, ctx(&policy, &tally)),
                     Action::Install => m.handle_installed(now, Ok(())),
                     Action::Activate => m.handle_activated(now),
-                    Action::RunHealthCheck => m.handle_health(now, health.clone()),
+                    Action::RunHealthCheck => m.handle_health(now, health.clone(), None),
                     _ => {}
                 }
                 seen.push(a);
@@ -545,7 +664,7 @@ mod tests {
         m.handle_timeout(T0, ctx(&policy, &Tally::default()));
         assert_eq!(m.state(), &State::Waiting);
         assert_eq!(m.poll_timeout(), Some(T0 + 60_000));
-        assert_eq!(m.wave(&policy, &RELEASE), Some(1));
+        assert_eq!(policy.wave_of(RELEASE.kind, 500_000), Some(1));
         m.handle_timeout(T0 + 60_000, ctx(&policy, &Tally::default()));
         assert_eq!(m.state(), &State::Fetching);
     }
@@ -658,25 +777,5 @@ mod tests {
         assert_eq!(rec(revoked.clone()), (revoked, vec![Action::Rollback], None));
         let failed = State::RolledBack(Reason::InstallFailed("disk full".into()));
         assert_eq!(rec(failed.clone()), (failed, vec![Action::DiscardInactive], None));
-    }
-
-    #[test]
-    fn admission_rules() {
-        let m = crate::manifest::tests::sample(5);
-        let facts = |installed, revoke_target, rolled_back_before| Facts {
-            class: "gw-arm64",
-            installed,
-            revoke_target,
-            rolled_back_before,
-        };
-        admit(&m, &facts(Some(4), false, false)).unwrap();
-        let other = Facts { class: "other", ..facts(None, false, false) };
-        assert!(matches!(admit(&m, &other), Err(Refusal::OtherClass { .. })));
-        assert!(matches!(admit(&m, &facts(Some(5), false, false)), Err(Refusal::NotNewer { .. })));
-        admit(&m, &facts(Some(7), true, false)).unwrap();
-        assert_eq!(admit(&m, &facts(Some(4), false, true)), Err(Refusal::RolledBackBefore));
-        let mut delta = m.clone();
-        delta.precursor = Some(3);
-        assert!(matches!(admit(&delta, &facts(Some(4), false, false)), Err(Refusal::WrongPrecursor { .. })));
     }
 }

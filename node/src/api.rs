@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use otamesh_core::ReleaseId;
 use otamesh_core::fleet::RolloutReport;
+use otamesh_core::lifecycle::Phase;
 
 use crate::db::SlotContent;
 use crate::metrics::Metrics;
@@ -41,7 +42,9 @@ pub struct Status {
     /// The addresses the node listens on.
     pub listen: Vec<String>,
     /// The lifecycle state of the release in progress (or the last one handled).
-    pub state: &'static str,
+    pub state: Phase,
+    /// Why it was rolled back (`health_check_failed:exit 1`), when it was.
+    pub reason: Option<String>,
     /// The slot the device runs, if any.
     pub active: Option<SlotContent>,
     /// The other slot, kept for rollback, if any.
@@ -92,8 +95,9 @@ pub struct ReleaseStatus {
     pub chunks_have: usize,
     /// Chunks in the manifest.
     pub chunks_total: usize,
-    /// `fetching` or `staged` (every chunk here and verified).
-    pub state: &'static str,
+    /// The device's state for the release in progress; for the others `fetching`,
+    /// `staged` (every chunk here and verified) or `idle`.
+    pub state: Phase,
     /// Site peers banned for this release (served a bad chunk), by device id.
     pub banned: Vec<String>,
 }

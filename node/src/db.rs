@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use otamesh_core::directive::Standing;
-use otamesh_core::lifecycle::{Reason, State};
+use otamesh_core::lifecycle::State;
 use otamesh_core::{Millis, ReleaseId, codec};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
@@ -459,42 +459,14 @@ pub fn verify_chain(rows: &[AuditRow]) -> Result<(), ChainBreak> {
     Ok(())
 }
 
-/// The (state, reason) columns of a lifecycle state.
+/// The (state, reason) columns of a lifecycle state ([`State::parts`]).
 pub fn state_to_text(state: &State) -> (&'static str, Option<String>) {
-    let reason = match state {
-        State::RolledBack(Reason::InstallFailed(why)) => Some(format!("install_failed:{why}")),
-        State::RolledBack(Reason::HealthCheckFailed(why)) => Some(format!("health_check_failed:{why}")),
-        State::RolledBack(Reason::CrashedDuringCheck) => Some("crashed_during_check".to_owned()),
-        State::RolledBack(Reason::Revoked) => Some("revoked".to_owned()),
-        _ => None,
-    };
-    (state.name(), reason)
+    state.parts()
 }
 
 /// The inverse of [`state_to_text`].
 pub fn state_from_text(state: &str, reason: Option<&str>) -> Option<State> {
-    Some(match state {
-        "idle" => State::Idle,
-        "waiting" => State::Waiting,
-        "fetching" => State::Fetching,
-        "staged" => State::Staged,
-        "installing" => State::Installing,
-        "activated" => State::Activated,
-        "checking" => State::Checking,
-        "committed" => State::Committed,
-        "rolled_back" => {
-            let reason = reason?;
-            let (kind, detail) = reason.split_once(':').unwrap_or((reason, ""));
-            State::RolledBack(match kind {
-                "install_failed" => Reason::InstallFailed(detail.to_owned()),
-                "health_check_failed" => Reason::HealthCheckFailed(detail.to_owned()),
-                "crashed_during_check" => Reason::CrashedDuringCheck,
-                "revoked" => Reason::Revoked,
-                _ => return None,
-            })
-        }
-        _ => return None,
-    })
+    State::from_parts(state, reason).ok()
 }
 
 #[cfg(test)]
@@ -522,10 +494,11 @@ mod tests {
             State::Activated,
             State::Checking,
             State::Committed,
-            State::RolledBack(Reason::InstallFailed("disk: full".into())),
-            State::RolledBack(Reason::HealthCheckFailed("exit 3".into())),
-            State::RolledBack(Reason::CrashedDuringCheck),
-            State::RolledBack(Reason::Revoked),
+            State::RolledBack(otamesh_core::lifecycle::Reason::InstallFailed("disk: full".into())),
+            State::RolledBack(otamesh_core::lifecycle::Reason::HealthCheckFailed("exit 3".into())),
+            State::RolledBack(otamesh_core::lifecycle::Reason::CrashedDuringCheck),
+            State::RolledBack(otamesh_core::lifecycle::Reason::Revoked),
+            State::RolledBack(otamesh_core::lifecycle::Reason::Expired),
         ] {
             let (name, reason) = state_to_text(&s);
             assert_eq!(state_from_text(name, reason.as_deref()), Some(s));

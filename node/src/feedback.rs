@@ -27,6 +27,8 @@ pub enum Refusal {
     Replayed,
     /// More reports from one device than [`ReportBudget`] allows.
     Flood,
+    /// The device's disk worker is far behind: refused now, taken when heard again.
+    Busy,
 }
 
 impl Refusal {
@@ -39,6 +41,7 @@ impl Refusal {
             Self::UnknownRelease => "unknown_release",
             Self::Replayed => "replayed",
             Self::Flood => "flood",
+            Self::Busy => "busy",
         }
     }
 
@@ -47,7 +50,7 @@ impl Refusal {
     pub fn acceptance(self) -> MessageAcceptance {
         match self {
             Self::Malformed | Self::Forged | Self::NotEnrolled => MessageAcceptance::Reject,
-            Self::UnknownRelease | Self::Replayed | Self::Flood => MessageAcceptance::Ignore,
+            Self::UnknownRelease | Self::Replayed | Self::Flood | Self::Busy => MessageAcceptance::Ignore,
         }
     }
 

@@ -12,6 +12,8 @@
 //! - [`announce`]: pushing a manifest (`otamesh announce`) or a directive into the mesh.
 //! - [`cli`]: the entry points the `otamesh` binary calls.
 //! - [`db`]: SQLite state: lifecycle per release, slots, the hash-chained audit log.
+//! - [`device`]: the core device machine run inside the event loop.
+//! - [`disk`]: the device's side effects (state, slots, hooks) on a worker thread.
 //! - [`slots`]: A/B slot directories and the atomic switch.
 //! - [`hooks`]: the install hook and the health check.
 //! - [`feedback`]: why reports and directives from the mesh are refused; flood budget.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod datadir;
 pub mod db;
 pub mod device;
+pub mod disk;
 pub mod feedback;
 pub mod hooks;
 pub mod keys;

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub install_failures: Counter,
     /// Rollbacks to the previous slot (failed health check, crash, revoke).
     pub rollbacks: Counter,
+    /// Device side effects waiting for the disk worker.
+    pub device_backlog: Gauge,
 }
 
 impl Metrics {
@@ -105,6 +107,12 @@ impl Metrics {
             install_failures.clone(),
         );
         registry.register("otamesh_rollbacks", "Rollbacks to the previous slot", rollbacks.clone());
+        let device_backlog = Gauge::default();
+        registry.register(
+            "otamesh_device_backlog",
+            "Device side effects waiting for the disk worker",
+            device_backlog.clone(),
+        );
         for source in ["lan", "wan"] {
             let _ = chunk_bytes.get_or_create(&vec![("source", source)]);
         }
@@ -124,6 +132,7 @@ impl Metrics {
             installs,
             install_failures,
             rollbacks,
+            device_backlog,
         }
     }
 

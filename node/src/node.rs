@@ -10,10 +10,11 @@
 //! network never panic the node; a full disk, an unreachable origin or a misbehaving
 //! peer is logged and survived.
 //!
-//! The device lifecycle runs beside the loop on its own thread ([`crate::device`]): the
-//! loop offers it verified manifests, reports and directives, and fetches a release
-//! only when the device's lifecycle asks for it (its wave has come); the device's
-//! signed reports go out on the reports topic.
+//! The device's decisions run inside the loop ([`crate::device`], the core device
+//! machine): the loop hands it verified manifests, reports and directives, and fetches a
+//! release only when the device asks for it (its wave has come); the device's signed
+//! reports go out on the reports topic. Its blocking side effects (state writes, slot
+//! assembly, hooks) run on the [`crate::disk`] worker and come back as inputs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -26,10 +27,11 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, tcp, yamux};
 use otamesh_core::chunking::VerifiedChunk;
-use otamesh_core::directive::{DirectiveBook, Order, SignedDirective};
+use otamesh_core::directive::SignedDirective;
 use otamesh_core::fetch::{Output, Planner, PlannerConfig, Source};
 use otamesh_core::fleet::FleetView;
 use otamesh_core::gate::Recorded;
+use otamesh_core::lifecycle::{Phase, State};
 use otamesh_core::manifest::SignedManifest;
 use otamesh_core::report::{Outcome, SignedReport, VerifiedReport};
 use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, TrustRoot, VerifiedManifest, codec};
@@ -40,7 +42,9 @@ use crate::api::{Fleet, FleetDevice, ReleaseStatus, Status};
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
 use crate::datadir::{DataDir, DataDirError, Expected, device_id, device_secret, peer_device};
-use crate::device::{self, Command as DeviceCommand, Device, DeviceStatus, Event as DeviceEvent};
+use crate::db::SlotContent;
+use crate::device::{Device, Event as DeviceEvent, NotTaken};
+use crate::disk::{Disk, Done, Effect, Hooks};
 use crate::feedback::{Refusal, ReportBudget};
 use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginError};
@@ -62,8 +66,8 @@ const REDIAL: Duration = Duration::from_secs(3);
 const INTERNAL_QUEUE: usize = 1024;
 /// How long a release announcement is retried while nobody is subscribed.
 const ANNOUNCE_RETRY_FOR: Millis = 120_000;
-/// Capacity of the channel from the loop to the device thread.
-const DEVICE_QUEUE: usize = 256;
+/// Capacity of the channel from the loop to the disk worker (more wait in the device).
+const DISK_QUEUE: usize = 64;
 /// Reports held for releases not heard of yet, at most (one per device).
 const MAX_HELD_REPORTS: usize = 10_000;
 
@@ -107,7 +111,7 @@ pub enum NodeError {
     Runtime(#[from] std::io::Error),
     /// The device state (database, slots) is unusable.
     #[error(transparent)]
-    Device(#[from] crate::device::DeviceError),
+    Disk(#[from] crate::disk::DiskError),
 }
 
 #[derive(NetworkBehaviour)]
@@ -147,8 +151,8 @@ enum Internal {
     OriginDirective { bytes: Vec<u8>, url: String },
     /// An origin poll finished.
     PollDone,
-    /// The device thread has something for the mesh or a new status.
-    Device(device::Output),
+    /// The disk worker finished an effect the device waits for, or the slots changed.
+    Disk(Done),
 }
 
 struct Release {
@@ -196,27 +200,30 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         );
     }
     let enrolled = device_config.enrolment.is_some();
-    let device = Device::open(&config.data, device_config, secret, &trust, now_ms())?;
-    let directives = device.directives().clone();
+    let hooks = Hooks {
+        install: device_config.install_hook.clone(),
+        health_check: device_config.health_check.clone(),
+    };
+    let (disk, restored) = Disk::open(&config.data, data.store().clone(), hooks)?;
+    let saved = saved_manifests(&data, &trust, restored.last.as_ref().map(|(r, _)| *r));
     let swarm = build_swarm(keypair, &config.site, config.mdns)?;
     let (tx, rx) = mpsc::channel(INTERNAL_QUEUE);
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (fleet_tx, fleet_rx) = watch::channel(Fleet::default());
-    let (device_tx, device_rx) = std::sync::mpsc::sync_channel(DEVICE_QUEUE);
-    let device_out = tx.clone();
-    let device_thread =
-        device::spawn(device, device_rx, move |out| device_out.blocking_send(Internal::Device(out)).is_ok());
+    let (disk_tx, disk_rx) = std::sync::mpsc::sync_channel::<Effect>(DISK_QUEUE);
+    let disk_out = tx.clone();
+    let disk_thread =
+        crate::disk::spawn(disk, disk_rx, move |done| disk_out.blocking_send(Internal::Disk(done)).is_ok());
+    let device = Device::new(now_ms(), device_config, secret, restored, saved, disk_tx);
     let mut node = Node {
         site_topic: IdentTopic::new(wire::site_topic(&config.site)),
         releases_topic: IdentTopic::new(RELEASES_TOPIC),
         reports_topic: IdentTopic::new(REPORTS_TOPIC),
         directives_topic: IdentTopic::new(DIRECTIVES_TOPIC),
-        device: device_tx,
-        device_status: None,
-        manifests: BTreeMap::new(),
+        device,
+        shown: None,
         fleet: FleetView::default(),
         fleet_tx,
-        directives,
         report_budget: ReportBudget::default(),
         held_reports: BTreeMap::new(),
         enrolled,
@@ -250,10 +257,10 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let api = tokio::spawn(crate::api::serve(api_listener, status_rx, fleet_rx, metrics));
     let result = node.run_loop(rx).await;
     api.abort();
-    // Closing the command channel ends the device thread after its current step; a
-    // hook in progress is not interrupted half-way (its state is persisted).
+    // Closing the effect channel ends the disk worker after its current effect; a hook
+    // in progress is not interrupted half-way (its state is persisted).
     drop(node);
-    let _ = tokio::task::spawn_blocking(move || device_thread.join()).await;
+    let _ = tokio::task::spawn_blocking(move || disk_thread.join()).await;
     tracing::info!("node stopped");
     result
 }
@@ -339,17 +346,14 @@ struct Node {
     config: NodeConfig,
     reports_topic: IdentTopic,
     directives_topic: IdentTopic,
-    /// Commands to the device thread.
-    device: std::sync::mpsc::SyncSender<DeviceCommand>,
-    device_status: Option<DeviceStatus>,
-    /// Every verified manifest for this class, offered to the device.
-    manifests: BTreeMap<ReleaseId, VerifiedManifest>,
+    /// The device's decisions (the core machine) and every verified manifest for this
+    /// class.
+    device: Device,
+    /// The device's state and slots as `/status` last showed them.
+    shown: Option<(Option<(ReleaseId, State)>, (Option<SlotContent>, Option<SlotContent>))>,
     /// The fleet as heard through signed reports.
     fleet: FleetView,
     fleet_tx: watch::Sender<Fleet>,
-    /// The directives this node has passed on, by the device's own rule (older ones are
-    /// not forwarded); starts from what the device applied before a restart.
-    directives: DirectiveBook,
     /// Reports per device allowed from the mesh.
     report_budget: ReportBudget,
     /// This device has a valid enrolment, so its reports are sent.
@@ -407,7 +411,7 @@ impl Node {
             self.static_peers.push((addr, peer));
         }
         self.dial_static_peers();
-        self.load_releases();
+        self.on_device();
         tracing::info!(
             device = %self.me,
             peer_id = %self.swarm.local_peer_id(),
@@ -418,29 +422,6 @@ impl Node {
             "node started"
         );
         Ok(())
-    }
-
-    /// Restart: every saved manifest is verified again and its planner starts from the
-    /// chunks already in the store.
-    fn load_releases(&mut self) {
-        let manifests = match self.data.manifests() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list saved manifests");
-                return;
-            }
-        };
-        for (path, m) in manifests {
-            let verified = m
-                .map_err(|e| e.to_string())
-                .and_then(|m| self.trust.verify_manifest(m, now_ms()).map_err(|e| e.to_string()));
-            match verified {
-                Ok(v) => self.adopt(v, false),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "saved manifest no longer valid; ignored")
-                }
-            }
-        }
     }
 
     async fn run_loop(&mut self, mut rx: mpsc::Receiver<Internal>) -> Result<(), NodeError> {
@@ -463,6 +444,7 @@ impl Node {
                     for r in self.releases.values_mut() {
                         r.planner.handle_timeout(now);
                     }
+                    self.device.timeout(now);
                 }
                 _ = heartbeat.tick() => self.on_heartbeat(),
                 _ = redial.tick() => self.dial_static_peers(),
@@ -470,6 +452,7 @@ impl Node {
                 _ = &mut ctrl_c => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
             }
+            self.on_device();
             self.drain_planners();
             if self.have_dirty && self.last_have.elapsed() >= HAVE_MIN_GAP {
                 self.publish_have();
@@ -479,7 +462,12 @@ impl Node {
 
     fn next_deadline(&self) -> Instant {
         let now = now_ms();
-        let next = self.releases.values().filter_map(|r| r.planner.poll_timeout()).min();
+        let next = self
+            .releases
+            .values()
+            .filter_map(|r| r.planner.poll_timeout())
+            .chain(self.device.poll_timeout())
+            .min();
         match next {
             Some(t) => Instant::now() + Duration::from_millis(t.saturating_sub(now)),
             // Nothing pending on time: wake on the heartbeat anyway.
@@ -627,7 +615,7 @@ impl Node {
             self.site_installing.remove(&device)
         };
         if changed {
-            self.tell_device(DeviceCommand::SiteInstalling(self.site_installing.len() as u32));
+            self.device.site(now, self.site_installing.len() as u32);
         }
         let entry = self.site_peers.entry(device).or_insert_with(|| SitePeer {
             peer,
@@ -686,7 +674,7 @@ impl Node {
     fn member_left(&mut self, device: DeviceId) {
         let now = now_ms();
         if self.site_installing.remove(&device) {
-            self.tell_device(DeviceCommand::SiteInstalling(self.site_installing.len() as u32));
+            self.device.site(now, self.site_installing.len() as u32);
         }
         if let Some(p) = self.site_peers.remove(&device) {
             for r in p.releases {
@@ -700,10 +688,7 @@ impl Node {
     fn publish_have(&mut self) {
         let haves =
             self.releases.iter().map(|(id, r)| Have { release: *id, bits: r.planner.bitfield() }).collect();
-        let installing = self
-            .device_status
-            .as_ref()
-            .is_some_and(|s| matches!(s.state, "installing" | "activated" | "checking"));
+        let installing = self.device.holds_site_slot();
         let msg = SiteMessage { sent_at: now_ms(), class: self.config.class.clone(), haves, installing };
         let topic = self.site_topic.clone();
         match self.swarm.behaviour_mut().gossipsub.publish(topic, codec::encode(&msg)) {
@@ -743,7 +728,7 @@ impl Node {
     /// tells the mesh. Fetching starts when the device's lifecycle asks for it.
     fn adopt(&mut self, manifest: VerifiedManifest, tell: bool) {
         let id = manifest.id();
-        if self.manifests.contains_key(&id) {
+        if self.device.manifest(id).is_some() {
             return;
         }
         let m = manifest.manifest();
@@ -756,8 +741,11 @@ impl Node {
             return;
         }
         tracing::info!(release = %id, sequence = m.sequence, version = %m.version, "release heard");
-        self.manifests.insert(id, manifest.clone());
-        self.tell_device(DeviceCommand::Offer(Box::new(manifest.clone())));
+        if let Err(e) = self.device.offer(now_ms(), manifest.clone()) {
+            self.metrics.refused("releases", Refusal::Busy);
+            tracing::warn!(release = %id, error = %e, "release not taken up now; heard again later");
+            return;
+        }
         let held: Vec<DeviceId> =
             self.held_reports.iter().filter(|(_, r)| r.report().release == id).map(|(d, _)| *d).collect();
         for device in held {
@@ -776,7 +764,7 @@ impl Node {
         if self.releases.contains_key(&id) {
             return;
         }
-        let Some(manifest) = self.manifests.get(&id).cloned() else { return };
+        let Some(manifest) = self.device.manifest(id).cloned() else { return };
         let m = manifest.manifest();
         let store = self.store.clone();
         let planner = Planner::new(
@@ -799,40 +787,41 @@ impl Node {
         self.have_dirty = true;
     }
 
-    /// Hands a command to the device thread; a full queue is logged, never blocks.
-    fn tell_device(&self, command: DeviceCommand) {
-        if let Err(e) = self.device.try_send(command) {
-            tracing::warn!(error = %e, "device thread busy; command dropped");
-        }
-    }
-
-    fn on_device(&mut self, output: device::Output) {
-        match output {
-            device::Output::Event(DeviceEvent::Fetch { release }) => self.start_fetch(release),
-            device::Output::Event(DeviceEvent::StopFetch { release }) => {
-                self.releases.remove(&release);
-                self.have_dirty = true;
-            }
-            device::Output::Event(DeviceEvent::Report(report)) => {
-                match &report.report.outcome {
-                    Outcome::Committed => self.metrics.installs.inc(),
-                    Outcome::Failed { .. } => self.metrics.install_failures.inc(),
-                    Outcome::RolledBack { .. } => self.metrics.rollbacks.inc(),
-                };
-                let bytes = report.to_bytes();
-                // Unenrolled, its reports would only be refused by every peer.
-                if let Ok(verified) = report.verify(&self.trust) {
-                    self.take_report(verified);
-                    // Queued like announcements: retried until some peer is subscribed.
-                    self.announce_queue.push_back((self.reports_topic.clone(), bytes, now_ms()));
-                    self.flush_announcements();
+    /// Executes what the device asked of the mesh since the last call.
+    fn on_device(&mut self) {
+        while let Some(event) = self.device.poll_event() {
+            match event {
+                DeviceEvent::Fetch(release) => self.start_fetch(release),
+                DeviceEvent::StopFetch(release) => {
+                    self.releases.remove(&release);
+                    self.have_dirty = true;
+                }
+                DeviceEvent::Report(report) => {
+                    match &report.report.outcome {
+                        Outcome::Committed => self.metrics.installs.inc(),
+                        Outcome::Failed { .. } => self.metrics.install_failures.inc(),
+                        Outcome::RolledBack { .. } => self.metrics.rollbacks.inc(),
+                    };
+                    let bytes = report.to_bytes();
+                    // Unenrolled, its reports would only be refused by every peer.
+                    if let Ok(verified) = report.verify(&self.trust) {
+                        self.take_report(verified);
+                        // Queued like announcements: retried until some peer is subscribed.
+                        self.announce_queue.push_back((self.reports_topic.clone(), bytes, now_ms()));
+                        self.flush_announcements();
+                    }
                 }
             }
-            device::Output::Status(status) => {
-                self.device_status = Some(status);
-                self.have_dirty = true;
-                self.publish_status();
-            }
+        }
+        if !self.device.flush() {
+            tracing::error!("the disk worker is gone; device state is no longer written");
+        }
+        self.metrics.device_backlog.set(self.device.backlog() as i64);
+        let status = (self.device.current().map(|(r, s)| (r, s.clone())), self.device.slots());
+        if self.shown.as_ref() != Some(&status) {
+            self.shown = Some(status);
+            self.have_dirty = true;
+            self.publish_status();
         }
     }
 
@@ -861,7 +850,7 @@ impl Node {
         if !self.report_budget.spend(report.device(), now_ms()) {
             return Err(Refusal::Flood);
         }
-        if !self.manifests.contains_key(&r.release) {
+        if self.device.manifest(r.release).is_none() {
             if r.class != self.config.class {
                 // A release of another class: no gate here judges it, but the device
                 // belongs in the inventory.
@@ -881,7 +870,7 @@ impl Node {
     /// Counts a verified report in the fleet view and the device's gate tally.
     fn take_report(&mut self, report: VerifiedReport) {
         if self.fleet.record(&report) != Recorded::Stale {
-            self.tell_device(DeviceCommand::Report(Box::new(report)));
+            self.device.report(now_ms(), &report);
             // Rebuilt at the next heartbeat: a wave's burst of reports costs one rebuild
             // of the fleet view and its rollout reports a second, not one per report.
             self.fleet_dirty = true;
@@ -899,25 +888,17 @@ impl Node {
         }
     }
 
-    /// Verifies a directive and hands it to the device. An older one than already seen
-    /// for its release still reaches the device, which refuses and audits it, but is
-    /// not forwarded.
+    /// Verifies a directive and hands it to the device, which refuses a replay (an
+    /// older one than already applied for its release) before anything is written; a
+    /// refused directive is not forwarded.
     fn take_directive(&mut self, data: &[u8]) -> Result<(), Refusal> {
         let signed = SignedDirective::from_bytes(data).map_err(|_| Refusal::Malformed)?;
         let verified = self.trust.verify_directive(signed).map_err(|_| Refusal::Forged)?;
-        let newer = self.directives.apply(&verified).is_ok();
-        let d = verified.directive();
-        tracing::info!(release = %d.release, order = ?d.order, sequence = d.sequence, newer, "directive");
-        let order = d.order;
-        self.tell_device(DeviceCommand::Directive(Box::new(verified)));
-        // The release a revoke returns to is offered again: a device whose other slot
-        // does not hold it installs it (its sequence may be lower than the installed one).
-        if let Order::Revoke { to } = order
-            && let Some(target) = self.manifests.get(&to)
-        {
-            self.tell_device(DeviceCommand::Offer(Box::new(target.clone())));
+        match self.device.directive(now_ms(), &verified) {
+            Ok(()) => Ok(()),
+            Err(NotTaken::Replayed(_)) => Err(Refusal::Replayed),
+            Err(NotTaken::Busy(_)) => Err(Refusal::Busy),
         }
-        if newer { Ok(()) } else { Err(Refusal::Replayed) }
     }
 
     fn publish_fleet(&mut self) {
@@ -941,7 +922,8 @@ impl Node {
             })
             .collect();
         let reports = self
-            .manifests
+            .device
+            .manifests()
             .iter()
             .map(|(id, v)| {
                 let m = v.manifest();
@@ -1006,7 +988,7 @@ impl Node {
         if let Err(e) = self.store.put_manifest(&r.manifest) {
             tracing::warn!(%release, error = %e, "cannot list the release in the local store index");
         }
-        self.tell_device(DeviceCommand::Fetched(release));
+        self.device.fetched(now_ms(), release);
         self.have_dirty = true;
         self.publish_status();
     }
@@ -1045,8 +1027,8 @@ impl Node {
             return;
         }
         self.polling = true;
-        let known: BTreeSet<ReleaseId> = self.manifests.keys().copied().collect();
-        let directives = self.directives.clone();
+        let known: BTreeSet<ReleaseId> = self.device.manifests().keys().copied().collect();
+        let directives = self.device.heard().directives().clone();
         let rejected = self.rejected_from_origin.clone();
         let class = self.config.class.clone();
         let tx = self.tx.clone();
@@ -1183,8 +1165,8 @@ impl Node {
         let id = request.id;
         match request.want {
             Want::Manifest(release) => {
-                let item = match self.releases.get(&release) {
-                    Some(r) => Item { status: wire::Status::Found, body: r.manifest.signed().to_bytes() },
+                let item = match self.device.manifest(release) {
+                    Some(m) => Item { status: wire::Status::Found, body: m.signed().to_bytes() },
                     None => Item { status: wire::Status::NotFound, body: Vec::new() },
                 };
                 let response = Response { id, items: vec![item] };
@@ -1270,7 +1252,7 @@ impl Node {
                 }
             },
             Internal::PollDone => self.polling = false,
-            Internal::Device(output) => self.on_device(output),
+            Internal::Disk(done) => self.device.done(now, done),
         }
     }
 
@@ -1293,18 +1275,19 @@ impl Node {
     // ---- status ----
 
     fn publish_status(&mut self) {
-        let current = self.device_status.as_ref().and_then(|s| s.release.map(|r| (r, s.state)));
+        let current = self.device.current().map(|(r, s)| (r, s.phase()));
         let releases = self
-            .manifests
+            .device
+            .manifests()
             .iter()
             .map(|(id, v)| {
                 let m = v.manifest();
                 let planner = self.releases.get(id).map(|r| &r.planner);
                 let state = match (current, planner) {
                     (Some((r, state)), _) if r == *id => state,
-                    (_, Some(p)) if p.is_complete() => "staged",
-                    (_, Some(_)) => "fetching",
-                    (_, None) => "known",
+                    (_, Some(p)) if p.is_complete() => Phase::Staged,
+                    (_, Some(_)) => Phase::Fetching,
+                    (_, None) => Phase::Idle,
                 };
                 ReleaseStatus {
                     release_id: id.to_string(),
@@ -1325,10 +1308,11 @@ impl Node {
                 }
             })
             .collect();
-        let (state, active, previous) = match &self.device_status {
-            Some(s) => (s.state, s.active.clone(), s.previous.clone()),
-            None => ("idle", None, None),
+        let (state, reason) = match self.device.current() {
+            Some((_, s)) => (s.phase(), s.parts().1),
+            None => (Phase::Idle, None),
         };
+        let (active, previous) = self.device.slots();
         let status = Status {
             device_id: self.me.to_string(),
             peer_id: self.swarm.local_peer_id().to_string(),
@@ -1339,6 +1323,7 @@ impl Node {
             site_members: self.site_peers.keys().map(|d| d.to_string()).collect(),
             listen: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
             state,
+            reason,
             active,
             previous,
             releases,
@@ -1394,6 +1379,40 @@ fn read_for_peer(store: &Store, peer: PeerId, chunk: ChunkId, corrupt: bool) -> 
             Item { status: wire::Status::Failed, body: Vec::new() }
         }
     }
+}
+
+/// Every manifest saved before a restart, verified again. The release the device last
+/// worked on is kept even if its manifest expired since, so that a crash in the middle of
+/// it can be recovered (the device machine then decides what expiry means for it).
+fn saved_manifests(data: &DataDir, trust: &TrustRoot, last: Option<ReleaseId>) -> Vec<VerifiedManifest> {
+    let manifests = match data.manifests() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list saved manifests");
+            return Vec::new();
+        }
+    };
+    let mut verified = Vec::new();
+    for (path, m) in manifests {
+        let checked = m.map_err(|e| e.to_string()).and_then(|m| {
+            let now = trust.verify_manifest(m.clone(), now_ms());
+            match now {
+                Err(otamesh_core::trust::VerifyError::Expired { .. })
+                    if Some(m.manifest.release_id()) == last =>
+                {
+                    trust.verify_manifest(m, 0).map_err(|e| e.to_string())
+                }
+                other => other.map_err(|e| e.to_string()),
+            }
+        });
+        match checked {
+            Ok(v) => verified.push(v),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "saved manifest no longer valid; ignored")
+            }
+        }
+    }
+    verified
 }
 
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {

@@ -3,10 +3,12 @@
 //! One [`World`] holds the whole simulated fleet as struct-of-arrays indexed by a `u32`
 //! device index, with each site a contiguous range of indexes. Virtual time is an
 //! integer count of microseconds; events are ordered by (time, insertion sequence), so
-//! ties break the same way on every run. Each device runs the real
-//! [`otamesh_core::lifecycle::Lifecycle`]: the engine feeds it timeouts and results,
-//! drains its actions after every input (the core's drain rule) and executes them
-//! against the modelled network and hardware.
+//! ties break the same way on every run. Each device runs the real core device machine
+//! ([`otamesh_core::device::Device`], the one the node runs): the engine feeds it what
+//! happened (the release heard, signed directives, reports, site slot counts, timeouts,
+//! and the results of fetches, installs and health checks), drains its outputs after
+//! every input (the core's drain rule) and executes them against the modelled network
+//! and hardware. The fleet shares one [`Heard`]: every device hears the same gossip.
 //!
 //! Pending events stay proportional to sites and active devices rather than to the
 //! fleet: device timeouts that fall on the same millisecond (a wave opening, a
@@ -14,10 +16,12 @@
 
 use std::collections::BTreeMap;
 
-use otamesh_core::gate::{Tally, Verdict};
-use otamesh_core::lifecycle::{Action, Context, Lifecycle, Reason, State};
-use otamesh_core::rollout::{DeviceInfo, ReleaseInfo, RolloutPolicy, position};
-use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, fetch};
+use otamesh_core::device::{Device, Heard, Installed, Output, Release, Slots};
+use otamesh_core::directive::{Directive, DirectiveBook, Order, SignedDirective, VerifiedDirective};
+use otamesh_core::gate::Verdict;
+use otamesh_core::lifecycle::{Reason, State};
+use otamesh_core::rollout::{ReleaseInfo, RolloutPolicy};
+use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, SecretKey, TrustRoot, fetch};
 
 use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, Net, Timer};
 use crate::queue::RadixQueue;
@@ -29,6 +33,10 @@ use crate::scenario::{AnnounceMode, Mode, Scenario, SiteSize};
 const MIDNIGHT_MS: Millis = 1_700_006_400_000;
 
 const NONE: u32 = u32::MAX;
+
+/// The device class of the simulated release and fleet (hardware profiles are the
+/// scenario's `classes`; every device takes the release).
+const SIM_CLASS: &str = "sim";
 
 /// Lifecycle states as indexes, in [`State`] order, plus "not yet heard of the release".
 pub const STATE_NAMES: [&str; 10] = [
@@ -195,7 +203,13 @@ struct World<'a> {
     chunk_ids: Vec<ChunkId>,
     release: ReleaseInfo,
     policy: RolloutPolicy,
-    tally: Tally,
+    /// What every device heard: the release, the directives, the reports.
+    heard: Heard,
+    /// Signs the scenario's directives, so devices apply real verified directives.
+    publisher: SecretKey,
+    trust: TrustRoot,
+    /// The release every device runs before this one: what a revoke returns to.
+    previous: Installed,
     latency_us: Micros,
     end_us: Micros,
     sample_us: Micros,
@@ -205,7 +219,7 @@ struct World<'a> {
     class: Vec<u8>,
     ids: Vec<DeviceId>,
     online: Vec<bool>,
-    machine: Vec<Option<Lifecycle>>,
+    machine: Vec<Option<Device>>,
     state: Vec<u8>,
     started: Vec<bool>,
     life_epoch: Vec<u32>,
@@ -288,6 +302,28 @@ impl<'a> World<'a> {
         };
         let created_at = MIDNIGHT_MS + u64::from(sc.sim.start_utc.0) * 60_000;
         let release = ReleaseInfo { id: release_id, kind: sc.release.kind, created_at };
+        let mut heard = Heard::new(SIM_CLASS, DirectiveBook::default());
+        let added = heard.add_release(Release {
+            info: release,
+            class: SIM_CLASS.to_owned(),
+            sequence: 1,
+            precursor: None,
+            expires_at: None,
+            policy: sc.rollout.clone(),
+        });
+        debug_assert_eq!(added, Ok(true));
+        let previous = {
+            let mut h = blake3::Hasher::new();
+            h.update(b"otamesh-sim/previous\0");
+            h.update(release_id.as_bytes());
+            Installed { release: ReleaseId::from_bytes(*h.finalize().as_bytes()), sequence: 0 }
+        };
+        let publisher = {
+            let mut s = [0u8; 32];
+            s[..8].copy_from_slice(&seed.to_le_bytes());
+            SecretKey::from_seed(*blake3::hash(&s).as_bytes())
+        };
+        let trust = TrustRoot::single(publisher.public());
         let piece_len: Vec<f64> = (0..u64::from(k))
             .map(|p| {
                 let start = p * sc.release.piece_bytes;
@@ -390,7 +426,10 @@ impl<'a> World<'a> {
             chunk_ids,
             release,
             policy: sc.rollout.clone(),
-            tally: Tally::default(),
+            heard,
+            publisher,
+            trust,
+            previous,
             latency_us: (sc.network.latency_ms * 1000.0).round() as Micros,
             end_us: (sc.sim.duration_s * 1e6).round() as Micros,
             sample_us: ((sample_s * 1e6).round() as Micros).max(1),
@@ -635,20 +674,14 @@ impl<'a> World<'a> {
                     let fails =
                         rng::unit(self.seed, u64::from(d), Purpose::InstallFail, attempt) < c.install_fail;
                     let result = if fails { Err("simulated install failure".to_owned()) } else { Ok(()) };
-                    let now = self.now_ms();
-                    if let Some(m) = self.machine[d as usize].as_mut() {
-                        m.handle_installed(now, result);
-                    }
-                    self.sync(d);
+                    let r = self.release.id;
+                    self.feed(d, |dev, heard, now| dev.handle_installed(now, heard, r, result));
                 }
             }
             Ev::Activated { d, epoch } => {
                 if epoch == self.life_epoch[d as usize] {
-                    let now = self.now_ms();
-                    if let Some(m) = self.machine[d as usize].as_mut() {
-                        m.handle_activated(now);
-                    }
-                    self.sync(d);
+                    let r = self.release.id;
+                    self.feed(d, |dev, heard, now| dev.handle_activated(now, heard, r));
                 }
             }
             Ev::Health { d, epoch } => {
@@ -659,11 +692,8 @@ impl<'a> World<'a> {
                     let fails = rng::unit(self.seed, u64::from(d), Purpose::HealthFail, 0) < c.health_fail;
                     let result =
                         if fails { Err("simulated health check failure".to_owned()) } else { Ok(()) };
-                    let now = self.now_ms();
-                    if let Some(m) = self.machine[d as usize].as_mut() {
-                        m.handle_health(now, result);
-                    }
-                    self.sync(d);
+                    let r = self.release.id;
+                    self.feed(d, |dev, heard, now| dev.handle_health(now, heard, r, result));
                 }
             }
             Ev::RollbackDone => {
@@ -686,42 +716,24 @@ impl<'a> World<'a> {
             Ev::Online(d) => self.go_online(d),
             Ev::Offline(d) => self.go_offline(d),
             Ev::Report { d, verdict, seq } => {
-                let wave = self.machine[d as usize]
-                    .as_ref()
-                    .and_then(|m| m.wave(&self.policy, &self.release))
-                    .unwrap_or(0) as u16;
-                let _ = self.tally.record(self.ids[d as usize], u64::from(seq), verdict, wave);
+                let _ =
+                    self.heard.record_report(self.ids[d as usize], self.release.id, u64::from(seq), verdict);
                 self.tally_changed();
             }
             Ev::Halt => {
                 self.op_halted = true;
                 self.mark_halted();
-                self.for_online_admitted(|w, d| {
-                    let now = w.now_ms();
-                    if let Some(m) = w.machine[d as usize].as_mut() {
-                        m.handle_halt(now, true);
-                    }
-                });
+                self.direct(Order::Halt);
             }
             Ev::Resume => {
                 self.op_halted = false;
-                self.for_online_admitted(|w, d| {
-                    let now = w.now_ms();
-                    if let Some(m) = w.machine[d as usize].as_mut() {
-                        m.handle_halt(now, false);
-                    }
-                });
+                self.direct(Order::Resume);
             }
             Ev::Revoke => {
                 if self.revoked_at.is_none() {
                     self.revoked_at = Some(self.now);
                 }
-                self.for_online_admitted(|w, d| {
-                    let now = w.now_ms();
-                    if let Some(m) = w.machine[d as usize].as_mut() {
-                        m.handle_revoke(now);
-                    }
-                });
+                self.direct(Order::Revoke { to: self.previous.release });
             }
             Ev::Sample => {
                 self.sample();
@@ -733,13 +745,34 @@ impl<'a> World<'a> {
         }
     }
 
-    fn for_online_admitted(&mut self, f: impl Fn(&mut Self, u32)) {
+    /// A signed directive reaches the fleet: applied once to what the fleet heard (a
+    /// repeat is refused there, as on a node), then every online device that took the
+    /// release up acts on it; the others catch up when they come online.
+    fn direct(&mut self, order: Order) {
+        let sequence = self.heard.standing(self.release.id).sequence + 1;
+        let directive = Directive { release: self.release.id, order, sequence, issued_at: self.now_ms() };
+        let signed = SignedDirective::sign(directive, &self.publisher);
+        // Invariant: signed just now with the key `trust` holds.
+        let verified: VerifiedDirective =
+            self.trust.verify_directive(signed).expect("signed by the sim's key");
+        if self.heard.apply_directive(&verified).is_err() {
+            return;
+        }
         for d in 0..self.n {
             if self.online[d as usize] && self.machine[d as usize].is_some() {
-                f(self, d);
-                self.sync(d);
+                self.feed(d, |dev, heard, now| dev.handle_directive(now, heard, &verified));
             }
         }
+    }
+
+    /// Feeds device `d`'s machine one input, then executes what it wants ([`World::sync`]).
+    fn feed(&mut self, d: u32, f: impl FnOnce(&mut Device, &Heard, Millis)) {
+        let now = self.now_ms();
+        let Self { machine, heard, .. } = self;
+        if let Some(dev) = machine[d as usize].as_mut() {
+            f(dev, heard, now);
+        }
+        self.sync(d);
     }
 
     fn after_event(&mut self) {
@@ -781,54 +814,41 @@ impl<'a> World<'a> {
 
     // ---- Devices and their lifecycle -------------------------------------------
 
-    fn device_info(&self, d: u32) -> DeviceInfo {
-        DeviceInfo {
-            position: position(self.release.id, self.ids[d as usize]),
-            utc_offset_min: self.site_zone[self.site[d as usize] as usize],
-        }
-    }
-
     fn admit(&mut self, d: u32) {
-        let now = self.now_ms();
-        let mut m = Lifecycle::new(self.device_info(d), now);
-        if self.op_halted {
-            m.handle_halt(now, true);
-        }
-        if self.revoked_at.is_some() {
-            m.handle_revoke(now);
-        }
-        self.machine[d as usize] = Some(m);
-        self.set_state(d, IDLE);
-        self.sync(d);
+        let i = d as usize;
+        let zone = self.site_zone[self.site[i] as usize];
+        let slots = Slots { active: Some(self.previous), inactive: None };
+        self.machine[i] = Some(Device::new(self.ids[i], zone, slots));
+        let r = self.release.id;
+        self.feed(d, |dev, heard, now| dev.handle_release(now, heard, r));
         self.timeout(d);
     }
 
+    /// The device is back after a crash: its machine is rebuilt from what it had
+    /// persisted, as a node rebuilds it from its database.
     fn recover(&mut self, d: u32) {
+        let i = d as usize;
         let now = self.now_ms();
-        let info = self.device_info(d);
-        let Some(old) = self.machine[d as usize].as_ref() else { return };
-        let mut m = Lifecycle::recover(info, old.state().clone(), now);
-        if self.op_halted {
-            m.handle_halt(now, true);
-        }
-        self.machine[d as usize] = Some(m);
+        let Some(old) = self.machine[i].as_ref() else { return };
+        let last = old.current().map(|(r, s)| (r, s.clone()));
+        let zone = self.site_zone[self.site[i] as usize];
+        self.machine[i] = Some(Device::restore(now, &self.heard, self.ids[i], zone, old.slots(), [], last));
         self.sync(d);
     }
 
-    fn ctx_installing(&self, d: u32) -> u32 {
+    /// Other members of `d`'s site holding an install slot.
+    fn site_others(&self, d: u32) -> u32 {
         let s = self.site[d as usize] as usize;
-        self.installing[s] - u32::from(self.state[d as usize] == INSTALLING)
+        self.installing[s] - u32::from(holds_site_slot(self.state[d as usize]))
     }
 
-    /// Feeds the machine a timeout (or a re-evaluation) now.
+    /// Feeds the machine a timeout (or a re-evaluation) now, with the site's slot count.
     fn timeout(&mut self, d: u32) {
-        let now = self.now_ms();
-        let site_installing = self.ctx_installing(d);
-        let Self { machine, release, policy, tally, .. } = self;
-        if let Some(m) = machine[d as usize].as_mut() {
-            m.handle_timeout(now, Context { release, policy, tally, site_installing, ordered: false });
-        }
-        self.sync(d);
+        let others = self.site_others(d);
+        self.feed(d, |dev, heard, now| {
+            dev.handle_site(now, heard, others);
+            dev.handle_timeout(now, heard);
+        });
     }
 
     fn set_state(&mut self, d: u32, new: u8) {
@@ -841,11 +861,11 @@ impl<'a> World<'a> {
         self.counts[new as usize] += 1;
         self.state[i] = new;
         let s = self.site[i] as usize;
-        if old == INSTALLING {
+        if holds_site_slot(old) && !holds_site_slot(new) {
             self.installing[s] -= 1;
             self.mark_site(s as u32);
         }
-        if new == INSTALLING {
+        if holds_site_slot(new) && !holds_site_slot(old) {
             self.installing[s] += 1;
         }
         if new == STAGED {
@@ -876,7 +896,8 @@ impl<'a> World<'a> {
     fn sync(&mut self, d: u32) {
         let i = d as usize;
         let Some(m) = self.machine[i].as_ref() else { return };
-        let new = state_index(m.state());
+        // A device that refused the release (revoked before it heard of it) has none.
+        let new = m.current().map_or(UNANNOUNCED, |(_, s)| state_index(s));
         let wake = m.poll_timeout();
         self.set_state(d, new);
         if let Some(ms) = wake {
@@ -889,29 +910,35 @@ impl<'a> World<'a> {
                 }
             }
         }
-        while let Some(action) = self.machine[i].as_mut().and_then(|m| m.poll_action()) {
-            self.execute(d, action);
+        while let Some(output) = self.machine[i].as_mut().and_then(|m| m.poll_output()) {
+            self.execute(d, output);
         }
         let Some(m) = self.machine[i].as_ref() else { return };
         if self.state[i] == WAITING && m.poll_timeout().is_none() && !m.is_halted() && !self.in_blocked[i] {
             self.in_blocked[i] = true;
-            let key = m.wave(&self.policy, &self.release).map_or(u16::MAX, |w| w as u16);
+            let key = m.wave(&self.heard).map_or(u16::MAX, |w| w as u16);
             self.blocked.entry(key).or_default().push(d);
         }
     }
 
-    fn execute(&mut self, d: u32, action: Action) {
+    fn execute(&mut self, d: u32, output: Output) {
         let i = d as usize;
         let c = &self.sc.classes[self.class[i] as usize];
         let epoch = self.life_epoch[i];
-        match action {
-            Action::Fetch => {
+        match output {
+            Output::Fetch(_) => {
                 if self.online[i] {
                     self.fetch_begin(d);
                 }
             }
-            Action::StopFetch | Action::DiscardInactive | Action::Commit => {}
-            Action::Install => {
+            // State, audit rows, slot bookkeeping: a node's disk, not modelled here.
+            Output::Persist { .. }
+            | Output::Directive { .. }
+            | Output::Audit(_)
+            | Output::StopFetch(_)
+            | Output::DiscardInactive
+            | Output::Commit(_) => {}
+            Output::Install(_) => {
                 let attempt = u64::from(self.attempts[i]);
                 self.attempts[i] = self.attempts[i].saturating_add(1);
                 let (lo, hi) = c.install_s.bounds();
@@ -925,19 +952,19 @@ impl<'a> World<'a> {
                     self.push(self.now + self.secs(dur), Ev::Installed { d, epoch }, true);
                 }
             }
-            Action::Activate => {
+            Output::Activate(_) => {
                 let reboot = self.draw_reboot(d, 0);
                 self.push(self.now + reboot, Ev::Activated { d, epoch }, true);
             }
-            Action::RunHealthCheck => {
+            Output::RunHealthCheck(_) => {
                 let t = self.now + self.secs(c.health_check_s);
                 self.push(t, Ev::Health { d, epoch }, true);
             }
-            Action::Rollback => {
+            Output::Rollback(_) => {
                 let reboot = self.draw_reboot(d, 1);
                 self.push(self.now + reboot, Ev::RollbackDone, true);
             }
-            Action::Report(outcome) => {
+            Output::Report { outcome, .. } => {
                 self.report_seq[i] += 1;
                 let seq = self.report_seq[i];
                 let verdict = outcome.verdict();
@@ -969,7 +996,7 @@ impl<'a> World<'a> {
     }
 
     fn tally_changed(&mut self) {
-        let breached = self.policy.gate.as_ref().is_some_and(|g| g.breached(&self.tally));
+        let breached = self.heard.gate_breached(self.release.id);
         if breached && !self.gate_breached {
             self.mark_halted();
         }
@@ -1064,18 +1091,9 @@ impl<'a> World<'a> {
             }
             return;
         }
-        let now = self.now_ms();
-        let revoked = self.revoked_at.is_some();
-        let halted = self.op_halted;
-        if let Some(m) = self.machine[i].as_mut() {
-            if m.is_halted() != halted {
-                m.handle_halt(now, halted);
-            }
-            if revoked {
-                m.handle_revoke(now);
-            }
-        }
-        self.sync(d);
+        // Directives that came while it was away.
+        let r = self.release.id;
+        self.feed(d, |dev, heard, now| dev.catch_up(now, heard, r));
         if self.state[i] == FETCHING && self.download[i] == NONE {
             self.fetch_begin(d);
         }
@@ -1202,13 +1220,11 @@ impl<'a> World<'a> {
         let s = self.site[i];
         let need = self.need_mask & !self.have[i];
         if need == 0 {
-            let now = self.now_ms();
-            let site_installing = self.ctx_installing(d);
-            let Self { machine, release, policy, tally, .. } = self;
-            if let Some(m) = machine[i].as_mut() {
-                m.handle_fetched(now, Context { release, policy, tally, site_installing, ordered: false });
-            }
-            self.sync(d);
+            let (r, others) = (self.release.id, self.site_others(d));
+            self.feed(d, |dev, heard, now| {
+                dev.handle_site(now, heard, others);
+                dev.handle_fetched(now, heard, r);
+            });
             return;
         }
         if self.mode == Mode::Central {
@@ -1424,13 +1440,14 @@ impl<'a> World<'a> {
                 never_started += 1;
             }
             let Some(m) = self.machine[d].as_ref() else { continue };
-            match m.state() {
+            let Some((_, state)) = m.current() else { continue };
+            match state {
                 State::RolledBack(Reason::Revoked) if self.started[d] => rolled_back += 1,
                 State::RolledBack(Reason::Revoked) => {}
                 State::RolledBack(_) => failed += 1,
                 _ => {}
             }
-            if m.wave(&self.policy, &self.release) == Some(0) {
+            if m.wave(&self.heard) == Some(0) {
                 first_wave += 1;
             }
         }
@@ -1466,6 +1483,12 @@ impl<'a> World<'a> {
             series: self.series.clone(),
         }
     }
+}
+
+/// Whether a device in state `index` holds one of its site's install slots: the core's
+/// rule ([`State::holds_site_slot`]), on the engine's state indexes.
+fn holds_site_slot(index: u8) -> bool {
+    otamesh_core::lifecycle::Phase::ALL.get(usize::from(index)).is_some_and(|p| p.holds_site_slot())
 }
 
 fn state_index(s: &State) -> u8 {
