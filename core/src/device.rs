@@ -169,6 +169,10 @@ pub struct Heard {
 
 static NO_TALLY: Tally = Tally::new();
 
+/// Distinct replayed directives audited per run, at most: past this a replay is only
+/// refused (the node counts it in `/metrics`).
+pub const MAX_REPLAYS_AUDITED: usize = 1024;
+
 impl Heard {
     /// Nothing heard yet, for devices of `class`, with the directives applied before a
     /// restart (so a halt holds and older directives stay refused).
@@ -327,6 +331,16 @@ pub enum Audit {
         /// The newer one.
         by: ReleaseId,
     },
+    /// A directive was refused as a replay (audited once per release and sequence, so
+    /// a flood of the same replay writes one row).
+    DirectiveRefused {
+        /// The release it is about.
+        release: ReleaseId,
+        /// Its sequence.
+        sequence: u64,
+        /// Why.
+        refused: Refused,
+    },
     /// A revoked release keeps running: the release the revoke names is not in the
     /// other slot, so it is installed over it instead of switching to an empty slot.
     KeepsRunning {
@@ -356,6 +370,8 @@ pub struct Device {
     tried: BTreeSet<ReleaseId>,
     /// Releases refused this run, audited once.
     refused: BTreeSet<ReleaseId>,
+    /// Replayed directives audited this run (at most [`MAX_REPLAYS_AUDITED`]).
+    replays: BTreeSet<(ReleaseId, u64)>,
     /// Other members of the site holding an install slot.
     site_others: u32,
     outputs: VecDeque<Output>,
@@ -371,6 +387,7 @@ impl Device {
             current: None,
             tried: BTreeSet::new(),
             refused: BTreeSet::new(),
+            replays: BTreeSet::new(),
             site_others: 0,
             outputs: VecDeque::new(),
         }
@@ -497,6 +514,16 @@ impl Device {
             standing,
         });
         self.catch_up(now, heard, d.release);
+    }
+
+    /// [`Heard::apply_directive`] refused `directive` as a replay: nothing changes; the
+    /// refusal is audited once per release and sequence.
+    pub fn handle_replayed(&mut self, directive: &VerifiedDirective, refused: Refused) {
+        let d = directive.directive();
+        if self.replays.len() < MAX_REPLAYS_AUDITED && self.replays.insert((d.release, d.sequence)) {
+            let audit = Audit::DirectiveRefused { release: d.release, sequence: d.sequence, refused };
+            self.outputs.push_back(Output::Audit(audit));
+        }
     }
 
     /// Brings the device in line with where `release` stands under the directives in

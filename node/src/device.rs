@@ -19,6 +19,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use otamesh_core::device::{Audit, Device as Machine, Heard, Output, Release};
 use otamesh_core::directive::{Refused, VerifiedDirective};
 use otamesh_core::enrolment::SignedEnrolment;
+use otamesh_core::gate::Verdict;
 use otamesh_core::lifecycle::State;
 use otamesh_core::report::{MAX_TEXT, Outcome, Report, SignedReport, VerifiedReport};
 use otamesh_core::{DeviceId, Millis, ReleaseId, SecretKey, VerifiedManifest};
@@ -87,12 +88,14 @@ pub struct Device {
     events: VecDeque<Event>,
     slots: SlotContents,
     report_seq: u64,
+    /// Every output of the machine, when asked to keep them ([`Device::keep_outputs`]).
+    kept: Option<Vec<Output>>,
 }
 
 impl Device {
     /// Rebuilds the device from what the disk held (`restored`) and the manifests saved
-    /// before (`saved`, verified again by the caller); the pending side effects of a
-    /// crash are executed first.
+    /// before (`saved`, verified again by the caller). Nothing runs until
+    /// [`Device::resume`].
     pub fn new(
         now: Millis,
         config: DeviceConfig,
@@ -111,7 +114,7 @@ impl Device {
         }
         let id = DeviceId::of_public_key(&key.public().to_bytes());
         let machine = Machine::restore(now, &heard, id, config.utc_offset_min, slots.view(), tried, last);
-        let mut device = Self {
+        Self {
             machine,
             heard,
             manifests,
@@ -122,14 +125,19 @@ impl Device {
             events: VecDeque::new(),
             slots,
             report_seq: now,
-        };
-        device.drain(now);
-        let known: Vec<ReleaseId> = device.manifests.keys().copied().collect();
-        for release in known {
-            device.machine.handle_release(now, &device.heard, release);
-            device.drain(now);
+            kept: None,
         }
-        device
+    }
+
+    /// Starts the rebuilt device: the pending side effects of a crash first, then every
+    /// known release is considered again.
+    pub fn resume(&mut self, now: Millis) {
+        self.drain(now);
+        let known: Vec<ReleaseId> = self.manifests.keys().copied().collect();
+        for release in known {
+            self.machine.handle_release(now, &self.heard, release);
+            self.drain(now);
+        }
     }
 
     /// This device's id.
@@ -199,7 +207,11 @@ impl Device {
     /// anything is persisted or audited).
     pub fn directive(&mut self, now: Millis, directive: &VerifiedDirective) -> Result<(), NotTaken> {
         self.busy()?;
-        self.heard.apply_directive(directive)?;
+        if let Err(refused) = self.heard.apply_directive(directive) {
+            self.machine.handle_replayed(directive, refused.clone());
+            self.drain(now);
+            return Err(refused.into());
+        }
         self.machine.handle_directive(now, &self.heard, directive);
         self.drain(now);
         Ok(())
@@ -209,10 +221,23 @@ impl Device {
     /// the release is not known here (the caller may hold the report until it is).
     pub fn report(&mut self, now: Millis, report: &VerifiedReport) -> bool {
         let r = report.report();
-        if self.heard.record_report(report.device(), r.release, r.sequence, r.outcome.verdict()).is_none() {
+        self.verdict(now, report.device(), r.release, r.sequence, r.outcome.verdict())
+    }
+
+    /// What a verified report says, counted toward `release`'s gate (see
+    /// [`Device::report`]; the simulator's traces carry reports in this form).
+    pub fn verdict(
+        &mut self,
+        now: Millis,
+        reporter: DeviceId,
+        release: ReleaseId,
+        sequence: u64,
+        verdict: Verdict,
+    ) -> bool {
+        if self.heard.record_report(reporter, release, sequence, verdict).is_none() {
             return false;
         }
-        self.machine.handle_tally(now, &self.heard, r.release);
+        self.machine.handle_tally(now, &self.heard, release);
         self.drain(now);
         true
     }
@@ -273,9 +298,23 @@ impl Device {
         true
     }
 
+    /// Keeps a copy of every output the machine gives from now on, for
+    /// [`Device::take_outputs`] (conformance tests compare them with the simulator's).
+    pub fn keep_outputs(&mut self) {
+        self.kept.get_or_insert_with(Vec::new);
+    }
+
+    /// The outputs kept since the last call.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        self.kept.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// Translates every output of the machine (the drain rule).
     fn drain(&mut self, now: Millis) {
         while let Some(output) = self.machine.poll_output() {
+            if let Some(kept) = &mut self.kept {
+                kept.push(output.clone());
+            }
             self.execute(now, output);
         }
         self.flush();
@@ -343,6 +382,11 @@ impl Device {
                     detail: format!("refused {}: {refusal}", describe(release)),
                 }
             }
+            Audit::DirectiveRefused { release, sequence, refused } => Effect::Audit {
+                event: "refused",
+                release,
+                detail: format!("directive: sequence {sequence}: {refused}"),
+            },
             Audit::Superseded { release, by } => {
                 Effect::Audit { event: "superseded", release, detail: format!("by {by}") }
             }
@@ -446,7 +490,8 @@ mod tests {
                 Hooks { install: config.install_hook.clone(), health_check: config.health_check.clone() };
             let (disk, restored) = Disk::open(dir, store.clone(), hooks).unwrap();
             let (tx, effects) = sync_channel(4);
-            let device = Device::new(NOW, config, key(), restored, saved, tx);
+            let mut device = Device::new(NOW, config, key(), restored, saved, tx);
+            device.resume(NOW);
             let mut rig = Self { device, disk, effects, store, reports: Vec::new(), asked: Vec::new() };
             rig.settle(NOW);
             rig
@@ -685,8 +730,19 @@ mod tests {
         );
         d.offer(NOW, &v1);
         assert_eq!(d.state(), State::Waiting, "the halt from before the restart holds");
-        let directives = d.audit().into_iter().filter(|r| r.event == "directive").count();
-        assert_eq!(directives, 1, "a refused replay writes nothing");
+        let rows = d.audit();
+        assert_eq!(rows.iter().filter(|r| r.event == "directive").count(), 1, "a replay is not applied");
+        assert_eq!(rows.iter().filter(|r| r.event == "refused").count(), 1, "the replay is audited once");
+        for _ in 0..100 {
+            let again = d.device.directive(NOW, &directive(v1.id(), Order::Resume, 4));
+            assert!(matches!(again, Err(NotTaken::Replayed(_))));
+        }
+        d.settle(NOW);
+        assert_eq!(
+            d.audit().iter().filter(|r| r.event == "refused").count(),
+            1,
+            "a flood of it writes no more"
+        );
     }
 
     #[test]

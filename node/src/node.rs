@@ -214,7 +214,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let disk_out = tx.clone();
     let disk_thread =
         crate::disk::spawn(disk, disk_rx, move |done| disk_out.blocking_send(Internal::Disk(done)).is_ok());
-    let device = Device::new(now_ms(), device_config, secret, restored, saved, disk_tx);
+    let mut device = Device::new(now_ms(), device_config, secret, restored, saved, disk_tx);
+    device.resume(now_ms());
     let mut node = Node {
         site_topic: IdentTopic::new(wire::site_topic(&config.site)),
         releases_topic: IdentTopic::new(RELEASES_TOPIC),

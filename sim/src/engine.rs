@@ -27,6 +27,7 @@ use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, Net, Timer};
 use crate::queue::RadixQueue;
 use crate::rng::{self, Purpose};
 use crate::scenario::{AnnounceMode, Mode, Scenario, SiteSize};
+use crate::trace::{Input, Trace, TraceSetup};
 
 /// Virtual time zero in the core's clock: 2023-11-15 00:00 UTC (a midnight), plus the
 /// scenario's `start_utc`.
@@ -144,9 +145,18 @@ pub struct Progress {
 
 /// Runs a scenario with a master seed. `progress` is called every few thousand events.
 pub fn run(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunResult {
-    let mut w = World::new(sc, seed);
+    let mut w = World::new(sc, seed, None);
     w.run(progress);
     w.result()
+}
+
+/// Runs a scenario and records, for the devices `setup` names, every input their
+/// machine was fed and every output it gave (see [`crate::trace`]).
+pub fn run_traced(sc: &Scenario, seed: u64, setup: &TraceSetup) -> (RunResult, Vec<Trace>) {
+    let mut w = World::new(sc, seed, Some(setup));
+    w.run(&mut |_| {});
+    let traces = std::mem::take(&mut w.traces);
+    (w.result(), traces)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -286,10 +296,15 @@ struct World<'a> {
     last_rollback: Option<Micros>,
     events: u64,
     series: Vec<Sample>,
+
+    // Traced devices: index into `traces`, and the site count last recorded.
+    traced: BTreeMap<u32, usize>,
+    traces: Vec<Trace>,
+    traced_site: Vec<Option<u32>>,
 }
 
 impl<'a> World<'a> {
-    fn new(sc: &'a Scenario, seed: u64) -> Self {
+    fn new(sc: &'a Scenario, seed: u64, setup: Option<&TraceSetup>) -> Self {
         let n = sc.fleet.devices;
         let sites = sc.fleet.sites;
         let k = sc.pieces();
@@ -301,23 +316,30 @@ impl<'a> World<'a> {
             ReleaseId::from_bytes(*h.finalize().as_bytes())
         };
         let created_at = MIDNIGHT_MS + u64::from(sc.sim.start_utc.0) * 60_000;
-        let release = ReleaseInfo { id: release_id, kind: sc.release.kind, created_at };
-        let mut heard = Heard::new(SIM_CLASS, DirectiveBook::default());
-        let added = heard.add_release(Release {
-            info: release,
+        let sim_release = Release {
+            info: ReleaseInfo { id: release_id, kind: sc.release.kind, created_at },
             class: SIM_CLASS.to_owned(),
             sequence: 1,
             precursor: None,
             expires_at: None,
             policy: sc.rollout.clone(),
-        });
-        debug_assert_eq!(added, Ok(true));
-        let previous = {
-            let mut h = blake3::Hasher::new();
-            h.update(b"otamesh-sim/previous\0");
-            h.update(release_id.as_bytes());
-            Installed { release: ReleaseId::from_bytes(*h.finalize().as_bytes()), sequence: 0 }
         };
+        let sim_release = setup.map_or(sim_release, |s| s.release.clone());
+        let release = sim_release.info;
+        let release_id = release.id;
+        let policy = sim_release.policy.clone();
+        let mut heard = Heard::new(sim_release.class.clone(), DirectiveBook::default());
+        let added = heard.add_release(sim_release);
+        debug_assert_eq!(added, Ok(true));
+        let previous = setup.map_or_else(
+            || {
+                let mut h = blake3::Hasher::new();
+                h.update(b"otamesh-sim/previous\0");
+                h.update(release_id.as_bytes());
+                Installed { release: ReleaseId::from_bytes(*h.finalize().as_bytes()), sequence: 0 }
+            },
+            |s| s.previous,
+        );
         let publisher = {
             let mut s = [0u8; 32];
             s[..8].copy_from_slice(&seed.to_le_bytes());
@@ -387,7 +409,7 @@ impl<'a> World<'a> {
                 pick as u8
             })
             .collect::<Vec<u8>>();
-        let ids = (0..n)
+        let mut ids: Vec<DeviceId> = (0..n)
             .map(|d| {
                 let mut key = [0u8; 32];
                 key[..8].copy_from_slice(&rng::draw(seed, u64::from(d), Purpose::Identity, 0).to_le_bytes());
@@ -397,6 +419,15 @@ impl<'a> World<'a> {
                 DeviceId::of_public_key(&key)
             })
             .collect();
+        let mut traced = BTreeMap::new();
+        let mut traces = Vec::new();
+        for &(d, id) in setup.map_or(&[][..], |s| &s.devices[..]) {
+            if let Some(slot) = ids.get_mut(d as usize) {
+                *slot = id;
+                traced.insert(d, traces.len());
+                traces.push(Trace { device: d, ..Trace::default() });
+            }
+        }
 
         // Links: per (site, piece) upload pools, site LANs, site WANs, the origin. A
         // pool's capacity is the sum of the uplinks of the site's online holders of the
@@ -425,7 +456,7 @@ impl<'a> World<'a> {
             need_mask,
             chunk_ids,
             release,
-            policy: sc.rollout.clone(),
+            policy,
             heard,
             publisher,
             trust,
@@ -494,6 +525,27 @@ impl<'a> World<'a> {
             last_rollback: None,
             events: 0,
             series: Vec::new(),
+            traced_site: vec![None; traces.len()],
+            traced,
+            traces,
+        }
+    }
+
+    /// Records what happened to device `d`, if it is traced.
+    fn record(&mut self, d: u32, input: impl FnOnce() -> Input) {
+        if let Some(&t) = self.traced.get(&d) {
+            let now = self.now_ms();
+            self.traces[t].inputs.push((now, input()));
+        }
+    }
+
+    /// Records the site count `d`'s machine is about to be told, when it changed.
+    fn record_site(&mut self, d: u32, others: u32) {
+        if let Some(&t) = self.traced.get(&d)
+            && self.traced_site[t] != Some(others)
+        {
+            self.traced_site[t] = Some(others);
+            self.record(d, || Input::Site(others));
         }
     }
 
@@ -674,12 +726,14 @@ impl<'a> World<'a> {
                     let fails =
                         rng::unit(self.seed, u64::from(d), Purpose::InstallFail, attempt) < c.install_fail;
                     let result = if fails { Err("simulated install failure".to_owned()) } else { Ok(()) };
+                    self.record(d, || Input::Installed(result.clone()));
                     let r = self.release.id;
                     self.feed(d, |dev, heard, now| dev.handle_installed(now, heard, r, result));
                 }
             }
             Ev::Activated { d, epoch } => {
                 if epoch == self.life_epoch[d as usize] {
+                    self.record(d, || Input::Activated);
                     let r = self.release.id;
                     self.feed(d, |dev, heard, now| dev.handle_activated(now, heard, r));
                 }
@@ -692,6 +746,7 @@ impl<'a> World<'a> {
                     let fails = rng::unit(self.seed, u64::from(d), Purpose::HealthFail, 0) < c.health_fail;
                     let result =
                         if fails { Err("simulated health check failure".to_owned()) } else { Ok(()) };
+                    self.record(d, || Input::Health(result.clone()));
                     let r = self.release.id;
                     self.feed(d, |dev, heard, now| dev.handle_health(now, heard, r, result));
                 }
@@ -702,6 +757,7 @@ impl<'a> World<'a> {
             Ev::Crash { d, epoch } => {
                 if epoch == self.life_epoch[d as usize] {
                     // Power lost mid-install: nothing runs until the device is back.
+                    self.record(d, || Input::Crash);
                     self.life_epoch[d as usize] += 1;
                     let reboot = self.draw_reboot(d, 2 + u64::from(self.attempts[d as usize]));
                     let epoch = self.life_epoch[d as usize];
@@ -710,14 +766,20 @@ impl<'a> World<'a> {
             }
             Ev::Recover { d, epoch } => {
                 if epoch == self.life_epoch[d as usize] {
+                    self.record(d, || Input::Restart);
                     self.recover(d);
                 }
             }
             Ev::Online(d) => self.go_online(d),
             Ev::Offline(d) => self.go_offline(d),
             Ev::Report { d, verdict, seq } => {
-                let _ =
-                    self.heard.record_report(self.ids[d as usize], self.release.id, u64::from(seq), verdict);
+                let reporter = self.ids[d as usize];
+                let _ = self.heard.record_report(reporter, self.release.id, u64::from(seq), verdict);
+                let traced: Vec<u32> = self.traced.keys().copied().collect();
+                for t in traced {
+                    let sequence = u64::from(seq);
+                    self.record(t, || Input::Report { reporter, sequence, verdict });
+                }
                 self.tally_changed();
             }
             Ev::Halt => {
@@ -759,7 +821,11 @@ impl<'a> World<'a> {
             return;
         }
         for d in 0..self.n {
-            if self.online[d as usize] && self.machine[d as usize].is_some() {
+            // A device that has not heard of the release yet hears the directive too: it
+            // refuses the release when it arrives.
+            if self.online[d as usize] {
+                self.ensure_machine(d);
+                self.record(d, || Input::Directive(verified.clone()));
                 self.feed(d, |dev, heard, now| dev.handle_directive(now, heard, &verified));
             }
         }
@@ -814,11 +880,19 @@ impl<'a> World<'a> {
 
     // ---- Devices and their lifecycle -------------------------------------------
 
-    fn admit(&mut self, d: u32) {
+    /// Device `d`'s machine, made when it first hears anything.
+    fn ensure_machine(&mut self, d: u32) {
         let i = d as usize;
-        let zone = self.site_zone[self.site[i] as usize];
-        let slots = Slots { active: Some(self.previous), inactive: None };
-        self.machine[i] = Some(Device::new(self.ids[i], zone, slots));
+        if self.machine[i].is_none() {
+            let zone = self.site_zone[self.site[i] as usize];
+            let slots = Slots { active: Some(self.previous), inactive: None };
+            self.machine[i] = Some(Device::new(self.ids[i], zone, slots));
+        }
+    }
+
+    fn admit(&mut self, d: u32) {
+        self.ensure_machine(d);
+        self.record(d, || Input::Release);
         let r = self.release.id;
         self.feed(d, |dev, heard, now| dev.handle_release(now, heard, r));
         self.timeout(d);
@@ -845,6 +919,7 @@ impl<'a> World<'a> {
     /// Feeds the machine a timeout (or a re-evaluation) now, with the site's slot count.
     fn timeout(&mut self, d: u32) {
         let others = self.site_others(d);
+        self.record_site(d, others);
         self.feed(d, |dev, heard, now| {
             dev.handle_site(now, heard, others);
             dev.handle_timeout(now, heard);
@@ -911,6 +986,10 @@ impl<'a> World<'a> {
             }
         }
         while let Some(output) = self.machine[i].as_mut().and_then(|m| m.poll_output()) {
+            if let Some(&t) = self.traced.get(&d) {
+                let now = self.now_ms();
+                self.traces[t].outputs.push((now, output.clone()));
+            }
             self.execute(d, output);
         }
         let Some(m) = self.machine[i].as_ref() else { return };
@@ -1221,6 +1300,8 @@ impl<'a> World<'a> {
         let need = self.need_mask & !self.have[i];
         if need == 0 {
             let (r, others) = (self.release.id, self.site_others(d));
+            self.record_site(d, others);
+            self.record(d, || Input::Fetched);
             self.feed(d, |dev, heard, now| {
                 dev.handle_site(now, heard, others);
                 dev.handle_fetched(now, heard, r);

@@ -1,11 +1,12 @@
 //! The otamesh simulator: deterministic discrete-event rollouts over a modelled fleet.
 //!
-//! It drives the same [`otamesh_core`] rollout policy, health gate and device
-//! [`Lifecycle`](otamesh_core::lifecycle::Lifecycle) that the real node runs, so what
+//! It drives the same [`otamesh_core`] device machine
+//! ([`Device`](otamesh_core::device::Device)) that the real node runs, so what
 //! it says about a rollout strategy is said about the code devices run. The network is
 //! flow-level with max-min fair sharing ([`net`]); the fleet is struct-of-arrays
 //! ([`engine`]); scenarios are TOML ([`scenario`]); outputs are JSON, CSV and plots
-//! ([`report`], [`plot`]). `docs/simulator.md` describes the model and its error bounds.
+//! ([`report`], [`plot`]); [`trace`] records what chosen devices were fed and answered.
+//! `docs/simulator.md` describes the model and its error bounds.
 //!
 //! The same scenario and seed give a byte-identical `summary.json` (apart from the
 //! measured `wall_s`, which `--reproducible` writes as `null`).
@@ -18,6 +19,7 @@ pub mod queue;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod trace;
 
 pub use engine::{RunResult, run};
 pub use scenario::{Scenario, ScenarioError};
