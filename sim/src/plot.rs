@@ -399,10 +399,10 @@ fn category(categories: &[String], x: f64) -> String {
 fn draw_bands<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &BandChart) -> DrawResult {
     root.fill(&WHITE).map_err(err)?;
     let points = || c.bands.iter().flat_map(|b| b.points.iter());
-    let (x0, x1, y0, y1) = points().fold(
-        (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY),
-        |(x0, x1, y0, y1), e| (x0.min(e.x), x1.max(e.x), y0.min(e.lo), y1.max(e.hi)),
-    );
+    let (x0, x1, y0, y1) = points()
+        .fold((f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY), |(x0, x1, y0, y1), e| {
+            (x0.min(e.x), x1.max(e.x), y0.min(e.lo), y1.max(e.hi))
+        });
     let (x0, x1) = match &c.categories {
         Some(labels) => (-0.5, labels.len().max(1) as f64 - 0.5),
         None => pad(x0, x1, 0.05),
@@ -434,7 +434,10 @@ fn draw_bands<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &BandChart) -
         let mut outline: Vec<(f64, f64)> = band.points.iter().map(|e| (e.x, e.hi)).collect();
         outline.extend(band.points.iter().rev().map(|e| (e.x, e.lo)));
         chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.18).filled()))).map_err(err)?;
-        let bars = band.points.iter().map(|e| PathElement::new(vec![(e.x, e.lo), (e.x, e.hi)], color.stroke_width(2)));
+        let bars = band
+            .points
+            .iter()
+            .map(|e| PathElement::new(vec![(e.x, e.lo), (e.x, e.hi)], color.stroke_width(2)));
         chart.draw_series(bars).map_err(err)?;
         let dots = band.points.iter().map(|e| Circle::new((e.x, e.y), 4, color.filled()));
         chart.draw_series(dots).map_err(err)?;
@@ -503,7 +506,9 @@ fn draw_spreads<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &SpreadChar
             vec![(x - w / 2.0, p5), (x + w / 2.0, p5)],
             vec![(x - w / 2.0, p95), (x + w / 2.0, p95)],
         ];
-        chart.draw_series(lines.into_iter().map(|l| PathElement::new(l, color.stroke_width(2)))).map_err(err)?;
+        chart
+            .draw_series(lines.into_iter().map(|l| PathElement::new(l, color.stroke_width(2))))
+            .map_err(err)?;
         chart
             .draw_series([
                 Rectangle::new([(x - w, p25), (x + w, p75)], color.mix(0.25).filled()),

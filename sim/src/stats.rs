@@ -110,7 +110,12 @@ pub struct Proportion {
 impl Proportion {
     /// `yes` of `runs`.
     pub fn of(yes: u64, runs: u64) -> Self {
-        Self { runs, yes, proportion: (runs > 0).then(|| yes as f64 / runs as f64), ci95: wilson95(yes, runs) }
+        Self {
+            runs,
+            yes,
+            proportion: (runs > 0).then(|| yes as f64 / runs as f64),
+            ci95: wilson95(yes, runs),
+        }
     }
 }
 

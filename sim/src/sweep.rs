@@ -182,7 +182,9 @@ pub enum SweepError {
 pub enum MergeError {
     /// A shard's `shard.json` or `runs.csv` cannot be read; pass the `--out` directories
     /// of `otamesh sim sweep --shard` runs.
-    #[error("{path}: cannot read it ({source}); pass the --out directories of `otamesh sim sweep --shard` runs")]
+    #[error(
+        "{path}: cannot read it ({source}); pass the --out directories of `otamesh sim sweep --shard` runs"
+    )]
     Read {
         /// The file.
         path: PathBuf,
@@ -213,7 +215,9 @@ pub enum MergeError {
         ours: String,
     },
     /// Shards of different `--shard I/N` splits; merge the shards of one split.
-    #[error("{dir}: shard {index}/{count}, but {first} is one of {expected} shards; merge the shards of one split")]
+    #[error(
+        "{dir}: shard {index}/{count}, but {first} is one of {expected} shards; merge the shards of one split"
+    )]
     Split {
         /// The odd one out.
         dir: PathBuf,
@@ -266,7 +270,7 @@ pub fn sweep(args: SweepArgs) -> Result<(), SimError> {
     let plan = Plan::new(&path, &args)?;
     let spec = &plan.spec;
     let shard_runs = plan.shard.runs(plan.runs);
-    let split = if plan.shard.count > 1 {
+    let split = if plan.sharded {
         format!(" (shard {}/{}: {shard_runs} runs)", plan.shard.index, plan.shard.count)
     } else {
         String::new()
@@ -284,14 +288,21 @@ pub fn sweep(args: SweepArgs) -> Result<(), SimError> {
     );
     cli::create_dir(&out)?;
     let started = Instant::now();
-    let lines = execute(&plan, args.quiet);
+    let text = {
+        let lines = execute(&plan, args.quiet);
+        runs_csv(spec, lines.iter().map(|(_, line)| line.as_str()))
+    };
     let wall_s = (!args.reproducible).then(|| round_ms(started.elapsed().as_secs_f64()));
-    let text = runs_csv(spec, &lines);
     // Parsed back and checked like a shard's file, so both paths summarise the same rows.
     let rows = parse_runs(&out.join("runs.csv"), &text, spec, plan.shard, plan.runs)?;
-    if plan.shard.count > 1 {
-        let file =
-            ShardFile { sweep: spec.clone(), shard: plan.shard, runs: shard_runs, reproducible: args.reproducible, wall_s };
+    if plan.sharded {
+        let file = ShardFile {
+            sweep: spec.clone(),
+            shard: plan.shard,
+            runs: shard_runs,
+            reproducible: args.reproducible,
+            wall_s,
+        };
         remove_stale(&out.join("sweep.json"))?;
         write_atomic(&out.join("runs.csv"), text.as_bytes())?;
         write_atomic(&out.join("shard.json"), pretty(&file).as_bytes())?;
@@ -322,8 +333,14 @@ pub fn merge(args: MergeArgs) -> Result<(), SimError> {
             return Err(malformed(format!("shard {}/{} is not a shard", s.index, s.count)).into());
         }
         if file.runs != s.runs(runs) {
-            return Err(malformed(format!("lists {} runs; shard {}/{} has {}", file.runs, s.index, s.count, s.runs(runs)))
-                .into());
+            return Err(malformed(format!(
+                "lists {} runs; shard {}/{} has {}",
+                file.runs,
+                s.index,
+                s.count,
+                s.runs(runs)
+            ))
+            .into());
         }
         shards.push((dir.clone(), file, runs));
     }
@@ -359,12 +376,17 @@ pub fn merge(args: MergeArgs) -> Result<(), SimError> {
     for pair in shards.windows(2) {
         if pair[0].1.shard.index == pair[1].1.shard.index {
             let (s, count) = (pair[1].1.shard.index, head.shard.count);
-            return Err(
-                MergeError::Duplicate { dir: pair[1].0.clone(), other: pair[0].0.clone(), index: s, count }.into()
-            );
+            return Err(MergeError::Duplicate {
+                dir: pair[1].0.clone(),
+                other: pair[0].0.clone(),
+                index: s,
+                count,
+            }
+            .into());
         }
     }
-    if let Some(index) = (0..head.shard.count).find(|i| shards.get(*i as usize).is_none_or(|s| s.1.shard.index != *i))
+    if let Some(index) =
+        (0..head.shard.count).find(|i| shards.get(*i as usize).is_none_or(|s| s.1.shard.index != *i))
     {
         return Err(MergeError::Missing { index, count: head.shard.count }.into());
     }
@@ -373,13 +395,14 @@ pub fn merge(args: MergeArgs) -> Result<(), SimError> {
     let mut rows = Vec::with_capacity(usize::try_from(runs).unwrap_or(0));
     for (dir, file, _) in &shards {
         let path = dir.join("runs.csv");
-        let text = std::fs::read_to_string(&path).map_err(|source| MergeError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| MergeError::Read { path: path.clone(), source })?;
         rows.extend(parse_runs(&path, &text, &spec, file.shard, runs)?);
     }
     rows.sort_by_key(|r| r.run);
-    let lines: Vec<(u64, String)> = rows.iter().map(|r| (r.run, r.raw.clone())).collect();
-    let text = runs_csv(&spec, &lines);
-    let wall_s = if head.reproducible { None } else { Some(round_ms(shards.iter().filter_map(|s| s.1.wall_s).sum())) };
+    let text = runs_csv(&spec, rows.iter().map(|r| r.raw.as_str()));
+    let wall_s =
+        if head.reproducible { None } else { Some(round_ms(shards.iter().filter_map(|s| s.1.wall_s).sum())) };
     println!("otamesh sim sweep merge: {} shards of {} ({} runs)", shards.len(), spec.scenario, runs);
     cli::create_dir(&args.out)?;
     write_study(&args.out, &spec, &text, &rows, wall_s, &plots)
@@ -503,6 +526,8 @@ struct Plan {
     /// The scenario of each grid point.
     scenarios: Vec<Scenario>,
     shard: Shard,
+    /// `--shard` was given (even `0/1`): write a shard's outputs for `merge`.
+    sharded: bool,
     jobs: usize,
     plots: Vec<String>,
     runs: u64,
@@ -534,8 +559,10 @@ impl Plan {
             for value in &axis.values {
                 let mut sets = args.set.clone();
                 sets.push(format!("{}={value}", axis.key));
-                Scenario::parse(&file, &text, &sets)
-                    .map_err(|e| SweepError::Grid { key: axis.key.clone(), reason: format!("value {value}: {e}") })?;
+                Scenario::parse(&file, &text, &sets).map_err(|e| SweepError::Grid {
+                    key: axis.key.clone(),
+                    reason: format!("value {value}: {e}"),
+                })?;
             }
         }
         let mut spec = Spec {
@@ -551,7 +578,11 @@ impl Plan {
         let points = spec.grid.iter().try_fold(1u64, |n, a| n.checked_mul(a.values.len() as u64));
         let points = match points {
             Some(p) if p <= MAX_POINTS => p,
-            _ => return Err(SweepError::TooLarge { what: "the grid's points".into(), limit: MAX_POINTS }.into()),
+            _ => {
+                return Err(
+                    SweepError::TooLarge { what: "the grid's points".into(), limit: MAX_POINTS }.into()
+                );
+            }
         };
         let runs = match points.checked_mul(spec.seed_count()) {
             Some(r) if r <= MAX_RUNS => r,
@@ -570,11 +601,17 @@ impl Plan {
         }
         if shard.count > runs {
             let reason = format!("{} shards for {runs} runs: use at most {runs} shards", shard.count);
-            return Err(SweepError::Shard { shard: format!("{}/{}", shard.index, shard.count), reason }.into());
+            return Err(
+                SweepError::Shard { shard: format!("{}/{}", shard.index, shard.count), reason }.into()
+            );
         }
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let jobs = args.jobs.unwrap_or(cores).clamp(1, usize::try_from(shard.runs(runs)).unwrap_or(usize::MAX).max(1));
-        Ok(Self { spec, scenarios, shard, jobs, plots, runs, reproducible: args.reproducible })
+        let jobs = args
+            .jobs
+            .unwrap_or(cores)
+            .clamp(1, usize::try_from(shard.runs(runs)).unwrap_or(usize::MAX).max(1));
+        let sharded = args.shard.is_some();
+        Ok(Self { spec, scenarios, shard, sharded, jobs, plots, runs, reproducible: args.reproducible })
     }
 }
 
@@ -584,8 +621,10 @@ fn execute(plan: &Plan, quiet: bool) -> Vec<(u64, String)> {
     let total = plan.shard.runs(plan.runs);
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} runs, ETA {eta_precise}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} runs, ETA {eta_precise}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let prefixes: Vec<Vec<String>> =
         (0..plan.spec.points()).map(|p| plan.spec.values(p).into_iter().map(csv_field).collect()).collect();
@@ -680,11 +719,12 @@ fn row(run: u64, grid: &[String], summary: &Summary) -> String {
     line
 }
 
-fn runs_csv(spec: &Spec, lines: &[(u64, String)]) -> String {
+/// `runs.csv`: the header, then `lines` (rows in run order).
+fn runs_csv<'a>(spec: &Spec, lines: impl Iterator<Item = &'a str>) -> String {
     let header: Vec<String> = columns(spec).into_iter().map(|(k, _)| csv_field(&k)).collect();
     let mut text = header.join(",");
     text.push('\n');
-    for (_, line) in lines {
+    for line in lines {
         text.push_str(line);
         text.push('\n');
     }
@@ -694,7 +734,13 @@ fn runs_csv(spec: &Spec, lines: &[(u64, String)]) -> String {
 /// Parses and checks `runs.csv` of `shard`: the header this otamesh writes, every run of
 /// the shard exactly once, grid values and seeds matching the run number, numbers where
 /// numbers belong. Returns the rows in run order.
-fn parse_runs(path: &Path, text: &str, spec: &Spec, shard: Shard, total: u64) -> Result<Vec<Row>, MergeError> {
+fn parse_runs(
+    path: &Path,
+    text: &str,
+    spec: &Spec,
+    shard: Shard,
+    total: u64,
+) -> Result<Vec<Row>, MergeError> {
     let bad = |reason: String| MergeError::Malformed { path: path.to_owned(), reason };
     let records = csv_records(text).map_err(bad)?;
     let columns = columns(spec);
@@ -715,14 +761,20 @@ fn parse_runs(path: &Path, text: &str, spec: &Spec, shard: Shard, total: u64) ->
         if record.fields.len() != columns.len() {
             return Err(at(format!("{} fields, expected {}", record.fields.len(), columns.len())));
         }
-        let run: u64 = record.fields[0].parse().map_err(|_| at(format!("run {:?} is not a run number", record.fields[0])))?;
+        let run: u64 = record.fields[0]
+            .parse()
+            .map_err(|_| at(format!("run {:?} is not a run number", record.fields[0])))?;
         if run >= total || !shard.holds(run) {
             return Err(at(format!("run {run} is not one of shard {}/{}'s runs", shard.index, shard.count)));
         }
         let point = run / seeds;
         for (i, value) in spec.values(point).into_iter().enumerate() {
             if record.fields[1 + i] != value {
-                return Err(at(format!("{} is {:?}, but run {run} has {value:?}", spec.grid[i].key, record.fields[1 + i])));
+                return Err(at(format!(
+                    "{} is {:?}, but run {run} has {value:?}",
+                    spec.grid[i].key,
+                    record.fields[1 + i]
+                )));
             }
         }
         let seed = spec.seeds.from + run % seeds;
@@ -750,7 +802,12 @@ fn parse_runs(path: &Path, text: &str, spec: &Spec, shard: Shard, total: u64) ->
     }
     let expected = shard.runs(total);
     if rows.len() as u64 != expected {
-        return Err(bad(format!("{} runs, but shard {}/{} has {expected}: rerun it", rows.len(), shard.index, shard.count)));
+        return Err(bad(format!(
+            "{} runs, but shard {}/{} has {expected}: rerun it",
+            rows.len(),
+            shard.index,
+            shard.count
+        )));
     }
     Ok(rows)
 }
@@ -816,14 +873,17 @@ fn outcome_rules(index: &dyn Fn(&str) -> Option<usize>) -> Vec<(&'static str, Ru
     let mut rules: Vec<(&'static str, Rule)> = Vec::new();
     for (name, _) in OUTCOMES {
         let rule: Option<Rule> = match name {
-            "halted" => index("halted_at_s").map(|i| Box::new(move |r: &[Option<f64>]| r[i].is_some()) as Rule),
-            "revoked" => index("revoked_at_s").map(|i| Box::new(move |r: &[Option<f64>]| r[i].is_some()) as Rule),
-            "all_committed" => index("committed").zip(index("devices")).map(|(c, d)| {
-                Box::new(move |r: &[Option<f64>]| r[c].is_some() && r[c] == r[d]) as Rule
-            }),
-            "any_failed" => {
-                index("failed").map(|i| Box::new(move |r: &[Option<f64>]| r[i].is_some_and(|f| f > 0.0)) as Rule)
+            "halted" => {
+                index("halted_at_s").map(|i| Box::new(move |r: &[Option<f64>]| r[i].is_some()) as Rule)
             }
+            "revoked" => {
+                index("revoked_at_s").map(|i| Box::new(move |r: &[Option<f64>]| r[i].is_some()) as Rule)
+            }
+            "all_committed" => index("committed")
+                .zip(index("devices"))
+                .map(|(c, d)| Box::new(move |r: &[Option<f64>]| r[c].is_some() && r[c] == r[d]) as Rule),
+            "any_failed" => index("failed")
+                .map(|i| Box::new(move |r: &[Option<f64>]| r[i].is_some_and(|f| f > 0.0)) as Rule),
             _ => None,
         };
         if let Some(rule) = rule {
@@ -868,7 +928,14 @@ fn point_line(label: &str, s: &PointStats) -> String {
     if let Some((_, p)) = s.outcomes.iter().find(|(k, _)| *k == "halted")
         && let (Some(v), Some([lo, hi])) = (p.proportion, p.ci95)
     {
-        let _ = write!(line, " halted {:.1}% [{:.1}, {:.1}] of {} runs;", v * 100.0, lo * 100.0, hi * 100.0, p.runs);
+        let _ = write!(
+            line,
+            " halted {:.1}% [{:.1}, {:.1}] of {} runs;",
+            v * 100.0,
+            lo * 100.0,
+            hi * 100.0,
+            p.runs
+        );
     }
     if let Some((_, d)) = s.metrics.iter().find(|(k, _)| k == "t90_s") {
         match (d.mean, d.ci95) {
@@ -936,7 +1003,10 @@ fn draw_bands(out: &Path, spec: &Spec, stats: &[PointStats], key: &str) -> Resul
         })
         .collect();
     let (title, y_desc) = if is_outcome {
-        (format!("{}: share of runs {key} (Wilson 95% interval)", spec.scenario), format!("{key} (share of runs)"))
+        (
+            format!("{}: share of runs {key} (Wilson 95% interval)", spec.scenario),
+            format!("{key} (share of runs)"),
+        )
     } else {
         (format!("{}: {key}, mean and 95% interval", spec.scenario), format!("{key} (mean)"))
     };
@@ -951,7 +1021,8 @@ fn draw_t90(out: &Path, spec: &Spec, stats: &[PointStats]) -> Result<(), SimErro
         .filter_map(|(p, s)| {
             let (_, d) = s.metrics.iter().find(|(k, _)| k == "t90_s")?;
             let quantiles = (|| Some([d.min?, d.p5?, d.p25?, d.p50?, d.p75?, d.p95?, d.max?]))();
-            let label = if spec.grid.is_empty() { "all runs".to_owned() } else { spec.values(p as u64).join(", ") };
+            let label =
+                if spec.grid.is_empty() { "all runs".to_owned() } else { spec.values(p as u64).join(", ") };
             Some(Spread { label, missing: spec.seed_count() - d.n, quantiles })
         })
         .collect();
@@ -1041,7 +1112,10 @@ fn seed_range(args: &SweepArgs, base: u64) -> Result<SeedRange, SweepError> {
         return Err(fail("--seeds 0".into(), "run at least one seed"));
     }
     let to = base.checked_add(n).ok_or_else(|| {
-        fail(format!("--seeds {n}"), &format!("{n} seeds from the scenario's seed {base} pass the last seed; use --seed-range"))
+        fail(
+            format!("--seeds {n}"),
+            &format!("{n} seeds from the scenario's seed {base} pass the last seed; use --seed-range"),
+        )
     })?;
     Ok(SeedRange { from: base, to })
 }
@@ -1078,7 +1152,11 @@ fn grid_axes(options: &[String], sets: &[String]) -> Result<Vec<Axis>, SweepErro
             return Err(fail(format!("the value list is empty: give at least one value, e.g. {key}=1,2")));
         }
         if let Some(i) = values.iter().position(String::is_empty) {
-            return Err(fail(format!("value {} of {} is empty: remove the extra comma", i + 1, values.len())));
+            return Err(fail(format!(
+                "value {} of {} is empty: remove the extra comma",
+                i + 1,
+                values.len()
+            )));
         }
         if let Some((i, v)) = values.iter().enumerate().find(|(i, v)| values[..*i].contains(v)) {
             return Err(fail(format!("value {v} is listed twice (as value {})", i + 1)));
@@ -1209,7 +1287,9 @@ fn csv_records(text: &str) -> Result<Vec<Record>, String> {
                     break i - 2;
                 }
                 None => break i,
-                Some(_) => return Err(format!("line {line}: a quoted field must end at a comma or the line's end")),
+                Some(_) => {
+                    return Err(format!("line {line}: a quoted field must end at a comma or the line's end"));
+                }
             }
         };
         records.push(Record { line: first_line, raw: text[start..end].to_owned(), fields });

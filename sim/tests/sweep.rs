@@ -101,7 +101,9 @@ fn rows(path: &Path) -> Vec<BTreeMap<String, String>> {
     let text = String::from_utf8(read(path)).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    lines.map(|l| header.iter().map(|h| (*h).to_owned()).zip(l.split(',').map(str::to_owned)).collect()).collect()
+    lines
+        .map(|l| header.iter().map(|h| (*h).to_owned()).zip(l.split(',').map(str::to_owned)).collect())
+        .collect()
 }
 
 #[test]
@@ -135,7 +137,9 @@ fn sharded_four_ways_and_merged_equals_the_unsharded_sweep() {
     args.extend(["--out", merged.to_str().unwrap()]);
     sweep(&args).unwrap();
 
-    for file in ["runs.csv", "sweep.json", "t90_s.png", "wan_bytes.png", "halted.png", "t90_s-distribution.png"] {
+    for file in
+        ["runs.csv", "sweep.json", "t90_s.png", "wan_bytes.png", "halted.png", "t90_s-distribution.png"]
+    {
         assert!(read(&whole.join(file)) == read(&merged.join(file)), "{file} differs after merging");
     }
     assert_eq!(&read(&whole.join("halted.png"))[..4], b"\x89PNG");
@@ -157,7 +161,8 @@ fn sharded_four_ways_and_merged_equals_the_unsharded_sweep() {
     assert_eq!(points[3]["grid"]["network.mode"], "p2p-dedup");
     let wan = &points[0]["metrics"]["wan_bytes"];
     assert_eq!(wan["n"], 5);
-    let (lo, mean, hi) = (wan["ci95"][0].as_f64().unwrap(), wan["mean"].as_f64().unwrap(), wan["ci95"][1].as_f64().unwrap());
+    let (lo, mean, hi) =
+        (wan["ci95"][0].as_f64().unwrap(), wan["mean"].as_f64().unwrap(), wan["ci95"][1].as_f64().unwrap());
     assert!(lo <= mean && mean <= hi, "{wan}");
     let halted: u64 = runs[..5].iter().filter(|r| !r["halted_at_s"].is_empty()).count() as u64;
     assert_eq!(points[0]["outcomes"]["halted"]["yes"], halted);
@@ -238,7 +243,8 @@ fn merge_refuses_shards_of_another_sweep_missing_or_edited_shards() {
     let s = scenario(dir.path(), "small.toml", SMALL);
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     for (out, seeds, shard) in [("a0", "0..4", "0/2"), ("a1", "0..4", "1/2"), ("b1", "0..5", "1/2")] {
-        sweep(&[&s, "--out", &p(out), "--seed-range", seeds, "--shard", shard, "--reproducible", "--quiet"]).unwrap();
+        sweep(&[&s, "--out", &p(out), "--seed-range", seeds, "--shard", shard, "--reproducible", "--quiet"])
+            .unwrap();
     }
     let merged = p("merged");
     let merge = |dirs: &[&str]| {
@@ -284,6 +290,12 @@ fn merge_refuses_shards_of_another_sweep_missing_or_edited_shards() {
     std::fs::write(&runs_csv, text.replace(&format!("{first_row}\n"), "")).unwrap();
     assert!(merge(&[&a0, &a1]).contains("1 runs, but shard 1/2 has 2"));
     assert!(!Path::new(&merged).exists(), "nothing written by a refused merge");
+    // A split into one shard (a Slurm array of one task) still merges.
+    let only = p("only");
+    sweep(&[&s, "--out", &only, "--seed-range", "0..4", "--shard", "0/1", "--reproducible", "--quiet"])
+        .unwrap();
+    sweep(&["merge", &only, "--out", &merged]).unwrap();
+    assert_eq!(rows(&Path::new(&merged).join("runs.csv")).len(), 4);
 }
 
 #[test]
