@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{FontStyle, register_font};
@@ -387,6 +388,18 @@ fn compact(v: f64) -> String {
     trim(format!("{v:.decimals$}"))
 }
 
+/// Says so in the middle of a sweep chart that has nothing to draw (a time no run
+/// reached), rather than leaving an empty frame.
+fn empty_note<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    at: (f64, f64),
+) -> DrawResult {
+    let style =
+        ("sans-serif", 22).into_font().color(&RGBColor(90, 90, 90)).pos(Pos::new(HPos::Center, VPos::Center));
+    chart.draw_series(std::iter::once(Text::new("no run had a value", at, style))).map_err(err)?;
+    Ok(())
+}
+
 /// The label of a categorical axis position, or nothing between positions.
 fn category(categories: &[String], x: f64) -> String {
     let i = x.round();
@@ -429,6 +442,9 @@ fn draw_bands<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &BandChart) -
         .axis_desc_style(("sans-serif", 18))
         .draw()
         .map_err(err)?;
+    if c.bands.iter().all(|b| b.points.is_empty()) {
+        empty_note(&mut chart, ((x0 + x1) / 2.0, (y0 + y1) / 2.0))?;
+    }
     for (i, band) in c.bands.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let mut outline: Vec<(f64, f64)> = band.points.iter().map(|e| (e.x, e.hi)).collect();
@@ -495,6 +511,9 @@ fn draw_spreads<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &SpreadChar
         .axis_desc_style(("sans-serif", 18))
         .draw()
         .map_err(err)?;
+    if c.spreads.iter().all(|s| s.quantiles.is_none()) {
+        empty_note(&mut chart, ((k as f64 - 1.0) / 2.0, (y0 + y1) / 2.0))?;
+    }
     let color = RGBColor(31, 119, 180);
     let w = 0.3;
     for (i, s) in c.spreads.iter().enumerate() {

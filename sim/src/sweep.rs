@@ -183,13 +183,13 @@ pub enum MergeError {
     /// A shard's `shard.json` or `runs.csv` cannot be read; pass the `--out` directories
     /// of `otamesh sim sweep --shard` runs.
     #[error(
-        "{path}: cannot read it ({source}); pass the --out directories of `otamesh sim sweep --shard` runs"
+        "{path}: cannot read it ({error}); pass the --out directories of `otamesh sim sweep --shard` runs"
     )]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (not a `source`: the message already says it).
+        error: std::io::Error,
     },
     /// A file is not what a shard writes (or was edited); rerun that shard.
     #[error("{path}: {reason}")]
@@ -323,7 +323,7 @@ pub fn merge(args: MergeArgs) -> Result<(), SimError> {
     let mut shards: Vec<(PathBuf, ShardFile, u64)> = Vec::new();
     for dir in &args.dirs {
         let path = dir.join("shard.json");
-        let bytes = std::fs::read(&path).map_err(|source| MergeError::Read { path: path.clone(), source })?;
+        let bytes = std::fs::read(&path).map_err(|error| MergeError::Read { path: path.clone(), error })?;
         let malformed = |reason: String| MergeError::Malformed { path: path.clone(), reason };
         let file: ShardFile = serde_json::from_slice(&bytes)
             .map_err(|e| malformed(format!("not a shard.json of `otamesh sim sweep --shard`: {e}")))?;
@@ -395,8 +395,8 @@ pub fn merge(args: MergeArgs) -> Result<(), SimError> {
     let mut rows = Vec::with_capacity(usize::try_from(runs).unwrap_or(0));
     for (dir, file, _) in &shards {
         let path = dir.join("runs.csv");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| MergeError::Read { path: path.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|error| MergeError::Read { path: path.clone(), error })?;
         rows.extend(parse_runs(&path, &text, &spec, file.shard, runs)?);
     }
     rows.sort_by_key(|r| r.run);
