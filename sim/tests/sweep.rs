@@ -166,6 +166,8 @@ fn sharded_four_ways_and_merged_equals_the_unsharded_sweep() {
     assert!(lo <= mean && mean <= hi, "{wan}");
     let halted: u64 = runs[..5].iter().filter(|r| !r["halted_at_s"].is_empty()).count() as u64;
     assert_eq!(points[0]["outcomes"]["halted"]["yes"], halted);
+    let committed_all = runs[..5].iter().filter(|r| r["committed"] == r["devices"]).count() as u64;
+    assert_eq!(points[0]["outcomes"]["all_committed"]["yes"], committed_all);
     // Central sends every byte over the WAN; p2p-dedup once per site.
     let mean_wan = |p: usize| points[p]["metrics"]["wan_bytes"]["mean"].as_f64().unwrap();
     assert!(mean_wan(0) > mean_wan(1), "central {} vs p2p-dedup {}", mean_wan(0), mean_wan(1));
@@ -339,4 +341,50 @@ fn canary_detection_agrees_with_one_minus_one_minus_p_to_the_n() {
         shares.push(halted["proportion"].as_f64().unwrap());
     }
     assert!(shares[1] > shares[0], "a larger canary detects more often: {shares:?}");
+}
+
+#[test]
+fn a_row_replays_as_a_single_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = scenario(dir.path(), "small.toml", SMALL);
+    let study = dir.path().join("study");
+    sweep(&[
+        &s,
+        "--out",
+        study.to_str().unwrap(),
+        "--seed-range",
+        "40..43",
+        "--grid",
+        "network.mode=central,p2p",
+        "--reproducible",
+        "--quiet",
+    ])
+    .unwrap();
+    let row = &rows(&study.join("runs.csv"))[4];
+    assert_eq!((row["network.mode"].as_str(), row["seed"].as_str()), ("p2p", "41"));
+    // `otamesh sim` with the row's seed and grid value gives the same summary.
+    let one = dir.path().join("one");
+    let set = format!("network.mode={}", row["network.mode"]);
+    let argv = [
+        "sim",
+        &s,
+        "--out",
+        one.to_str().unwrap(),
+        "--seed",
+        &row["seed"],
+        "--set",
+        &set,
+        "--reproducible",
+        "--quiet",
+    ];
+    run(Cmd::try_parse_from(argv).unwrap().sim).unwrap();
+    let summary = json(&one.join("summary.json"));
+    for (key, value) in summary.as_object().unwrap() {
+        let cell = match value {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(row[key], cell, "{key}");
+    }
 }
