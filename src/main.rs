@@ -45,7 +45,8 @@ enum Command {
     Report(commands::report::Args),
     /// Run a whole fleet on loopback: staged rollout, a bad release halted and revoked, a report.
     Demo(commands::demo::Args),
-    /// Simulate a rollout scenario (or `sim compare` several): summary.json, timeseries.csv, plots.
+    /// Simulate a rollout scenario (or `sim compare` several, or `sim sweep` seeds and grids):
+    /// summary.json, timeseries.csv, plots.
     Sim(otamesh_sim::cli::SimArgs),
 }
 

@@ -395,3 +395,29 @@ fn keygen_refuses_to_overwrite() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("already exists"), "{}", r.stderr);
 }
+
+#[test]
+fn sim_sweep_bad_input_exits_1_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/canary-detection.toml");
+    let scenario = scenario.to_str().unwrap();
+    // (arguments, words of the message)
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["sim", "sweep", scenario, "--out", "o", "--shard", "4/4"], &["--shard 4/4", "out of range"]),
+        (
+            &["sim", "sweep", scenario, "--out", "o", "--grid", "network.speed=1,2"],
+            &["network.speed", "unknown field"],
+        ),
+        (&["sim", "sweep", scenario, "--out", "o", "--grid", "network.mode="], &["network.mode", "empty"]),
+        (&["sim", "sweep", "merge", "nowhere", "--out", "o"], &["nowhere/shard.json", "cannot read"]),
+    ];
+    for (args, words) in cases {
+        let r = otamesh(dir.path(), args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert_eq!(r.stderr.trim_end().lines().count(), 1, "{args:?}: one line: {}", r.stderr);
+        for word in *words {
+            assert!(r.stderr.contains(word), "{args:?}: {} lacks {word}", r.stderr);
+        }
+        assert!(!dir.path().join("o").exists(), "{args:?}: nothing written");
+    }
+}

@@ -1,4 +1,5 @@
-//! The `otamesh sim` command: arguments and the run that writes the outputs.
+//! The `otamesh sim` command: arguments and the run that writes the outputs (sweeps
+//! live in [`crate::sweep`]).
 //!
 //! The binary's `main.rs` only adds `Sim(otamesh_sim::cli::SimArgs)` to its commands
 //! and calls [`run`]; everything else lives here.
@@ -12,6 +13,7 @@ use crate::engine::{self, Progress, RunResult};
 use crate::plot::{self, Curve};
 use crate::report::{Summary, timeseries_csv};
 use crate::scenario::{Scenario, ScenarioError};
+use crate::sweep::{self, MergeError, SweepError};
 
 /// `otamesh sim SCENARIO.toml --out DIR [--seed N] [--set section.key=value]...`, or
 /// `otamesh sim compare A.toml B.toml ... --out DIR`.
@@ -55,6 +57,80 @@ pub enum SimCommand {
     /// Run several scenarios (or one scenario under several --variant sets) and draw
     /// them side by side: compare.json and compare.png.
     Compare(CompareArgs),
+    /// Run one scenario over many seeds and a grid of values on every core: runs.csv,
+    /// sweep.json (means, percentiles, 95% intervals) and plots. `--shard I/N` runs one
+    /// slice for a cluster; `sweep merge` combines the slices.
+    Sweep(SweepArgs),
+}
+
+/// `otamesh sim sweep SCENARIO.toml --out DIR [--seeds N | --seed-range A..B]
+/// [--grid section.key=v1,v2,...]... [--jobs J] [--shard I/N]`, or `otamesh sim sweep
+/// merge DIR... --out DIR`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SweepArgs {
+    /// Combine shard outputs.
+    #[command(subcommand)]
+    pub command: Option<SweepCommand>,
+    /// The scenario file.
+    #[arg(required = true, value_name = "SCENARIO.toml")]
+    pub scenario: Option<PathBuf>,
+    /// Directory for runs.csv, sweep.json and the plots; with --shard, for runs.csv and
+    /// shard.json (created if missing).
+    #[arg(long, required = true, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Run N seeds per grid point, from the scenario's seed on [default: 100].
+    #[arg(long, value_name = "N", conflicts_with = "seed_range")]
+    pub seeds: Option<u64>,
+    /// Run the seeds A to B per grid point, B excluded (A..=B includes it).
+    #[arg(long, value_name = "A..B")]
+    pub seed_range: Option<String>,
+    /// Sweep a scenario key over values, as --set takes them (repeatable: every
+    /// combination runs). TOML lists stay whole: rollout.waves=[{percent=100}],[].
+    #[arg(long, value_name = "SECTION.KEY=V1,V2,...")]
+    pub grid: Vec<String>,
+    /// Override a scenario value in every run (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Runs at once, one thread each [default: every core]; each run is single-threaded.
+    #[arg(long, value_name = "J")]
+    pub jobs: Option<usize>,
+    /// Run only shard I of N (numbered from 0): the runs r with r % N == I.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Plot this numeric summary key or outcome against the first grid key (repeatable)
+    /// [default: t90_s, wan_bytes, halted].
+    #[arg(long = "plot", value_name = "KEY")]
+    pub plot: Vec<String>,
+    /// Write the wall-clock fields as null, so that outputs are byte-identical across
+    /// reruns and across sharded and unsharded sweeps.
+    #[arg(long)]
+    pub reproducible: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Subcommands of `otamesh sim sweep`.
+#[derive(Debug, clap::Subcommand)]
+pub enum SweepCommand {
+    /// Combine the --out directories of every shard of one sweep into the files the
+    /// unsharded sweep writes.
+    Merge(MergeArgs),
+}
+
+/// `otamesh sim sweep merge DIR... --out DIR`.
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The shards' --out directories, all of them, in any order.
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    /// Directory for runs.csv, sweep.json and the plots.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// As for the sweep (repeatable) [default: t90_s, wan_bytes, halted].
+    #[arg(long = "plot", value_name = "KEY")]
+    pub plot: Vec<String>,
 }
 
 /// `otamesh sim compare`.
@@ -101,12 +177,25 @@ pub enum SimError {
     /// The command line is incomplete.
     #[error("{0}")]
     Usage(String),
+    /// A sweep's options are invalid; the message names the option, the key and the fix.
+    #[error(transparent)]
+    Sweep(#[from] SweepError),
+    /// Shard outputs cannot be merged; the message names the directory and the reason.
+    #[error(transparent)]
+    Merge(#[from] MergeError),
 }
 
 /// Runs `otamesh sim`.
 pub fn run(args: SimArgs) -> Result<(), SimError> {
-    if let Some(SimCommand::Compare(c)) = args.command {
-        return compare(c);
+    match args.command {
+        Some(SimCommand::Compare(c)) => return compare(c),
+        Some(SimCommand::Sweep(s)) => {
+            return match s.command {
+                Some(SweepCommand::Merge(m)) => sweep::merge(m),
+                None => sweep::sweep(s),
+            };
+        }
+        None => {}
     }
     let (Some(path), Some(out)) = (args.scenario, args.out) else {
         return Err(SimError::Usage("usage: otamesh sim SCENARIO.toml --out DIR".into()));
@@ -145,7 +234,7 @@ pub fn simulate(scenario: &Scenario, seed: u64, quiet: bool) -> (RunResult, f64)
     (result, started.elapsed().as_secs_f64())
 }
 
-fn seed_for(path: &Path, scenario: &Scenario, flag: Option<u64>) -> u64 {
+pub(crate) fn seed_for(path: &Path, scenario: &Scenario, flag: Option<u64>) -> u64 {
     flag.or(scenario.sim.seed).unwrap_or_else(|| {
         // No seed anywhere: derive one from the file, so a plain rerun replays.
         let text = std::fs::read(path).unwrap_or_default();
@@ -223,10 +312,10 @@ fn compare(c: CompareArgs) -> Result<(), SimError> {
     Ok(())
 }
 
-fn create_dir(dir: &Path) -> Result<(), SimError> {
+pub(crate) fn create_dir(dir: &Path) -> Result<(), SimError> {
     std::fs::create_dir_all(dir).map_err(|source| SimError::Write { path: dir.to_owned(), source })
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<(), SimError> {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<(), SimError> {
     std::fs::write(path, bytes).map_err(|source| SimError::Write { path: path.to_owned(), source })
 }

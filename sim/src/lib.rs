@@ -5,8 +5,9 @@
 //! it says about a rollout strategy is said about the code devices run. The network is
 //! flow-level with max-min fair sharing ([`net`]); the fleet is struct-of-arrays
 //! ([`engine`]); scenarios are TOML ([`scenario`]); outputs are JSON, CSV and plots
-//! ([`report`], [`plot`]); [`trace`] records what chosen devices were fed and answered.
-//! `docs/simulator.md` describes the model and its error bounds.
+//! ([`report`], [`plot`]); [`sweep`] runs many seeds and parameter grids in parallel
+//! and summarises them ([`stats`]); [`trace`] records what chosen devices were fed and
+//! answered. `docs/simulator.md` describes the model and its error bounds.
 //!
 //! The same scenario and seed give a byte-identical `summary.json` (apart from the
 //! measured `wall_s`, which `--reproducible` writes as `null`).
@@ -19,6 +20,8 @@ pub mod queue;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod stats;
+pub mod sweep;
 pub mod trace;
 
 pub use engine::{RunResult, run};

@@ -1,4 +1,5 @@
-//! Plots: convergence (PNG and SVG), WAN bytes, and the comparison of several runs.
+//! Plots: convergence (PNG and SVG), WAN bytes, the comparison of several runs, and a
+//! sweep's estimates with their intervals and its distributions per grid point.
 //!
 //! Text is rendered with DejaVu Sans embedded in the binary (`sim/assets/`, Bitstream
 //! Vera license, see `DejaVuSans-LICENSE.txt`) through plotters' `ab_glyph` backend, so
@@ -8,6 +9,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{FontStyle, register_font};
@@ -62,6 +64,77 @@ pub fn compare(curves: &[Curve], path: &Path) -> Result<(), SimError> {
     draw(path, Figure::Compare(curves))
 }
 
+/// An estimate at one value of a sweep's x grid key, with its 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// The grid value (or its position, on a categorical axis).
+    pub x: f64,
+    /// The mean, or the proportion.
+    pub y: f64,
+    /// Lower end of the interval.
+    pub lo: f64,
+    /// Upper end of the interval.
+    pub hi: f64,
+}
+
+/// One line of a sweep plot: the grid points that agree on every grid key but the x one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Band {
+    /// Legend label: the other grid keys' values (empty with a single grid key).
+    pub label: String,
+    /// Estimates in increasing x.
+    pub points: Vec<Estimate>,
+}
+
+/// A metric (or an outcome's proportion) against one grid key, with interval bands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BandChart {
+    /// Title.
+    pub title: String,
+    /// X axis description: the grid key.
+    pub x_desc: String,
+    /// Y axis description.
+    pub y_desc: String,
+    /// Labels of a categorical x axis (x = 0, 1, ...); `None` for numeric grid values.
+    pub categories: Option<Vec<String>>,
+    /// The lines.
+    pub bands: Vec<Band>,
+}
+
+/// The distribution of one metric at one grid point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spread {
+    /// The grid point.
+    pub label: String,
+    /// Runs in which the metric had no value (a time never reached).
+    pub missing: u64,
+    /// min, p5, p25, p50, p75, p95, max; `None` when no run had a value.
+    pub quantiles: Option<[f64; 7]>,
+}
+
+/// Box plots of one metric, one per grid point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpreadChart {
+    /// Title.
+    pub title: String,
+    /// Y axis description.
+    pub y_desc: String,
+    /// One box per grid point.
+    pub spreads: Vec<Spread>,
+}
+
+/// A sweep's metric against a grid key: mean (or proportion) lines, 95% interval bands
+/// and error bars.
+pub fn bands(chart: &BandChart, path: &Path) -> Result<(), SimError> {
+    draw(path, Figure::Bands(chart))
+}
+
+/// A sweep's distribution of one metric per grid point: boxes from the 25th to the 75th
+/// percentile, the median, whiskers from the 5th to the 95th, dots at min and max.
+pub fn spreads(chart: &SpreadChart, path: &Path) -> Result<(), SimError> {
+    draw(path, Figure::Spreads(chart))
+}
+
 type DrawResult = Result<(), String>;
 
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +142,8 @@ enum Figure<'a> {
     Convergence(&'a RunResult),
     Wan(&'a RunResult),
     Compare(&'a [Curve]),
+    Bands(&'a BandChart),
+    Spreads(&'a SpreadChart),
 }
 
 fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, figure: Figure<'_>) -> DrawResult {
@@ -76,6 +151,8 @@ fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, figure: Figure<'_>) 
         Figure::Convergence(r) => draw_convergence(root, r),
         Figure::Wan(r) => draw_wan(root, r),
         Figure::Compare(c) => draw_compare(root, c),
+        Figure::Bands(c) => draw_bands(root, c),
+        Figure::Spreads(c) => draw_spreads(root, c),
     }
 }
 
@@ -275,6 +352,195 @@ fn draw_compare<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, curves: &[Curv
         for (x, cell) in columns.iter().zip(cells) {
             lower.draw_text(&cell, &style.clone().color(&color), (*x, y)).map_err(err)?;
         }
+    }
+    root.present().map_err(err)
+}
+
+/// Widens `[lo, hi]` by `share` of its span on each side, or around a single value.
+fn pad(lo: f64, hi: f64, share: f64) -> (f64, f64) {
+    if !lo.is_finite() || !hi.is_finite() {
+        return (0.0, 1.0);
+    }
+    let span = hi - lo;
+    if span > 0.0 {
+        return (lo - span * share, hi + span * share);
+    }
+    let d = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
+    (lo - d, hi + d)
+}
+
+/// An axis label: SI suffixes for large values, a few significant digits otherwise.
+fn compact(v: f64) -> String {
+    let a = v.abs();
+    let trim = |s: String| {
+        if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_owned() } else { s }
+    };
+    for (scale, suffix) in [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e4, "k")] {
+        if a >= scale {
+            let v = if suffix == "k" { v / 1e3 } else { v / scale };
+            return trim(format!("{v:.2}")) + suffix;
+        }
+    }
+    if a == 0.0 {
+        return "0".into();
+    }
+    let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+    trim(format!("{v:.decimals$}"))
+}
+
+/// Says so in the middle of a sweep chart that has nothing to draw (a time no run
+/// reached), rather than leaving an empty frame.
+fn empty_note<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    at: (f64, f64),
+) -> DrawResult {
+    let style =
+        ("sans-serif", 22).into_font().color(&RGBColor(90, 90, 90)).pos(Pos::new(HPos::Center, VPos::Center));
+    chart.draw_series(std::iter::once(Text::new("no run had a value", at, style))).map_err(err)?;
+    Ok(())
+}
+
+/// The label of a categorical axis position, or nothing between positions.
+fn category(categories: &[String], x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() > 1e-6 || i < 0.0 {
+        return String::new();
+    }
+    categories.get(i as usize).cloned().unwrap_or_default()
+}
+
+fn draw_bands<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &BandChart) -> DrawResult {
+    root.fill(&WHITE).map_err(err)?;
+    let points = || c.bands.iter().flat_map(|b| b.points.iter());
+    let (x0, x1, y0, y1) = points()
+        .fold((f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY), |(x0, x1, y0, y1), e| {
+            (x0.min(e.x), x1.max(e.x), y0.min(e.lo), y1.max(e.hi))
+        });
+    let (x0, x1) = match &c.categories {
+        Some(labels) => (-0.5, labels.len().max(1) as f64 - 0.5),
+        None => pad(x0, x1, 0.05),
+    };
+    let (y0, y1) = pad(y0, y1, 0.08);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&c.title, ("sans-serif", 26))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(90)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(err)?;
+    let labels = c.categories.clone().unwrap_or_default();
+    let x_format = |x: &f64| if c.categories.is_some() { category(&labels, *x) } else { compact(*x) };
+    let mut mesh = chart.configure_mesh();
+    if let Some(categories) = &c.categories {
+        mesh.x_labels(categories.len().max(1));
+    }
+    mesh.x_desc(&c.x_desc)
+        .y_desc(&c.y_desc)
+        .x_label_formatter(&x_format)
+        .y_label_formatter(&|y| compact(*y))
+        .label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 18))
+        .draw()
+        .map_err(err)?;
+    if c.bands.iter().all(|b| b.points.is_empty()) {
+        empty_note(&mut chart, ((x0 + x1) / 2.0, (y0 + y1) / 2.0))?;
+    }
+    for (i, band) in c.bands.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let mut outline: Vec<(f64, f64)> = band.points.iter().map(|e| (e.x, e.hi)).collect();
+        outline.extend(band.points.iter().rev().map(|e| (e.x, e.lo)));
+        chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.18).filled()))).map_err(err)?;
+        let bars = band
+            .points
+            .iter()
+            .map(|e| PathElement::new(vec![(e.x, e.lo), (e.x, e.hi)], color.stroke_width(2)));
+        chart.draw_series(bars).map_err(err)?;
+        let dots = band.points.iter().map(|e| Circle::new((e.x, e.y), 4, color.filled()));
+        chart.draw_series(dots).map_err(err)?;
+        let line = chart
+            .draw_series(LineSeries::new(band.points.iter().map(|e| (e.x, e.y)), color.stroke_width(3)))
+            .map_err(err)?;
+        if !band.label.is_empty() {
+            line.label(band.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        }
+    }
+    if c.bands.iter().any(|b| !b.label.is_empty()) {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 16))
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)
+}
+
+fn draw_spreads<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &SpreadChart) -> DrawResult {
+    root.fill(&WHITE).map_err(err)?;
+    let (y0, y1) = c
+        .spreads
+        .iter()
+        .filter_map(|s| s.quantiles)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), q| (lo.min(q[0]), hi.max(q[6])));
+    let (y0, y1) = pad(y0, y1, 0.08);
+    let k = c.spreads.len().max(1);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&c.title, ("sans-serif", 26))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(90)
+        .build_cartesian_2d(-0.5..k as f64 - 0.5, y0..y1)
+        .map_err(err)?;
+    let labels: Vec<String> = c
+        .spreads
+        .iter()
+        .map(|s| if s.missing > 0 { format!("{} ({} never)", s.label, s.missing) } else { s.label.clone() })
+        .collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(k)
+        .x_desc("grid point")
+        .y_desc(&c.y_desc)
+        .x_label_formatter(&|x| category(&labels, *x))
+        .y_label_formatter(&|y| compact(*y))
+        .label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 18))
+        .draw()
+        .map_err(err)?;
+    if c.spreads.iter().all(|s| s.quantiles.is_none()) {
+        empty_note(&mut chart, ((k as f64 - 1.0) / 2.0, (y0 + y1) / 2.0))?;
+    }
+    let color = RGBColor(31, 119, 180);
+    let w = 0.3;
+    for (i, s) in c.spreads.iter().enumerate() {
+        let Some([min, p5, p25, p50, p75, p95, max]) = s.quantiles else { continue };
+        let x = i as f64;
+        let lines = [
+            vec![(x, p5), (x, p25)],
+            vec![(x, p75), (x, p95)],
+            vec![(x - w / 2.0, p5), (x + w / 2.0, p5)],
+            vec![(x - w / 2.0, p95), (x + w / 2.0, p95)],
+        ];
+        chart
+            .draw_series(lines.into_iter().map(|l| PathElement::new(l, color.stroke_width(2))))
+            .map_err(err)?;
+        chart
+            .draw_series([
+                Rectangle::new([(x - w, p25), (x + w, p75)], color.mix(0.25).filled()),
+                Rectangle::new([(x - w, p25), (x + w, p75)], color.stroke_width(2)),
+            ])
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(x - w, p50), (x + w, p50)],
+                RGBColor(214, 39, 40).stroke_width(3),
+            )))
+            .map_err(err)?;
+        chart.draw_series([min, max].map(|y| Circle::new((x, y), 3, color.filled()))).map_err(err)?;
     }
     root.present().map_err(err)
 }

@@ -7,8 +7,9 @@ use serde::Serialize;
 use crate::engine::{RunResult, STATE_NAMES};
 
 /// The keys of `summary.json`, in this order. Times are seconds of virtual time since
-/// the release was published; `null` where the thing never happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// the release was published; `null` where the thing never happened. `Default` is an
+/// empty summary, used for its keys (a sweep writes the `runs.csv` header before any run).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Summary {
     /// Scenario name.
     pub scenario: String,
