@@ -403,3 +403,25 @@ fn waves_gate_directives_and_fleet_view_on_a_six_node_fleet() {
         });
     }
 }
+
+/// A node that joins late, when v1 and v2 are published and a signed revoke v2 -> v1 is
+/// already in the store (it polls the origin's directives before its releases), ends on
+/// v1 and never activates v2: the revoke heard first withdraws v2 before it is taken up.
+#[test]
+fn a_late_node_honours_a_revoke_heard_before_the_release() {
+    let World { dir, key, trust, store, origin } = World::new();
+    let d1 = noise(51, 200_000);
+    let d2 = noise(52, 200_000);
+    let (v1, _) = publish(&store, &key, &d1, "gw", 1);
+    let (v2, _) = publish(&store, &key, &d2, "gw", 2);
+    directive(&store, &key, v2, Order::Revoke { to: v1 }, 1);
+    let args = vec!["--origin".to_string(), origin.url.clone()];
+    let node = Node::start(dir.path(), "late", "s", &trust, &args);
+    wait_for(Duration::from_secs(30), "the late node runs v1", || active_seq(&node) == Some(1));
+    // A few more polls: v2 stays refused.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(active_seq(&node), Some(1), "{}", node.tail_log());
+    assert!(!audit_has(&node, "transition", v2, "activated"), "v2 was activated");
+    assert!(!audit_has(&node, "admitted", v2, ""), "v2 was taken up");
+    assert!(audit_has(&node, "refused", v2, "refused"), "the refusal of v2 is audited");
+}
