@@ -57,6 +57,17 @@ pub enum Event {
     Report(Box<SignedReport>),
 }
 
+/// What `/status` shows of the device: when it changes, the status is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    /// The release in progress (or the last one) and its state.
+    pub current: Option<(ReleaseId, State)>,
+    /// The slot the device runs.
+    pub active: Option<SlotContent>,
+    /// The other slot, kept for a rollback (hidden while a release is written into it).
+    pub previous: Option<SlotContent>,
+}
+
 /// Effects waiting for room in the worker's channel, at most; past this the device
 /// refuses new releases and directives (counted by the caller) until the worker
 /// catches up.
@@ -175,6 +186,12 @@ impl Device {
     pub fn slots(&self) -> (Option<SlotContent>, Option<SlotContent>) {
         let writing = self.current().is_some_and(|(_, s)| matches!(s, State::Staged | State::Installing));
         (self.slots.active.clone(), if writing { None } else { self.slots.inactive.clone() })
+    }
+
+    /// What `/status` shows of the device.
+    pub fn shown(&self) -> Shown {
+        let (active, previous) = self.slots();
+        Shown { current: self.current().map(|(r, s)| (r, s.clone())), active, previous }
     }
 
     /// Effects waiting for the worker.

@@ -17,6 +17,8 @@
 //! - [`slots`]: A/B slot directories and the atomic switch.
 //! - [`hooks`]: the install hook and the health check.
 //! - [`feedback`]: why reports and directives from the mesh are refused; flood budget.
+//! - [`intake`]: reports and directives from the fleet, verified and handed to the device;
+//!   the fleet view behind `/fleet` and `/report`.
 //! - [`serve`]: a static HTTP origin over a store (`otamesh serve`, the demo).
 //! - [`client`]: a client of the node API (`otamesh status`, `fleet`, `report`).
 
@@ -32,6 +34,7 @@ pub mod device;
 pub mod disk;
 pub mod feedback;
 pub mod hooks;
+pub mod intake;
 pub mod keys;
 pub mod metrics;
 pub mod node;

@@ -27,25 +27,22 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, tcp, yamux};
 use otamesh_core::chunking::VerifiedChunk;
-use otamesh_core::directive::SignedDirective;
 use otamesh_core::fetch::{Output, Planner, PlannerConfig, Source};
-use otamesh_core::fleet::FleetView;
-use otamesh_core::gate::Recorded;
-use otamesh_core::lifecycle::{Phase, State};
+use otamesh_core::lifecycle::Phase;
 use otamesh_core::manifest::SignedManifest;
-use otamesh_core::report::{Outcome, SignedReport, VerifiedReport};
+use otamesh_core::report::Outcome;
 use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, TrustRoot, VerifiedManifest, codec};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::api::{Fleet, FleetDevice, ReleaseStatus, Status};
+use crate::api::{Fleet, ReleaseStatus, Status};
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
 use crate::datadir::{DataDir, DataDirError, Expected, device_id, device_secret, peer_device};
-use crate::db::SlotContent;
-use crate::device::{Device, Event as DeviceEvent, NotTaken};
+use crate::device::{Device, Event as DeviceEvent, Shown};
 use crate::disk::{Disk, Done, Effect, Hooks};
-use crate::feedback::{Refusal, ReportBudget};
+use crate::feedback::Refusal;
+use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginError};
 use crate::store::Store;
@@ -68,8 +65,6 @@ const INTERNAL_QUEUE: usize = 1024;
 const ANNOUNCE_RETRY_FOR: Millis = 120_000;
 /// Capacity of the channel from the loop to the disk worker (more wait in the device).
 const DISK_QUEUE: usize = 64;
-/// Reports held for releases not heard of yet, at most (one per device).
-const MAX_HELD_REPORTS: usize = 10_000;
 
 /// Why the node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -223,12 +218,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         directives_topic: IdentTopic::new(DIRECTIVES_TOPIC),
         device,
         shown: None,
-        fleet: FleetView::default(),
-        fleet_tx,
-        report_budget: ReportBudget::default(),
-        held_reports: BTreeMap::new(),
+        intake: Intake::new(config.class.clone(), fleet_tx),
         enrolled,
-        fleet_dirty: false,
         site_installing: BTreeSet::new(),
         store: data.store().clone(),
         config,
@@ -351,19 +342,11 @@ struct Node {
     /// class.
     device: Device,
     /// The device's state and slots as `/status` last showed them.
-    shown: Option<(Option<(ReleaseId, State)>, (Option<SlotContent>, Option<SlotContent>))>,
-    /// The fleet as heard through signed reports.
-    fleet: FleetView,
-    fleet_tx: watch::Sender<Fleet>,
-    /// Reports per device allowed from the mesh.
-    report_budget: ReportBudget,
+    shown: Option<Shown>,
+    /// Reports and directives from the fleet, and the fleet view they build.
+    intake: Intake,
     /// This device has a valid enrolment, so its reports are sent.
     enrolled: bool,
-    /// Reports changed the fleet view since `/fleet` was last rebuilt.
-    fleet_dirty: bool,
-    /// Reports (newest per device) for releases of this class not heard of yet; taken
-    /// when the manifest arrives.
-    held_reports: BTreeMap<DeviceId, VerifiedReport>,
     /// Site members that say they are installing.
     site_installing: BTreeSet<DeviceId>,
     swarm: Swarm<Behaviour>,
@@ -667,9 +650,7 @@ impl Node {
         self.have_dirty = true;
         self.flush_announcements();
         self.publish_status();
-        if self.fleet_dirty {
-            self.publish_fleet();
-        }
+        self.intake.publish_if_changed(&self.device);
     }
 
     fn member_left(&mut self, device: DeviceId) {
@@ -747,14 +728,7 @@ impl Node {
             tracing::warn!(release = %id, error = %e, "release not taken up now; heard again later");
             return;
         }
-        let held: Vec<DeviceId> =
-            self.held_reports.iter().filter(|(_, r)| r.report().release == id).map(|(d, _)| *d).collect();
-        for device in held {
-            if let Some(report) = self.held_reports.remove(&device) {
-                self.take_report(report);
-            }
-        }
-        self.publish_fleet();
+        self.intake.release_heard(now_ms(), id, &mut self.device);
         if tell {
             self.announce(&manifest);
         }
@@ -806,7 +780,7 @@ impl Node {
                     let bytes = report.to_bytes();
                     // Unenrolled, its reports would only be refused by every peer.
                     if let Ok(verified) = report.verify(&self.trust) {
-                        self.take_report(verified);
+                        self.intake.take(now_ms(), verified, &mut self.device);
                         // Queued like announcements: retried until some peer is subscribed.
                         self.announce_queue.push_back((self.reports_topic.clone(), bytes, now_ms()));
                         self.flush_announcements();
@@ -818,7 +792,7 @@ impl Node {
             tracing::error!("the disk worker is gone; device state is no longer written");
         }
         self.metrics.device_backlog.set(self.device.backlog() as i64);
-        let status = (self.device.current().map(|(r, s)| (r, s.clone())), self.device.slots());
+        let status = self.device.shown();
         if self.shown.as_ref() != Some(&status) {
             self.shown = Some(status);
             self.have_dirty = true;
@@ -827,7 +801,7 @@ impl Node {
     }
 
     fn on_report_message(&mut self, data: &[u8], from: PeerId) -> MessageAcceptance {
-        match self.admit_report(data) {
+        match self.intake.report(now_ms(), data, &self.trust, &mut self.device) {
             Ok(()) => MessageAcceptance::Accept,
             Err(refusal) => {
                 self.metrics.refused("reports", refusal);
@@ -837,49 +811,8 @@ impl Node {
         }
     }
 
-    /// Takes a report from the mesh into the fleet view and the device's gate tally,
-    /// or says why not.
-    fn admit_report(&mut self, data: &[u8]) -> Result<(), Refusal> {
-        let signed = SignedReport::from_bytes(data).map_err(|_| Refusal::Malformed)?;
-        let report = signed.verify(&self.trust).map_err(|e| Refusal::of_report(&e))?;
-        let r = report.report();
-        if self.fleet.is_stale(&report)
-            || self.held_reports.get(&report.device()).is_some_and(|h| h.report().sequence >= r.sequence)
-        {
-            return Err(Refusal::Replayed);
-        }
-        if !self.report_budget.spend(report.device(), now_ms()) {
-            return Err(Refusal::Flood);
-        }
-        if self.device.manifest(r.release).is_none() {
-            if r.class != self.config.class {
-                // A release of another class: no gate here judges it, but the device
-                // belongs in the inventory.
-                self.fleet_dirty |= self.fleet.record(&report) != Recorded::Stale;
-                return Ok(());
-            }
-            if self.held_reports.len() < MAX_HELD_REPORTS || self.held_reports.contains_key(&report.device())
-            {
-                self.held_reports.insert(report.device(), report);
-            }
-            return Err(Refusal::UnknownRelease);
-        }
-        self.take_report(report);
-        Ok(())
-    }
-
-    /// Counts a verified report in the fleet view and the device's gate tally.
-    fn take_report(&mut self, report: VerifiedReport) {
-        if self.fleet.record(&report) != Recorded::Stale {
-            self.device.report(now_ms(), &report);
-            // Rebuilt at the next heartbeat: a wave's burst of reports costs one rebuild
-            // of the fleet view and its rollout reports a second, not one per report.
-            self.fleet_dirty = true;
-        }
-    }
-
     fn on_directive_message(&mut self, data: &[u8], from: PeerId) -> MessageAcceptance {
-        match self.take_directive(data) {
+        match self.intake.directive(now_ms(), data, &self.trust, &mut self.device) {
             Ok(()) => MessageAcceptance::Accept,
             Err(refusal) => {
                 self.metrics.refused("directives", refusal);
@@ -887,51 +820,6 @@ impl Node {
                 refusal.acceptance()
             }
         }
-    }
-
-    /// Verifies a directive and hands it to the device, which refuses a replay (an
-    /// older one than already applied for its release) before anything is written; a
-    /// refused directive is not forwarded.
-    fn take_directive(&mut self, data: &[u8]) -> Result<(), Refusal> {
-        let signed = SignedDirective::from_bytes(data).map_err(|_| Refusal::Malformed)?;
-        let verified = self.trust.verify_directive(signed).map_err(|_| Refusal::Forged)?;
-        match self.device.directive(now_ms(), &verified) {
-            Ok(()) => Ok(()),
-            Err(NotTaken::Replayed(_)) => Err(Refusal::Replayed),
-            Err(NotTaken::Busy(_)) => Err(Refusal::Busy),
-        }
-    }
-
-    fn publish_fleet(&mut self) {
-        self.fleet_dirty = false;
-        let devices = self
-            .fleet
-            .devices()
-            .map(|e| FleetDevice {
-                device_id: e.device.to_string(),
-                site: e.site.clone(),
-                class: e.class.clone(),
-                active: e.active.map(|r| r.to_string()),
-                release: e.release.to_string(),
-                state: match &e.outcome {
-                    Outcome::Committed => "committed",
-                    Outcome::Failed { .. } => "failed",
-                    Outcome::RolledBack { revoked: true, .. } => "revoked",
-                    Outcome::RolledBack { .. } => "rolled_back",
-                },
-                last_seen: e.last_seen,
-            })
-            .collect();
-        let reports = self
-            .device
-            .manifests()
-            .iter()
-            .map(|(id, v)| {
-                let m = v.manifest();
-                (*id, self.fleet.rollout(*id, m.kind, m.created_at, &m.rollout))
-            })
-            .collect();
-        self.fleet_tx.send_replace(Fleet { devices, reports });
     }
 
     fn drain_planners(&mut self) {
@@ -1240,18 +1128,20 @@ impl Node {
                     }
                 }
             }
-            Internal::OriginDirective { bytes, url } => match self.take_directive(&bytes) {
-                // Tell the mesh, so nodes without an origin learn it too.
-                // Queued like announcements: retried until some peer is subscribed.
-                Ok(()) => {
-                    self.announce_queue.push_back((self.directives_topic.clone(), bytes, now_ms()));
-                    self.flush_announcements();
+            Internal::OriginDirective { bytes, url } => {
+                match self.intake.directive(now, &bytes, &self.trust, &mut self.device) {
+                    // Tell the mesh, so nodes without an origin learn it too.
+                    // Queued like announcements: retried until some peer is subscribed.
+                    Ok(()) => {
+                        self.announce_queue.push_back((self.directives_topic.clone(), bytes, now_ms()));
+                        self.flush_announcements();
+                    }
+                    Err(refusal) => {
+                        self.metrics.refused("directives", refusal);
+                        tracing::warn!(directive = %url, reason = refusal.label(), "origin directive not taken");
+                    }
                 }
-                Err(refusal) => {
-                    self.metrics.refused("directives", refusal);
-                    tracing::warn!(directive = %url, reason = refusal.label(), "origin directive not taken");
-                }
-            },
+            }
             Internal::PollDone => self.polling = false,
             Internal::Disk(done) => self.device.done(now, done),
         }
