@@ -422,6 +422,12 @@ impl Device {
         device
     }
 
+    /// Releases this device handled before a restart (its database knows them): a
+    /// refusal of one of them was audited then and is not audited again.
+    pub fn handled_before(&mut self, releases: impl IntoIterator<Item = ReleaseId>) {
+        self.refused.extend(releases);
+    }
+
     /// This device's id.
     pub fn id(&self) -> DeviceId {
         self.id

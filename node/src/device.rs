@@ -115,7 +115,7 @@ impl Device {
         saved: Vec<VerifiedManifest>,
         worker: SyncSender<Effect>,
     ) -> Self {
-        let Restored { slots, tried, last, directives } = restored;
+        let Restored { slots, tried, last, directives, handled } = restored;
         let mut heard = Heard::new(config.class.clone(), directives);
         let mut manifests = BTreeMap::new();
         for manifest in saved {
@@ -124,7 +124,8 @@ impl Device {
             }
         }
         let id = DeviceId::of_public_key(&key.public().to_bytes());
-        let machine = Machine::restore(now, &heard, id, config.utc_offset_min, slots.view(), tried, last);
+        let mut machine = Machine::restore(now, &heard, id, config.utc_offset_min, slots.view(), tried, last);
+        machine.handled_before(handled);
         Self {
             machine,
             heard,

@@ -128,6 +128,8 @@ pub struct Restored {
     pub last: Option<(ReleaseId, State)>,
     /// The directives applied before.
     pub directives: DirectiveBook,
+    /// Every release the device handled before (admitted or refused and audited).
+    pub handled: Vec<ReleaseId>,
 }
 
 /// The database, the slots and the hooks. See the module docs.
@@ -159,6 +161,7 @@ impl Disk {
                 .max_by_key(|r| (r.updated_at, r.sequence))
                 .map(|r| (r.release, r.state.clone())),
             directives: disk.db.directives()?.into_iter().collect(),
+            handled: records.iter().map(|r| r.release).collect(),
         };
         Ok((disk, restored))
     }
