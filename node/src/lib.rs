@@ -19,6 +19,7 @@
 //! - [`feedback`]: why reports and directives from the mesh are refused; flood budget.
 //! - [`intake`]: reports and directives from the fleet, verified and handed to the device;
 //!   the fleet view behind `/fleet` and `/report`.
+//! - [`site`]: the site's members and install slot holders, as site gossip tells them.
 //! - [`serve`]: a static HTTP origin over a store (`otamesh serve`, the demo).
 //! - [`client`]: a client of the node API (`otamesh status`, `fleet`, `report`).
 
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod node;
 pub mod origin;
 pub mod serve;
+pub mod site;
 pub mod slots;
 pub mod store;
 pub mod wire;

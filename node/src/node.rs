@@ -45,6 +45,7 @@ use crate::feedback::Refusal;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginError};
+use crate::site::Site;
 use crate::store::Store;
 use crate::wire::{
     self, CHUNK_PROTOCOL, ChunkCodec, DIRECTIVES_TOPIC, Have, Item, RELEASES_TOPIC, REPORTS_TOPIC, Request,
@@ -55,8 +56,10 @@ use crate::wire::{
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The shortest gap between two have-bitfield messages.
 const HAVE_MIN_GAP: Duration = Duration::from_millis(300);
-/// A site peer not heard for this long is no longer a member.
-const MEMBER_TTL: Millis = 10_000;
+/// Manifests asked of site peers per site message naming releases not heard of, at most.
+const MANIFESTS_ASKED_PER_MESSAGE: usize = 4;
+/// Manifest requests outstanding at once, at most.
+const MAX_MANIFESTS_ASKED: usize = 64;
 /// How often unconnected static peers are dialled again.
 const REDIAL: Duration = Duration::from_secs(3);
 /// Capacity of the channel from spawned tasks to the loop.
@@ -164,12 +167,6 @@ struct PendingRequest {
     want: Want,
 }
 
-struct SitePeer {
-    peer: PeerId,
-    last_seen: Millis,
-    releases: BTreeSet<ReleaseId>,
-}
-
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let data = DataDir::open(&config.data)?;
@@ -220,7 +217,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         shown: None,
         intake: Intake::new(config.class.clone(), fleet_tx),
         enrolled,
-        site_installing: BTreeSet::new(),
+        site: Site::default(),
         store: data.store().clone(),
         config,
         swarm,
@@ -234,7 +231,6 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         releases: BTreeMap::new(),
         requests: HashMap::new(),
         next_request_id: 1,
-        site_peers: BTreeMap::new(),
         connected: BTreeSet::new(),
         static_peers: Vec::new(),
         announce_queue: VecDeque::new(),
@@ -347,8 +343,8 @@ struct Node {
     intake: Intake,
     /// This device has a valid enrolment, so its reports are sent.
     enrolled: bool,
-    /// Site members that say they are installing.
-    site_installing: BTreeSet<DeviceId>,
+    /// The site's members and install slot holders, from site gossip.
+    site: Site,
     swarm: Swarm<Behaviour>,
     me: DeviceId,
     trust: TrustRoot,
@@ -363,7 +359,6 @@ struct Node {
     releases: BTreeMap<ReleaseId, Release>,
     requests: HashMap<OutboundRequestId, PendingRequest>,
     next_request_id: u64,
-    site_peers: BTreeMap<DeviceId, SitePeer>,
     connected: BTreeSet<PeerId>,
     /// Static peers: the address to dial and the peer id it turned out to have.
     static_peers: Vec<(Multiaddr, Option<PeerId>)>,
@@ -593,21 +588,7 @@ impl Node {
             return MessageAcceptance::Ignore;
         }
         let now = now_ms();
-        let changed = if msg.installing {
-            self.site_installing.insert(device)
-        } else {
-            self.site_installing.remove(&device)
-        };
-        if changed {
-            self.device.site(now, self.site_installing.len() as u32);
-        }
-        let entry = self.site_peers.entry(device).or_insert_with(|| SitePeer {
-            peer,
-            last_seen: now,
-            releases: BTreeSet::new(),
-        });
-        entry.last_seen = now;
-        entry.peer = peer;
+        let (entry, changed) = self.site.heard(device, peer, now, msg.installing);
         let connected = self.connected.contains(&peer);
         let mut unknown = Vec::new();
         for Have { release, bits } in &msg.haves {
@@ -624,10 +605,15 @@ impl Node {
                 None => unknown.push(*release),
             }
         }
-        // A peer fetches a release this node has not heard of: ask it for the manifest.
+        if changed {
+            self.device.site(now, self.site.holding());
+        }
+        // A peer fetches a release this node has not heard of: ask it for the manifest,
+        // a few per message and a bounded number at a time, so one message naming
+        // thousands of releases costs a few requests, not thousands.
         if connected && msg.class == self.config.class {
-            for release in unknown {
-                if self.manifests_asked.insert(release) {
+            for release in unknown.into_iter().take(MANIFESTS_ASKED_PER_MESSAGE) {
+                if self.manifests_asked.len() < MAX_MANIFESTS_ASKED && self.manifests_asked.insert(release) {
                     self.send_request(peer, device, Want::Manifest(release));
                 }
             }
@@ -637,13 +623,7 @@ impl Node {
 
     fn on_heartbeat(&mut self) {
         let now = now_ms();
-        let gone: Vec<DeviceId> = self
-            .site_peers
-            .iter()
-            .filter(|(_, p)| now.saturating_sub(p.last_seen) > MEMBER_TTL)
-            .map(|(d, _)| *d)
-            .collect();
-        for device in gone {
+        for device in self.site.silent(now) {
             tracing::info!(%device, "site peer silent; no longer a member");
             self.member_left(device);
         }
@@ -655,10 +635,11 @@ impl Node {
 
     fn member_left(&mut self, device: DeviceId) {
         let now = now_ms();
-        if self.site_installing.remove(&device) {
-            self.device.site(now, self.site_installing.len() as u32);
+        let (member, changed) = self.site.leave(device);
+        if changed {
+            self.device.site(now, self.site.holding());
         }
-        if let Some(p) = self.site_peers.remove(&device) {
+        if let Some(p) = member {
             for r in p.releases {
                 if let Some(release) = self.releases.get_mut(&r) {
                     release.planner.handle_peer_left(now, device);
@@ -857,7 +838,7 @@ impl Node {
     }
 
     fn request_chunks(&mut self, peer: DeviceId, chunks: Vec<ChunkId>) {
-        let Some(p) = self.site_peers.get(&peer).map(|p| p.peer) else {
+        let Some(p) = self.site.peer(peer) else {
             for chunk in chunks {
                 self.fail_everywhere(Source::Peer(peer), chunk);
             }
@@ -1189,11 +1170,7 @@ impl Node {
                     state,
                     banned: planner
                         .map(|p| {
-                            self.site_peers
-                                .keys()
-                                .filter(|d| p.is_banned(**d))
-                                .map(|d| d.to_string())
-                                .collect()
+                            self.site.members().filter(|d| p.is_banned(**d)).map(|d| d.to_string()).collect()
                         })
                         .unwrap_or_default(),
                 }
@@ -1211,7 +1188,7 @@ impl Node {
             enrolled: self.enrolled,
             class: self.config.class.clone(),
             peers: self.connected.len(),
-            site_members: self.site_peers.keys().map(|d| d.to_string()).collect(),
+            site_members: self.site.members().map(|d| d.to_string()).collect(),
             listen: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
             state,
             reason,
