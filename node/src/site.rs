@@ -97,9 +97,9 @@ mod tests {
         let peer = PeerId::random();
         assert!(site.heard(a, peer, 0, true).1);
         assert!(!site.heard(a, peer, 1, true).1, "the same claim again changes nothing");
-        assert!(site.heard(b, peer, 1, true).1);
+        assert!(site.heard(b, peer, 5, true).1);
         assert_eq!(site.holding(), 2);
-        assert_eq!(site.silent(MEMBER_TTL + 1), vec![a], "a was last heard at 0");
+        assert_eq!(site.silent(MEMBER_TTL + 2), vec![a], "a was last heard at 1, b at 5");
         let (gone, changed) = site.leave(a);
         assert!(gone.is_some() && changed);
         assert_eq!(site.holding(), 1);
