@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::directive::{DirectiveBook, Order, Refused, Standing, VerifiedDirective};
 use crate::gate::{Recorded, Tally, Verdict};
-use crate::lifecycle::{Action, Context, Lifecycle, Reason, State};
+use crate::lifecycle::{Action, Context, Lifecycle, Phase, Reason, State};
 use crate::manifest::Manifest;
 use crate::report::Outcome;
 use crate::rollout::{DeviceInfo, ReleaseInfo, RolloutPolicy, position};
@@ -351,12 +351,22 @@ pub enum Audit {
     },
 }
 
+#[derive(Debug, Clone, Default)]
+struct Memory {
+    /// Releases rolled back on this device: never retried (unless a revoke names one).
+    tried: BTreeSet<ReleaseId>,
+    /// Releases refused this run (or handled before a restart): audited once.
+    refused: BTreeSet<ReleaseId>,
+    /// Replayed directives audited this run (at most [`MAX_REPLAYS_AUDITED`]).
+    replays: BTreeSet<(ReleaseId, u64)>,
+}
+
 #[derive(Debug, Clone)]
 struct Current {
     release: ReleaseId,
     machine: Lifecycle,
     /// The state last handed out in [`Output::Persist`].
-    persisted: Option<State>,
+    persisted: Option<Phase>,
 }
 
 /// One device's update decisions. See the module docs.
@@ -367,11 +377,9 @@ pub struct Device {
     slots: Slots,
     current: Option<Current>,
     /// Releases rolled back on this device: never retried (unless a revoke names one).
-    tried: BTreeSet<ReleaseId>,
-    /// Releases refused this run, audited once.
-    refused: BTreeSet<ReleaseId>,
-    /// Replayed directives audited this run (at most [`MAX_REPLAYS_AUDITED`]).
-    replays: BTreeSet<(ReleaseId, u64)>,
+    /// What this device remembers of releases it handled: boxed, because a simulator
+    /// keeps a million devices and most never need it.
+    memory: Option<Box<Memory>>,
     /// Other members of the site holding an install slot.
     site_others: u32,
     outputs: VecDeque<Output>,
@@ -385,9 +393,7 @@ impl Device {
             utc_offset_min,
             slots,
             current: None,
-            tried: BTreeSet::new(),
-            refused: BTreeSet::new(),
-            replays: BTreeSet::new(),
+            memory: None,
             site_others: 0,
             outputs: VecDeque::new(),
         }
@@ -407,7 +413,7 @@ impl Device {
         last: Option<(ReleaseId, State)>,
     ) -> Self {
         let mut device = Self::new(id, utc_offset_min, slots);
-        device.tried.extend(tried);
+        device.memory_mut().tried.extend(tried);
         if let Some((release, state)) = last
             && heard.release(release).is_some()
         {
@@ -415,7 +421,7 @@ impl Device {
             if heard.standing(release).halted {
                 machine.handle_halt(now, true);
             }
-            device.current = Some(Current { release, machine, persisted: Some(state) });
+            device.current = Some(Current { release, machine, persisted: Some(state.phase()) });
             device.after(now, heard);
         }
         device.handle_timeout(now, heard);
@@ -425,7 +431,7 @@ impl Device {
     /// Releases this device handled before a restart (its database knows them): a
     /// refusal of one of them was audited then and is not audited again.
     pub fn handled_before(&mut self, releases: impl IntoIterator<Item = ReleaseId>) {
-        self.refused.extend(releases);
+        self.memory_mut().refused.extend(releases);
     }
 
     /// This device's id.
@@ -483,7 +489,7 @@ impl Device {
             return;
         }
         if let Err(refusal) = self.admit(now, heard, r) {
-            if self.refused.insert(release) {
+            if self.memory_mut().refused.insert(release) {
                 self.outputs.push_back(Output::Audit(Audit::Refused { release, refusal }));
             }
             return;
@@ -526,7 +532,8 @@ impl Device {
     /// refusal is audited once per release and sequence.
     pub fn handle_replayed(&mut self, directive: &VerifiedDirective, refused: Refused) {
         let d = directive.directive();
-        if self.replays.len() < MAX_REPLAYS_AUDITED && self.replays.insert((d.release, d.sequence)) {
+        let replays = &mut self.memory_mut().replays;
+        if replays.len() < MAX_REPLAYS_AUDITED && replays.insert((d.release, d.sequence)) {
             let audit = Audit::DirectiveRefused { release: d.release, sequence: d.sequence, refused };
             self.outputs.push_back(Output::Audit(audit));
         }
@@ -612,6 +619,10 @@ impl Device {
         }
     }
 
+    fn memory_mut(&mut self) -> &mut Memory {
+        self.memory.get_or_insert_with(Box::default)
+    }
+
     fn is_current(&self, release: ReleaseId) -> bool {
         self.current.as_ref().is_some_and(|c| c.release == release)
     }
@@ -635,7 +646,7 @@ impl Device {
         {
             return Err(Refusal::Expired { expires_at });
         }
-        if self.tried.contains(&id) && !ordered {
+        if self.memory.as_ref().is_some_and(|m| m.tried.contains(&id)) && !ordered {
             return Err(Refusal::RolledBackBefore);
         }
         let installed = self.slots.active.map(|a| a.sequence);
@@ -690,21 +701,24 @@ impl Device {
     fn after(&mut self, now: Millis, heard: &Heard) {
         let Some(c) = &mut self.current else { return };
         let release = c.release;
-        if c.persisted.as_ref() != Some(c.machine.state()) {
+        // Every change of state changes its phase (a final state never changes), so the
+        // phase tells whether the state was persisted.
+        if c.persisted != Some(c.machine.state().phase()) {
             let state = c.machine.state().clone();
-            c.persisted = Some(state.clone());
+            c.persisted = Some(state.phase());
             self.outputs.push_back(Output::Persist { release, state });
         }
         while let Some(action) = self.current.as_mut().and_then(|c| c.machine.poll_action()) {
             self.execute(heard, release, action);
         }
         let Some(c) = &self.current else { return };
-        if let State::RolledBack(reason) = c.machine.state()
-            && *reason != Reason::Expired
-        {
-            self.tried.insert(release);
+        let state = c.machine.state();
+        let (tried, finished) =
+            (matches!(state, State::RolledBack(r) if *r != Reason::Expired), state.is_final());
+        if tried {
+            self.memory_mut().tried.insert(release);
         }
-        if c.machine.state().is_final() {
+        if finished {
             self.next(now, heard);
         }
     }
@@ -880,7 +894,9 @@ mod tests {
         assert_eq!(d.slots().active.map(|a| a.release), Some(v1.id()));
         let refused = |o: &Output| matches!(o, Output::Audit(Audit::Refused { release, refusal: Refusal::Revoked }) if *release == v2.id());
         assert!(
-            seen.iter().any(refused) || drain(&mut d).iter().any(refused) || d.refused.contains(&v2.id())
+            seen.iter().any(refused)
+                || drain(&mut d).iter().any(refused)
+                || d.memory.as_ref().is_some_and(|m| m.refused.contains(&v2.id()))
         );
     }
 
@@ -938,7 +954,7 @@ mod tests {
         on(4).admit(T0, &heard, r).unwrap();
         assert!(matches!(on(5).admit(T0, &heard, r), Err(Refusal::NotNewer { .. })));
         let mut tried = on(4);
-        tried.tried.insert(r.id());
+        tried.memory_mut().tried.insert(r.id());
         assert_eq!(tried.admit(T0, &heard, r), Err(Refusal::RolledBackBefore));
         let mut delta = r.clone();
         delta.precursor = Some(3);
