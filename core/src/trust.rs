@@ -30,6 +30,8 @@ pub enum Domain {
     Report,
     /// A device enrolment.
     Enrolment,
+    /// A versioned root of trust ([`crate::root::Root`]).
+    Root,
 }
 
 impl Domain {
@@ -39,6 +41,7 @@ impl Domain {
             Self::Directive => b"otamesh/v1/sig/directive\0",
             Self::Report => b"otamesh/v1/sig/report\0",
             Self::Enrolment => b"otamesh/v1/sig/enrolment\0",
+            Self::Root => b"otamesh/v1/sig/root\0",
         }
     }
 
@@ -229,6 +232,39 @@ pub struct Signature {
     pub bytes: SignatureBytes,
 }
 
+/// What [`TrustRoot::count_signatures`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureCount {
+    /// Distinct trusted keys with a valid signature.
+    pub valid: BTreeSet<KeyId>,
+    /// Signatures by keys not in the trust root.
+    pub untrusted: usize,
+    /// Signatures by trusted keys that did not verify.
+    pub invalid: usize,
+    /// How many distinct valid signatures the trust root requires.
+    pub threshold: usize,
+}
+
+impl SignatureCount {
+    /// Whether the threshold is met.
+    pub fn met(&self) -> bool {
+        self.valid.len() >= self.threshold
+    }
+
+    /// `Ok` when the threshold is met, else why not.
+    pub fn decide(&self) -> Result<(), VerifyError> {
+        if self.met() {
+            return Ok(());
+        }
+        Err(VerifyError::TooFewSignatures {
+            valid: self.valid.len(),
+            threshold: self.threshold,
+            untrusted: self.untrusted,
+            invalid: self.invalid,
+        })
+    }
+}
+
 /// Publisher keys and how many of them must sign.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustRoot {
@@ -279,6 +315,15 @@ pub enum VerifyError {
         /// The time of the check.
         now: Millis,
     },
+    /// The directive's `expires_at` has passed; sign a fresh one (`otamesh directive
+    /// --expires-in`).
+    #[error("directive expired at {expires_at} ms (now {now} ms): sign a fresh one")]
+    DirectiveExpired {
+        /// When it expired.
+        expires_at: Millis,
+        /// The time of the check.
+        now: Millis,
+    },
 }
 
 impl TrustRoot {
@@ -306,14 +351,10 @@ impl TrustRoot {
         self.threshold
     }
 
-    /// Counts signatures in `domain` over `body`; succeeds with `threshold` distinct
-    /// trusted keys.
-    pub fn check_signatures(
-        &self,
-        domain: Domain,
-        body: &[u8],
-        signatures: &[Signature],
-    ) -> Result<(), VerifyError> {
+    /// Sorts `signatures` into valid ones by distinct trusted keys, ones by unknown keys
+    /// and ones by trusted keys that do not verify. Used to decide and to show people
+    /// (`otamesh inspect --trust`) which keys signed.
+    pub fn count_signatures(&self, domain: Domain, body: &[u8], signatures: &[Signature]) -> SignatureCount {
         let mut valid = BTreeSet::new();
         let (mut untrusted, mut invalid) = (0, 0);
         for sig in signatures {
@@ -325,15 +366,18 @@ impl TrustRoot {
                 Some(_) => invalid += 1,
             }
         }
-        if valid.len() >= self.threshold {
-            return Ok(());
-        }
-        Err(VerifyError::TooFewSignatures {
-            valid: valid.len(),
-            threshold: self.threshold,
-            untrusted,
-            invalid,
-        })
+        SignatureCount { valid, untrusted, invalid, threshold: self.threshold }
+    }
+
+    /// Counts signatures in `domain` over `body`; succeeds with `threshold` distinct
+    /// trusted keys.
+    pub fn check_signatures(
+        &self,
+        domain: Domain,
+        body: &[u8],
+        signatures: &[Signature],
+    ) -> Result<(), VerifyError> {
+        self.count_signatures(domain, body, signatures).decide()
     }
 
     /// Checks structure, signatures and expiry at `now`.
