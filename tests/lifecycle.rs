@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use otamesh_core::directive::{Directive, Order, SignedDirective};
+use otamesh_core::directive::{DEFAULT_LIFETIME, Directive, Order, SignedDirective};
 use otamesh_core::gate::HealthGate;
 use otamesh_core::rollout::{RolloutPolicy, Wave, position};
 use otamesh_core::{DeviceId, ReleaseId, SecretKey, TrustRoot};
@@ -54,8 +54,9 @@ fn verify_audit(data: &Path) -> (i32, String) {
 
 /// Writes a signed directive into the origin store at `store`.
 fn directive(store: &Path, key: &SecretKey, release: ReleaseId, order: Order, sequence: u64) {
-    let d = Directive { release, order, sequence, issued_at: otamesh_node::clock::now_ms() };
-    let v = TrustRoot::single(key.public()).verify_directive(SignedDirective::sign(d, key)).unwrap();
+    let now = otamesh_node::clock::now_ms();
+    let d = Directive { release, order, sequence, issued_at: now, expires_at: now + DEFAULT_LIFETIME };
+    let v = TrustRoot::single(key.public()).verify_directive(SignedDirective::sign(d, key), now).unwrap();
     otamesh_node::store::Store::create(store).unwrap().put_directive(&v).unwrap();
 }
 

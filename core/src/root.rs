@@ -209,16 +209,27 @@ impl VerifiedRoot {
         Ok(Self { version, trust, signed: Some(signed) })
     }
 
+    /// The first root of a store that has none: [`Self::anchor`]'s rule, and unexpired
+    /// at `now`.
+    pub fn first(signed: SignedRoot, now: Millis) -> Result<Self, RootError> {
+        fresh(&signed.root, now)?;
+        Self::anchor(signed)
+    }
+
     /// The successor of this root, if `signed` is exactly the next version, unexpired
     /// at `now`, and signed by a threshold of this root's keys and of its own.
     pub fn next(&self, signed: SignedRoot, now: Millis) -> Result<Self, RootError> {
+        self.follows(&signed.root)?;
+        fresh(&signed.root, now)?;
+        self.resume(signed)
+    }
+
+    /// [`Self::next`] without the expiry check, for walking again a chain of roots that
+    /// were each checked when they were adopted (a node's saved roots, a store's): a
+    /// root expiring later must not undo its adoption and send the walk backwards.
+    pub fn resume(&self, signed: SignedRoot) -> Result<Self, RootError> {
         let root = &signed.root;
-        if root.version != self.version.saturating_add(1) {
-            return Err(RootError::NotNext { current: self.version, found: root.version });
-        }
-        if now >= root.expires_at {
-            return Err(RootError::Expired { version: root.version, expires_at: root.expires_at, now });
-        }
+        self.follows(root)?;
         let trust = root.trust()?;
         let body = root.canonical_bytes();
         self.trust.check_signatures(Domain::Root, &body, &signed.signatures).map_err(|source| {
@@ -228,6 +239,13 @@ impl VerifiedRoot {
             .check_signatures(Domain::Root, &body, &signed.signatures)
             .map_err(|source| RootError::NewKeys { version: root.version, source })?;
         Ok(Self { version: root.version, trust, signed: Some(signed) })
+    }
+
+    fn follows(&self, root: &Root) -> Result<(), RootError> {
+        if root.version != self.version.saturating_add(1) {
+            return Err(RootError::NotNext { current: self.version, found: root.version });
+        }
+        Ok(())
     }
 
     /// Its version; 0 for a trust file.
@@ -244,6 +262,13 @@ impl VerifiedRoot {
     pub fn signed(&self) -> Option<&SignedRoot> {
         self.signed.as_ref()
     }
+}
+
+fn fresh(root: &Root, now: Millis) -> Result<(), RootError> {
+    if now >= root.expires_at {
+        return Err(RootError::Expired { version: root.version, expires_at: root.expires_at, now });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -314,6 +339,23 @@ mod tests {
         r.expires_at = NOW;
         let err = v1().next(signed(r, &[1, 2]), NOW).unwrap_err();
         assert_eq!(err, RootError::Expired { version: 2, expires_at: NOW, now: NOW });
+    }
+
+    #[test]
+    fn a_saved_chain_is_walked_again_after_its_roots_expired() {
+        let mut r = root(2, 2, &[1, 2, 3]);
+        r.expires_at = NOW + 1;
+        let s = signed(r, &[1, 2]);
+        v1().next(s.clone(), NOW).unwrap();
+        assert!(matches!(v1().next(s.clone(), NOW + 1), Err(RootError::Expired { .. })));
+        assert_eq!(v1().resume(s).unwrap().version(), 2);
+    }
+
+    #[test]
+    fn a_first_root_must_be_unexpired() {
+        let mut r = root(1, 1, &[1]);
+        r.expires_at = NOW;
+        assert!(matches!(VerifiedRoot::first(signed(r, &[1]), NOW), Err(RootError::Expired { .. })));
     }
 
     #[test]

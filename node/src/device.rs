@@ -726,7 +726,7 @@ fn release_info(manifest: &VerifiedManifest) -> ReleaseInfo {
 mod tests {
     use std::time::Duration;
 
-    use otamesh_core::directive::{Directive, SignedDirective};
+    use otamesh_core::directive::{DEFAULT_LIFETIME, Directive, SignedDirective};
     use otamesh_core::lifecycle::Reason;
     use otamesh_core::rollout::{RolloutPolicy, Wave};
 
@@ -903,20 +903,20 @@ mod tests {
         };
         let v1 = sign(testkit::manifest(&data, 1, policy));
         let halt = SignedDirective::sign(
-            Directive { release: v1.id(), order: Order::Halt, sequence: 1, issued_at: NOW },
+            Directive { release: v1.id(), order: Order::Halt, sequence: 1, issued_at: NOW, expires_at: NOW + DEFAULT_LIFETIME },
             &testkit::publisher(),
         );
-        d.handle_directive(NOW, &testkit::trust().verify_directive(halt).unwrap()).unwrap();
+        d.handle_directive(NOW, &testkit::trust().verify_directive(halt, NOW).unwrap()).unwrap();
         d.offer(NOW, v1.clone()).unwrap();
         assert_eq!(d.status().unwrap().state, "waiting");
         let later = 1_000 + 61_000;
         d.handle_timeout(later).unwrap();
         assert_eq!(d.status().unwrap().state, "waiting", "halted");
         let resume = SignedDirective::sign(
-            Directive { release: v1.id(), order: Order::Resume, sequence: 2, issued_at: later },
+            Directive { release: v1.id(), order: Order::Resume, sequence: 2, issued_at: later, expires_at: later + DEFAULT_LIFETIME },
             &testkit::publisher(),
         );
-        d.handle_directive(later, &testkit::trust().verify_directive(resume).unwrap()).unwrap();
+        d.handle_directive(later, &testkit::trust().verify_directive(resume, later).unwrap()).unwrap();
         d.handle_timeout(later).unwrap();
         assert_eq!(d.status().unwrap().state, "committed");
     }
@@ -928,10 +928,10 @@ mod tests {
         let v1 = local_release(&d, 1, 1);
         let directive = |order, sequence| {
             let signed = SignedDirective::sign(
-                Directive { release: v1.id(), order, sequence, issued_at: NOW },
+                Directive { release: v1.id(), order, sequence, issued_at: NOW, expires_at: NOW + DEFAULT_LIFETIME },
                 &testkit::publisher(),
             );
-            testkit::trust().verify_directive(signed).unwrap()
+            testkit::trust().verify_directive(signed, NOW).unwrap()
         };
         d.handle_directive(NOW, &directive(Order::Halt, 5)).unwrap();
         drop(d);
@@ -952,10 +952,10 @@ mod tests {
         assert_eq!(d.status().unwrap().state, "committed");
         assert_eq!(d.status().unwrap().previous, None, "v1 is the first install: the other slot is empty");
         let revoke = SignedDirective::sign(
-            Directive { release: v1.id(), order: Order::Revoke { to: v0.id() }, sequence: 1, issued_at: NOW },
+            Directive { release: v1.id(), order: Order::Revoke { to: v0.id() }, sequence: 1, issued_at: NOW, expires_at: NOW + DEFAULT_LIFETIME },
             &testkit::publisher(),
         );
-        d.handle_directive(NOW, &testkit::trust().verify_directive(revoke).unwrap()).unwrap();
+        d.handle_directive(NOW, &testkit::trust().verify_directive(revoke, NOW).unwrap()).unwrap();
         let active = |d: &Device| d.status().unwrap().active.map(|s| s.release_id);
         assert_eq!(active(&d), Some(v1.id()), "not switched to an empty slot");
         // The node offers the named release again; its lower sequence is no obstacle.

@@ -904,7 +904,7 @@ impl Node {
     /// not forwarded.
     fn take_directive(&mut self, data: &[u8]) -> Result<(), Refusal> {
         let signed = SignedDirective::from_bytes(data).map_err(|_| Refusal::Malformed)?;
-        let verified = self.trust.verify_directive(signed).map_err(|_| Refusal::Forged)?;
+        let verified = self.trust.verify_directive(signed, now_ms()).map_err(|_| Refusal::Forged)?;
         let newer = self.directives.apply(&verified).is_ok();
         let d = verified.directive();
         tracing::info!(release = %d.release, order = ?d.order, sequence = d.sequence, newer, "directive");
