@@ -46,6 +46,11 @@ pub struct Metrics {
     pub install_failures: Counter,
     /// Rollbacks to the previous slot (failed health check, crash, revoke).
     pub rollbacks: Counter,
+    /// The version of the root of trust the node verifies against (0: a trust file).
+    pub root_version: Gauge,
+    /// Roots of trust offered by the origin and refused, by `reason` (see
+    /// [`crate::roots::RootsError::label`]).
+    pub roots_refused: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -66,6 +71,8 @@ impl Metrics {
         let installs = Counter::default();
         let install_failures = Counter::default();
         let rollbacks = Counter::default();
+        let root_version = Gauge::default();
+        let roots_refused = Family::<Labels, Counter>::default();
         // prometheus-client appends `_total` to counter names.
         registry.register(
             "otamesh_chunk_bytes",
@@ -105,6 +112,16 @@ impl Metrics {
             install_failures.clone(),
         );
         registry.register("otamesh_rollbacks", "Rollbacks to the previous slot", rollbacks.clone());
+        registry.register(
+            "otamesh_root_version",
+            "Version of the root of trust in use (0: a trust file)",
+            root_version.clone(),
+        );
+        registry.register(
+            "otamesh_roots_refused",
+            "Roots of trust refused, by reason (not_next, expired, signatures, malformed, unreadable)",
+            roots_refused.clone(),
+        );
         for source in ["lan", "wan"] {
             let _ = chunk_bytes.get_or_create(&vec![("source", source)]);
         }
@@ -124,6 +141,8 @@ impl Metrics {
             installs,
             install_failures,
             rollbacks,
+            root_version,
+            roots_refused,
         }
     }
 
