@@ -154,7 +154,7 @@ impl Device {
         trust: &TrustRoot,
         now: Millis,
     ) -> Result<Self, DeviceError> {
-        let db = Db::open(&data.join("state.db"))?;
+        let (db, _rebuilt) = crate::db::open_or_rebuild(data, now)?;
         let directives = db.directives()?.into_iter().collect();
         let slots = Slots::open(data.join("slots"))?;
         let store = Store::create(data.join("store"))?;
