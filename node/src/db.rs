@@ -669,7 +669,7 @@ mod tests {
         assert!(err.to_string().contains("state.db"));
     }
 
-    /// A data directory whose slot `b` is active and holds sequence 2, slot `a` sequence 1.
+    /// A data directory whose slot `a` is active and holds sequence 2, slot `b` sequence 1.
     fn device_on_sequence_2() -> (tempfile::TempDir, ReleaseId) {
         use crate::testkit;
         let dir = tempfile::tempdir().unwrap();
@@ -693,8 +693,8 @@ mod tests {
         let (db, rebuilt) = open_or_rebuild(dir.path(), 77).unwrap();
         let rebuilt = rebuilt.expect("the slots hold releases: something was lost");
         assert_eq!(rebuilt.cause, "missing");
-        assert_eq!(db.slot("b").unwrap().map(|c| (c.release_id, c.sequence)), Some((v2, 2)), "the floor");
-        assert_eq!(db.slot("a").unwrap().map(|c| c.sequence), Some(1), "the rollback target");
+        assert_eq!(db.slot("a").unwrap().map(|c| (c.release_id, c.sequence)), Some((v2, 2)), "the floor");
+        assert_eq!(db.slot("b").unwrap().map(|c| c.sequence), Some(1), "the rollback target");
         let rows = db.audit_rows().unwrap();
         verify_chain(&rows).unwrap();
         assert_eq!(history_lost(&rows).map(|r| r.seq), Some(1));
@@ -710,7 +710,7 @@ mod tests {
         let (db, rebuilt) = open_or_rebuild(dir.path(), 77).unwrap();
         assert!(rebuilt.unwrap().cause.starts_with("corrupt"));
         assert!(dir.path().join("state.db.corrupt-77").is_file(), "the corrupt file is kept for a post-mortem");
-        assert_eq!(db.slot("b").unwrap().map(|c| c.release_id), Some(v2));
+        assert_eq!(db.slot("a").unwrap().map(|c| c.release_id), Some(v2));
     }
 
     #[test]
