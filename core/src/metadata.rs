@@ -43,7 +43,9 @@ pub enum CosignError {
 
 /// The bytes were not any kind of signed metadata.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a signed manifest, directive, enrolment or root (truncated, corrupted, or another kind of file)")]
+#[error(
+    "not a signed manifest, directive, enrolment or root (truncated, corrupted, or another kind of file)"
+)]
 pub struct NotMetadata;
 
 impl Metadata {

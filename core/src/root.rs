@@ -21,7 +21,9 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::trust::{Domain, KeyError, PublicKey, SecretKey, Signature, TrustRoot, TrustRootError, VerifyError};
+use crate::trust::{
+    Domain, KeyError, PublicKey, SecretKey, Signature, TrustRoot, TrustRootError, VerifyError,
+};
 use crate::{Millis, codec};
 
 /// The root format this build writes and reads.
@@ -123,7 +125,9 @@ pub enum RootError {
         source: VerifyError,
     },
     /// The root's expiry has passed.
-    #[error("root version {version} expired at {expires_at} ms (now {now} ms): make a new one with a later --expires-in")]
+    #[error(
+        "root version {version} expired at {expires_at} ms (now {now} ms): make a new one with a later --expires-in"
+    )]
     Expired {
         /// The version offered.
         version: u64,
@@ -232,9 +236,9 @@ impl VerifiedRoot {
         self.follows(root)?;
         let trust = root.trust()?;
         let body = root.canonical_bytes();
-        self.trust.check_signatures(Domain::Root, &body, &signed.signatures).map_err(|source| {
-            RootError::OldKeys { version: root.version, current: self.version, source }
-        })?;
+        self.trust
+            .check_signatures(Domain::Root, &body, &signed.signatures)
+            .map_err(|source| RootError::OldKeys { version: root.version, current: self.version, source })?;
         trust
             .check_signatures(Domain::Root, &body, &signed.signatures)
             .map_err(|source| RootError::NewKeys { version: root.version, source })?;
@@ -391,7 +395,8 @@ mod tests {
     #[test]
     fn a_signature_in_another_domain_does_not_sign_a_root() {
         let r = root(1, 1, &[1]);
-        let forged = SignedRoot { signatures: vec![key(1).sign(Domain::Manifest, &r.canonical_bytes())], root: r };
+        let forged =
+            SignedRoot { signatures: vec![key(1).sign(Domain::Manifest, &r.canonical_bytes())], root: r };
         let single = VerifiedRoot::unversioned(TrustRoot::single(key(1).public()));
         assert!(matches!(single.next(forged, NOW), Err(RootError::OldKeys { .. })));
     }

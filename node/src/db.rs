@@ -47,7 +47,9 @@ pub enum DbError {
         source: rusqlite::Error,
     },
     /// The database was lost and could not be moved aside or rebuilt from the slots.
-    #[error("{path}: cannot rebuild the lost state from the slots ({reason}); check the data directory is writable")]
+    #[error(
+        "{path}: cannot rebuild the lost state from the slots ({reason}); check the data directory is writable"
+    )]
     Rebuild {
         /// The database file.
         path: PathBuf,
@@ -94,12 +96,14 @@ pub fn open_or_rebuild(data: &Path, now: Millis) -> Result<(Db, Option<Rebuilt>)
             Ok(db) => return Ok((db, None)),
             Err(DbError::Corrupt { reason, .. }) => {
                 let aside = data.join(format!("state.db.corrupt-{now}"));
-                let rebuild = |e: std::io::Error| DbError::Rebuild { path: path.clone(), reason: e.to_string() };
+                let rebuild =
+                    |e: std::io::Error| DbError::Rebuild { path: path.clone(), reason: e.to_string() };
                 std::fs::rename(&path, &aside).map_err(rebuild)?;
                 for ext in ["-wal", "-shm"] {
                     let side = data.join(format!("state.db{ext}"));
                     if side.exists() {
-                        std::fs::rename(&side, data.join(format!("state.db.corrupt-{now}{ext}"))).map_err(rebuild)?;
+                        std::fs::rename(&side, data.join(format!("state.db.corrupt-{now}{ext}")))
+                            .map_err(rebuild)?;
                     }
                 }
                 tracing::error!(moved_to = %aside.display(), %reason, "state.db is corrupt: rebuilding from the slots");
@@ -118,7 +122,11 @@ pub fn open_or_rebuild(data: &Path, now: Millis) -> Result<(Db, Option<Rebuilt>)
     let active_slot =
         slots.active().map_err(|e| DbError::Rebuild { path: path.clone(), reason: e.to_string() })?;
     let content = |s: Slot| {
-        slots.content(s).map(|m| SlotContent { release_id: m.release_id(), sequence: m.sequence, version: m.version })
+        slots.content(s).map(|m| SlotContent {
+            release_id: m.release_id(),
+            sequence: m.sequence,
+            version: m.version,
+        })
     };
     let active = content(active_slot).map(|c| (active_slot.name().to_owned(), c));
     let floor = active.as_ref().map(|(_, c)| c.sequence);
@@ -131,7 +139,9 @@ pub fn open_or_rebuild(data: &Path, now: Millis) -> Result<(Db, Option<Rebuilt>)
         db.set_slot(slot, c)?;
     }
     let describe = |what: &str, s: &Option<(String, SlotContent)>| match s {
-        Some((slot, c)) => format!("{what} slot {slot} holds {} (sequence {}, {})", c.release_id, c.sequence, c.version),
+        Some((slot, c)) => {
+            format!("{what} slot {slot} holds {} (sequence {}, {})", c.release_id, c.sequence, c.version)
+        }
         None => format!("{what} slot: nothing recoverable"),
     };
     let detail = format!(
@@ -709,7 +719,10 @@ mod tests {
         std::fs::write(dir.path().join("state.db"), vec![0x42u8; 8192]).unwrap();
         let (db, rebuilt) = open_or_rebuild(dir.path(), 77).unwrap();
         assert!(rebuilt.unwrap().cause.starts_with("corrupt"));
-        assert!(dir.path().join("state.db.corrupt-77").is_file(), "the corrupt file is kept for a post-mortem");
+        assert!(
+            dir.path().join("state.db.corrupt-77").is_file(),
+            "the corrupt file is kept for a post-mortem"
+        );
         assert_eq!(db.slot("a").unwrap().map(|c| c.release_id), Some(v2));
     }
 

@@ -903,7 +903,13 @@ mod tests {
         };
         let v1 = sign(testkit::manifest(&data, 1, policy));
         let halt = SignedDirective::sign(
-            Directive { release: v1.id(), order: Order::Halt, sequence: 1, issued_at: NOW, expires_at: NOW + DEFAULT_LIFETIME },
+            Directive {
+                release: v1.id(),
+                order: Order::Halt,
+                sequence: 1,
+                issued_at: NOW,
+                expires_at: NOW + DEFAULT_LIFETIME,
+            },
             &testkit::publisher(),
         );
         d.handle_directive(NOW, &testkit::trust().verify_directive(halt, NOW).unwrap()).unwrap();
@@ -913,7 +919,13 @@ mod tests {
         d.handle_timeout(later).unwrap();
         assert_eq!(d.status().unwrap().state, "waiting", "halted");
         let resume = SignedDirective::sign(
-            Directive { release: v1.id(), order: Order::Resume, sequence: 2, issued_at: later, expires_at: later + DEFAULT_LIFETIME },
+            Directive {
+                release: v1.id(),
+                order: Order::Resume,
+                sequence: 2,
+                issued_at: later,
+                expires_at: later + DEFAULT_LIFETIME,
+            },
             &testkit::publisher(),
         );
         d.handle_directive(later, &testkit::trust().verify_directive(resume, later).unwrap()).unwrap();
@@ -928,7 +940,13 @@ mod tests {
         let v1 = local_release(&d, 1, 1);
         let directive = |order, sequence| {
             let signed = SignedDirective::sign(
-                Directive { release: v1.id(), order, sequence, issued_at: NOW, expires_at: NOW + DEFAULT_LIFETIME },
+                Directive {
+                    release: v1.id(),
+                    order,
+                    sequence,
+                    issued_at: NOW,
+                    expires_at: NOW + DEFAULT_LIFETIME,
+                },
                 &testkit::publisher(),
             );
             testkit::trust().verify_directive(signed, NOW).unwrap()
@@ -952,7 +970,13 @@ mod tests {
         assert_eq!(d.status().unwrap().state, "committed");
         assert_eq!(d.status().unwrap().previous, None, "v1 is the first install: the other slot is empty");
         let revoke = SignedDirective::sign(
-            Directive { release: v1.id(), order: Order::Revoke { to: v0.id() }, sequence: 1, issued_at: NOW, expires_at: NOW + DEFAULT_LIFETIME },
+            Directive {
+                release: v1.id(),
+                order: Order::Revoke { to: v0.id() },
+                sequence: 1,
+                issued_at: NOW,
+                expires_at: NOW + DEFAULT_LIFETIME,
+            },
             &testkit::publisher(),
         );
         d.handle_directive(NOW, &testkit::trust().verify_directive(revoke, NOW).unwrap()).unwrap();

@@ -170,8 +170,11 @@ impl GroupRecord {
 
     fn parse(text: &str) -> Option<Self> {
         let mut it = text.split_whitespace();
-        let record =
-            Self { pgid: it.next()?.parse().ok()?, boot_id: it.next()?.to_owned(), start_time: it.next()?.parse().ok()? };
+        let record = Self {
+            pgid: it.next()?.parse().ok()?,
+            boot_id: it.next()?.to_owned(),
+            start_time: it.next()?.parse().ok()?,
+        };
         (record.pgid > 1).then_some(record)
     }
 
@@ -399,7 +402,8 @@ mod tests {
         std::os::unix::process::CommandExt::process_group(&mut other, 0);
         let mut other = other.spawn().unwrap();
         let pgid = other.id() as i32;
-        let stale = GroupRecord { start_time: start_time(pgid).unwrap() + 1, ..GroupRecord::of(pgid).unwrap() };
+        let stale =
+            GroupRecord { start_time: start_time(pgid).unwrap() + 1, ..GroupRecord::of(pgid).unwrap() };
         std::fs::write(dir.path().join("slots").join(RECORD), stale.to_text()).unwrap();
         assert_eq!(reap_previous(dir.path()).unwrap(), None);
         assert!(other.try_wait().unwrap().is_none(), "an unrelated process was killed");

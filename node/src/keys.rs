@@ -176,7 +176,8 @@ pub fn read_trust(path: &Path) -> Result<TrustRoot, KeyFileError> {
 pub fn read_anchor(path: &Path) -> Result<VerifiedRoot, KeyFileError> {
     let bytes = fs::read(path).map_err(io(path))?;
     if let Ok(signed) = SignedRoot::from_bytes(&bytes) {
-        return VerifiedRoot::anchor(signed).map_err(|source| KeyFileError::Root { path: path.to_owned(), source });
+        return VerifiedRoot::anchor(signed)
+            .map_err(|source| KeyFileError::Root { path: path.to_owned(), source });
     }
     let text = String::from_utf8(bytes).map_err(|_| KeyFileError::Trust {
         path: path.to_owned(),

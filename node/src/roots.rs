@@ -152,7 +152,12 @@ impl Roots {
 
 /// Polls `origin` every `every` for roots newer than `roots`' and adopts them in order;
 /// the receiver sees each newly adopted trust. Runs until the receiver is dropped.
-pub fn follow(mut roots: Roots, origin: Origin, metrics: Metrics, every: Duration) -> watch::Receiver<TrustRoot> {
+pub fn follow(
+    mut roots: Roots,
+    origin: Origin,
+    metrics: Metrics,
+    every: Duration,
+) -> watch::Receiver<TrustRoot> {
     let (tx, rx) = watch::channel(roots.trust().clone());
     metrics.root_version.set(roots.version() as i64);
     tokio::spawn(async move {
@@ -225,7 +230,8 @@ mod tests {
             expires_at: NOW + 86_400_000,
         };
         let body = root.canonical_bytes();
-        SignedRoot { signatures: by.iter().map(|&i| key(i).sign(Domain::Root, &body)).collect(), root }.to_bytes()
+        SignedRoot { signatures: by.iter().map(|&i| key(i).sign(Domain::Root, &body)).collect(), root }
+            .to_bytes()
     }
 
     #[test]

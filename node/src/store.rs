@@ -367,8 +367,8 @@ pub fn read_manifest_file(path: &Path) -> Result<SignedManifest, StoreError> {
 /// temporary file in the same directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    // Invariant: callers pass file paths inside a store directory, which have a parent.
-    let dir = path.parent().expect("file path has a parent directory");
+    // A bare file name (`otamesh sign x.root`) lives in the current directory.
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp =
         dir.join(format!(".{name}.tmp.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
@@ -442,8 +442,9 @@ mod tests {
         let release = ReleaseId::from_bytes([3; 32]);
         for (sequence, order) in [(2, Order::Resume), (1, Order::Halt)] {
             let d = Directive { release, order, sequence, issued_at: 5, expires_at: 10 };
-            let v =
-                testkit::trust().verify_directive(SignedDirective::sign(d, &testkit::publisher()), 5).unwrap();
+            let v = testkit::trust()
+                .verify_directive(SignedDirective::sign(d, &testkit::publisher()), 5)
+                .unwrap();
             let rel = store.put_directive(&v).unwrap();
             assert!(dir.path().join(rel).is_file());
         }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use otamesh_core::directive::{Directive, Order, SignedDirective};
 use otamesh_core::ReleaseId;
+use otamesh_core::directive::{Directive, Order, SignedDirective};
 use otamesh_core::metadata::Metadata;
 use otamesh_node::store::{Store, write_atomic};
 use otamesh_node::wire::DIRECTIVES_TOPIC;

@@ -40,7 +40,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Signs the enrolment of the device whose data directory is `data` (making its
 /// identity if it has none) with every key and writes it there; returns the device id
 /// and the file.
-pub fn enrol(keys: &[SecretKey], data: &Path, site: &str, class: &str) -> anyhow::Result<(DeviceId, PathBuf)> {
+pub fn enrol(
+    keys: &[SecretKey],
+    data: &Path,
+    site: &str,
+    class: &str,
+) -> anyhow::Result<(DeviceId, PathBuf)> {
     let data = DataDir::open(data)?;
     let device = data.device_key()?;
     let enrolment = Enrolment {

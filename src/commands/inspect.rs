@@ -93,6 +93,7 @@ fn directive_json(s: &SignedDirective) -> serde_json::Value {
         "to": to,
         "sequence": d.sequence,
         "issued_at": d.issued_at,
+        "expires_at": d.expires_at,
         "signatures": s.signatures.iter().map(|sig| sig.key.to_string()).collect::<Vec<_>>(),
     })
 }

@@ -109,7 +109,7 @@ fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {file}"))?;
     let signed = SignedRoot::from_bytes(&bytes)
         .map_err(|e| anyhow::anyhow!("{file}: not a root file ({e}): make one with `otamesh root new`"))?;
-    let store = Store::open(&args.store).context("root publish --store")?;
+    let store = Store::create(&args.store).context("root publish --store")?;
     let now = clock::now_ms();
     let newest = newest_root(&store, args.trust.as_deref())?;
     let verified = match newest {
@@ -135,12 +135,14 @@ fn newest_root(store: &Store, trust: Option<&Path>) -> anyhow::Result<Option<Ver
         }
         let signed = store.read_root(entry.version)?;
         let path = store.root().join(&entry.path);
-        current = Some(match current {
-            // Roots already in the store were checked for expiry when they were added.
-            Some(c) => c.resume(signed),
-            None => VerifiedRoot::anchor(signed),
-        }
-        .with_context(|| format!("{}: the store's root chain is broken", path.display()))?);
+        current = Some(
+            match current {
+                // Roots already in the store were checked for expiry when they were added.
+                Some(c) => c.resume(signed),
+                None => VerifiedRoot::anchor(signed),
+            }
+            .with_context(|| format!("{}: the store's root chain is broken", path.display()))?,
+        );
     }
     Ok(current)
 }
