@@ -19,8 +19,8 @@ use crate::{ReleaseId, codec};
 /// One signed file: a manifest, directive, enrolment or root.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Metadata {
-    /// A release manifest.
-    Manifest(SignedManifest),
+    /// A release manifest (boxed: it is by far the largest kind).
+    Manifest(Box<SignedManifest>),
     /// A halt, resume or revoke.
     Directive(SignedDirective),
     /// A device enrolment.
@@ -53,7 +53,7 @@ impl Metadata {
     /// bytes, so one file decodes as at most one kind.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, NotMetadata> {
         if let Ok(m) = SignedManifest::from_bytes(bytes) {
-            return Ok(Self::Manifest(m));
+            return Ok(Self::Manifest(Box::new(m)));
         }
         if let Ok(r) = SignedRoot::from_bytes(bytes) {
             return Ok(Self::Root(r));
@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn a_cosigned_manifest_meets_a_threshold_one_signature_does_not() {
         let trust = trust_2_of_3();
-        let mut m = Metadata::Manifest(key(1).sign_manifest(sample(1)));
+        let mut m = Metadata::Manifest(Box::new(key(1).sign_manifest(sample(1))));
         assert!(!m.count(&trust).met());
         let bytes = m.to_bytes();
         // The second holder works from the file alone.
@@ -164,7 +164,7 @@ mod tests {
         m2.cosign(&key(2)).unwrap();
         assert!(m2.count(&trust).met());
         let Metadata::Manifest(signed) = m2 else { panic!("a manifest stays a manifest") };
-        trust.verify_manifest(signed, NOW).unwrap();
+        trust.verify_manifest(*signed, NOW).unwrap();
         assert_eq!(m.cosign(&key(1)), Err(CosignError::AlreadySigned { key: key(1).public().key_id() }));
     }
 
