@@ -68,12 +68,12 @@ pub enum RootError {
         found: u16,
     },
     /// A listed key is not an ed25519 public key.
-    #[error("key {index} of the root: {source}")]
+    #[error("key {index} of the root: {error}")]
     Key {
         /// Its position in the list.
         index: usize,
         /// What is wrong.
-        source: KeyError,
+        error: KeyError,
     },
     /// A key is listed twice, which would let one holder count as two.
     #[error("key {index} of the root is listed twice: list each key once (`otamesh root new --pub`)")]
@@ -104,7 +104,7 @@ pub enum RootError {
     },
     /// Not enough keys of the root held now signed the new one.
     #[error(
-        "root version {version} lacks signatures of the current root (version {current}): {source}; have its key holders run `otamesh sign`"
+        "root version {version} lacks signatures of the current root (version {current}): {count}; have its key holders run `otamesh sign`"
     )]
     OldKeys {
         /// The version offered.
@@ -112,17 +112,17 @@ pub enum RootError {
         /// The version held.
         current: u64,
         /// The count.
-        source: VerifyError,
+        count: VerifyError,
     },
     /// Not enough of the new root's own keys signed it.
     #[error(
-        "root version {version} lacks signatures of its own keys: {source}; have its new key holders run `otamesh sign`"
+        "root version {version} lacks signatures of its own keys: {count}; have its new key holders run `otamesh sign`"
     )]
     NewKeys {
         /// The version offered.
         version: u64,
         /// The count.
-        source: VerifyError,
+        count: VerifyError,
     },
     /// The root's expiry has passed.
     #[error(
@@ -158,7 +158,7 @@ impl Root {
             if !seen.insert(*raw) {
                 return Err(RootError::DuplicateKey { index });
             }
-            keys.push(PublicKey::from_bytes(raw).map_err(|source| RootError::Key { index, source })?);
+            keys.push(PublicKey::from_bytes(raw).map_err(|error| RootError::Key { index, error })?);
         }
         // A threshold too large for usize is certainly above the key count.
         let threshold = usize::try_from(self.threshold).unwrap_or(usize::MAX);
@@ -209,7 +209,7 @@ impl VerifiedRoot {
         let version = signed.root.version;
         trust
             .check_signatures(Domain::Root, &signed.root.canonical_bytes(), &signed.signatures)
-            .map_err(|source| RootError::NewKeys { version, source })?;
+            .map_err(|count| RootError::NewKeys { version, count })?;
         Ok(Self { version, trust, signed: Some(signed) })
     }
 
@@ -238,10 +238,10 @@ impl VerifiedRoot {
         let body = root.canonical_bytes();
         self.trust
             .check_signatures(Domain::Root, &body, &signed.signatures)
-            .map_err(|source| RootError::OldKeys { version: root.version, current: self.version, source })?;
+            .map_err(|count| RootError::OldKeys { version: root.version, current: self.version, count })?;
         trust
             .check_signatures(Domain::Root, &body, &signed.signatures)
-            .map_err(|source| RootError::NewKeys { version: root.version, source })?;
+            .map_err(|count| RootError::NewKeys { version: root.version, count })?;
         Ok(Self { version: root.version, trust, signed: Some(signed) })
     }
 

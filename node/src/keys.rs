@@ -59,12 +59,12 @@ pub enum KeyFileError {
         source: TrustRootError,
     },
     /// A root file that is not signed by a threshold of its own keys, or malformed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Root {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        source: RootError,
+        error: RootError,
     },
     /// A public key where a secret key belongs, or the other way round.
     #[error("{path} is a {found} key file: pass the {wanted} file from `otamesh keygen` ({suffix})")]
@@ -177,7 +177,7 @@ pub fn read_anchor(path: &Path) -> Result<VerifiedRoot, KeyFileError> {
     let bytes = fs::read(path).map_err(io(path))?;
     if let Ok(signed) = SignedRoot::from_bytes(&bytes) {
         return VerifiedRoot::anchor(signed)
-            .map_err(|source| KeyFileError::Root { path: path.to_owned(), source });
+            .map_err(|error| KeyFileError::Root { path: path.to_owned(), error });
     }
     let text = String::from_utf8(bytes).map_err(|_| KeyFileError::Trust {
         path: path.to_owned(),

@@ -37,7 +37,7 @@ pub enum RootsError {
     Anchor(#[from] KeyFileError),
     /// A root saved in the data directory does not follow the one before it.
     #[error(
-        "{path}: {source}; it does not follow --trust and the roots before it: if the fleet's trust was re-provisioned, move {dir} aside"
+        "{path}: {error}; it does not follow --trust and the roots before it: if the fleet's trust was re-provisioned, move {dir} aside"
     )]
     Saved {
         /// The saved root.
@@ -45,7 +45,7 @@ pub enum RootsError {
         /// The roots directory.
         dir: PathBuf,
         /// Why it does not follow.
-        source: RootError,
+        error: RootError,
     },
     /// A file in the roots directory could not be read or written.
     #[error("{path}: {source}")]
@@ -67,12 +67,12 @@ pub enum RootsError {
         reason: String,
     },
     /// An offered root was refused by the chain rule.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Refused {
         /// Where it came from.
         what: String,
         /// The rule it broke.
-        source: RootError,
+        error: RootError,
     },
 }
 
@@ -80,9 +80,9 @@ impl RootsError {
     /// The `reason` label of `otamesh_roots_refused_total`.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::Refused { source: RootError::NotNext { .. }, .. } => "not_next",
-            Self::Refused { source: RootError::Expired { .. }, .. } => "expired",
-            Self::Refused { source: RootError::OldKeys { .. } | RootError::NewKeys { .. }, .. } => {
+            Self::Refused { error: RootError::NotNext { .. }, .. } => "not_next",
+            Self::Refused { error: RootError::Expired { .. }, .. } => "expired",
+            Self::Refused { error: RootError::OldKeys { .. } | RootError::NewKeys { .. }, .. } => {
                 "signatures"
             }
             Self::Refused { .. } | Self::Malformed { .. } => "malformed",
@@ -111,7 +111,7 @@ impl Roots {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
                 Err(source) => return Err(RootsError::Io { path, source }),
             };
-            let saved = |source| RootsError::Saved { path: path.clone(), dir: dir.clone(), source };
+            let saved = |error| RootsError::Saved { path: path.clone(), dir: dir.clone(), error };
             let signed = SignedRoot::from_bytes(&bytes).map_err(|e| RootsError::Malformed {
                 what: format!("{} (move {} aside to start from --trust)", path.display(), dir.display()),
                 reason: e.to_string(),
@@ -141,7 +141,7 @@ impl Roots {
         let next = self
             .current
             .next(signed, now)
-            .map_err(|source| RootsError::Refused { what: what.to_owned(), source })?;
+            .map_err(|error| RootsError::Refused { what: what.to_owned(), error })?;
         if let Some(signed) = next.signed() {
             write_atomic(&self.dir.join(format!("{}.root", next.version())), &signed.to_bytes())?;
         }
