@@ -208,8 +208,20 @@ fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
+/// Whether a live (not zombie) process is in group `pgid`. Zombies are not counted:
+/// a killed hook reparented to an init that does not reap them would otherwise look
+/// alive forever.
 fn group_exists(pgid: i32) -> bool {
-    rustix::process::Pid::from_raw(pgid).is_some_and(|p| rustix::process::test_kill_process_group(p).is_ok())
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.filter_map(Result::ok).any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { return false };
+        // Fields after the command name: state (3), ppid (4), pgrp (5).
+        let Some(close) = stat.rfind(')') else { return false };
+        let mut fields = stat[close + 1..].split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+        pgrp == Some(pgid) && state != "Z" && state != "X"
+    })
 }
 
 fn kill_pgid(pgid: i32) {
