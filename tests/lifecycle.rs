@@ -408,6 +408,15 @@ fn waves_gate_directives_and_fleet_view_on_a_six_node_fleet() {
     }
 }
 
+/// Whether process `pid` exists and is not a zombie (a killed hook whose parent died
+/// stays a zombie until init reaps it, which not every container's init does).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].split_whitespace().next() != Some("Z")))
+        .unwrap_or(false)
+}
+
 /// `kill -9` of a node while its install hook sleeps, then a restart: the old hook
 /// process is gone before the new install's hook starts.
 #[test]
@@ -416,9 +425,11 @@ fn a_restarted_node_kills_the_hook_its_killed_run_left_before_installing_again()
     let marks = dir.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let m = marks.display();
-    // Each run notes any earlier hook still alive, then its own pid; the first sleeps.
+    // Each run notes any earlier hook still alive (not a zombie), then its own pid; the
+    // first sleeps.
     let hook = format!(
-        "for p in $(cat {m}/pids 2>/dev/null); do kill -0 $p 2>/dev/null && echo $p >> {m}/overlap; done; \
+        "for p in $(cat {m}/pids 2>/dev/null); do s=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null); \
+         [ -n \"$s\" ] && [ \"$s\" != Z ] && echo $p >> {m}/overlap; done; \
          echo $$ >> {m}/pids; test -e {m}/second || sleep 60"
     );
     let args = vec![
@@ -436,15 +447,15 @@ fn a_restarted_node_kills_the_hook_its_killed_run_left_before_installing_again()
             && std::fs::read_to_string(marks.join("pids")).is_ok_and(|p| p.lines().count() == 1)
     });
     let first: i32 = std::fs::read_to_string(marks.join("pids")).unwrap().trim().parse().unwrap();
-    assert!(Path::new(&format!("/proc/{first}")).exists(), "the first hook runs");
+    assert!(alive(first), "the first hook runs");
     node.kill9();
-    assert!(Path::new(&format!("/proc/{first}")).exists(), "kill -9 of the node leaves its hook running");
+    assert!(alive(first), "kill -9 of the node leaves its hook running");
     std::fs::write(marks.join("second"), b"").unwrap();
     node.spawn();
     wait_for(Duration::from_secs(40), "v1 commits after the restart", || {
         state(&node) == "committed" && active_seq(&node) == Some(1)
     });
-    assert!(!Path::new(&format!("/proc/{first}")).exists(), "the old hook outlived the restart");
+    assert!(!alive(first), "the old hook outlived the restart");
     let pids = std::fs::read_to_string(marks.join("pids")).unwrap();
     assert_eq!(pids.lines().count(), 2, "one hook per run: {pids}");
     assert!(!marks.join("overlap").exists(), "the old hook was alive when the new one started");
