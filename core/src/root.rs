@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::trust::{
-    Domain, KeyError, PublicKey, SecretKey, Signature, TrustRoot, TrustRootError, VerifyError,
+    Domain, KeyError, PublicKey, SecretKey, Signature, TrustRoot, TrustRootError, VerifyError, check_shape,
 };
 use crate::{Millis, codec};
 
@@ -123,6 +123,15 @@ pub enum RootError {
         version: u64,
         /// The count.
         count: VerifyError,
+    },
+    /// Signatures that no root of the pair may carry: a key twice, a key neither root
+    /// lists, or more signatures than both have keys.
+    #[error("root version {version}: {error}; sign only with keys of this root or the one before it")]
+    Signatures {
+        /// The version offered.
+        version: u64,
+        /// What is wrong.
+        error: VerifyError,
     },
     /// The root's expiry has passed.
     #[error(
@@ -236,11 +245,13 @@ impl VerifiedRoot {
         self.follows(root)?;
         let trust = root.trust()?;
         let body = root.canonical_bytes();
+        check_shape(&signed.signatures, &[&self.trust, &trust])
+            .map_err(|error| RootError::Signatures { version: root.version, error })?;
         self.trust
-            .check_signatures(Domain::Root, &body, &signed.signatures)
+            .meets_threshold(Domain::Root, &body, &signed.signatures)
             .map_err(|count| RootError::OldKeys { version: root.version, current: self.version, count })?;
         trust
-            .check_signatures(Domain::Root, &body, &signed.signatures)
+            .meets_threshold(Domain::Root, &body, &signed.signatures)
             .map_err(|count| RootError::NewKeys { version: root.version, count })?;
         Ok(Self { version: root.version, trust, signed: Some(signed) })
     }
@@ -372,10 +383,13 @@ mod tests {
     }
 
     #[test]
-    fn one_key_signing_twice_counts_once() {
+    fn one_key_signing_twice_or_a_stranger_signing_is_refused() {
         let mut s = signed(root(2, 2, &[1, 2, 3]), &[1]);
         s.signatures.push(s.signatures[0].clone());
-        assert!(matches!(v1().next(s, NOW), Err(RootError::OldKeys { .. })));
+        assert!(matches!(v1().next(s, NOW), Err(RootError::Signatures { version: 2, .. })));
+        // Key 9 is in neither v1 nor v2.
+        let s = signed(root(2, 2, &[1, 2, 3]), &[1, 2, 9]);
+        assert!(matches!(v1().next(s, NOW), Err(RootError::Signatures { version: 2, .. })));
     }
 
     #[test]

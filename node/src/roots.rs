@@ -82,9 +82,10 @@ impl RootsError {
         match self {
             Self::Refused { error: RootError::NotNext { .. }, .. } => "not_next",
             Self::Refused { error: RootError::Expired { .. }, .. } => "expired",
-            Self::Refused { error: RootError::OldKeys { .. } | RootError::NewKeys { .. }, .. } => {
-                "signatures"
-            }
+            Self::Refused {
+                error: RootError::OldKeys { .. } | RootError::NewKeys { .. } | RootError::Signatures { .. },
+                ..
+            } => "signatures",
             Self::Refused { .. } | Self::Malformed { .. } => "malformed",
             _ => "unreadable",
         }
