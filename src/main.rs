@@ -29,7 +29,7 @@ enum Command {
     Sign(commands::sign::Args),
     /// Make (`root new`) and publish (`root publish`) a versioned root of trust that replaces keys.
     Root(commands::root::Args),
-    /// Sign a halt, resume or revoke directive; push it to nodes (--peer) and/or into a store (--store).
+    /// Sign a halt, resume or revoke directive; push it to nodes (--peer), into a store (--store) and/or to a file (--out).
     Directive(commands::directive::Args),
     /// Enrol a device: sign its key, site and class so the fleet takes its reports.
     Enroll(commands::enroll::Args),
