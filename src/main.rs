@@ -23,9 +23,13 @@ enum Command {
     Publish(commands::publish::Args),
     /// Check a manifest's signatures (and with --store, every chunk): exit 0 valid, 1 invalid.
     Verify(commands::verify::Args),
-    /// Show what a manifest or directive file says.
+    /// Show what a manifest, directive, enrolment or root file says, who signed it and (--trust) whether that suffices.
     Inspect(commands::inspect::Args),
-    /// Sign a halt, resume or revoke directive; push it to nodes (--peer) and/or into a store (--store).
+    /// Add your signature to a signed manifest, directive, enrolment or root file, in place.
+    Sign(commands::sign::Args),
+    /// Make (`root new`) and publish (`root publish`) a versioned root of trust that replaces keys.
+    Root(commands::root::Args),
+    /// Sign a halt, resume or revoke directive; push it to nodes (--peer), into a store (--store) and/or to a file (--out).
     Directive(commands::directive::Args),
     /// Enrol a device: sign its key, site and class so the fleet takes its reports.
     Enroll(commands::enroll::Args),
@@ -57,6 +61,8 @@ fn main() -> ExitCode {
         Command::Publish(args) => commands::publish::run(args),
         Command::Verify(args) => commands::verify::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Sign(args) => commands::sign::run(args),
+        Command::Root(args) => commands::root::run(args),
         Command::Directive(args) => commands::directive::run(args),
         Command::Enroll(args) => commands::enroll::run(args),
         Command::Audit(args) => commands::audit::run(args),

@@ -176,7 +176,7 @@ fn wrong_key_is_invalid() {
     let m = f.manifest().display().to_string();
     let r = otamesh(f.path(), &["verify", "--trust", "other.pub", "--manifest", &m]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("0 valid signature(s)"), "{}", r.stderr);
+    assert!(r.stderr.contains("which the trust root does not list"), "{}", r.stderr);
 }
 
 #[test]
@@ -420,4 +420,252 @@ fn sim_sweep_bad_input_exits_1_with_one_line_naming_the_key() {
         }
         assert!(!dir.path().join("o").exists(), "{args:?}: nothing written");
     }
+}
+
+// ---- co-signing, roots of trust, expiry (issue "keys that can be rotated and shared") ----
+
+/// A temp dir with key pairs `a`, `b`, `c`, `d`, a trust file `trust.toml` of 2 of
+/// {a, b, c}, and an artifact `fw.bin`.
+fn keyring() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for k in ["a", "b", "c", "d"] {
+        assert_eq!(otamesh(dir.path(), &["keygen", "--out", k]).code, 0);
+    }
+    let public = |k: &str| fs::read_to_string(dir.path().join(format!("{k}.pub"))).unwrap().trim().to_owned();
+    let keys = ["a", "b", "c"].map(|k| format!("\"{}\"", public(k))).join(", ");
+    fs::write(dir.path().join("trust.toml"), format!("threshold = 2\nkeys = [{keys}]\n")).unwrap();
+    fs::write(dir.path().join("fw.bin"), noise(7, 300_000)).unwrap();
+    dir
+}
+
+/// Publishes `fw.bin` at `sequence` with `keys`; returns the manifest path.
+fn publish_with(dir: &Path, sequence: &str, keys: &[&str]) -> String {
+    let mut args = vec!["publish", "--artifact", "fw.bin", "--class", "gw", "--version", sequence];
+    args.extend(["--sequence", sequence, "--kind", "firmware", "--store", "store"]);
+    for k in keys {
+        args.extend(["--key", k]);
+    }
+    let r = otamesh(dir, &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    format!("store/manifests/{}.manifest", r.stdout.lines().next().unwrap())
+}
+
+fn verify_against(dir: &Path, trust: &str, manifest: &str) -> Run {
+    otamesh(dir, &["verify", "--trust", trust, "--manifest", manifest])
+}
+
+/// Asserts a refused command: non-zero exit, one line naming `file` and containing
+/// `says`, and every file in `dir` as it was.
+fn assert_refused(dir: &Path, args: &[&str], file: &str, says: &str) {
+    let before = listing(dir);
+    let r = otamesh(dir, args);
+    assert_ne!(r.code, 0, "{args:?} succeeded");
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{args:?}: one line: {}", r.stderr);
+    assert!(r.stderr.contains(file), "{args:?} names {file}: {}", r.stderr);
+    assert!(r.stderr.contains(says), "{args:?} says {says:?}: {}", r.stderr);
+    assert_eq!(listing(dir), before, "{args:?} changed files");
+}
+
+/// Every file under `dir` with its contents.
+fn listing(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { stack.push(p) } else { out.push((p.clone(), fs::read(&p).unwrap())) }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_threshold_of_two_is_met_by_cosigning_or_by_two_keys_at_once() {
+    let dir = keyring();
+    let d = dir.path();
+    let m1 = publish_with(d, "1", &["a.key"]);
+    let r = verify_against(d, "trust.toml", &m1);
+    assert_eq!(r.code, 1, "A alone: {}", r.stderr);
+    assert!(r.stderr.contains("1 valid signature(s) from trusted keys, 2 required"), "{}", r.stderr);
+    let r = otamesh(d, &["sign", "--key", "b.key", &m1]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = verify_against(d, "trust.toml", &m1);
+    assert_eq!(r.code, 0, "A then B: {}", r.stderr);
+    let r = otamesh(d, &["inspect", &m1, "--trust", "trust.toml", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (v["trust"]["met"].as_bool(), v["trust"]["valid"].as_array().map(Vec::len)),
+        (Some(true), Some(2))
+    );
+    assert_eq!(v["signatures"].as_array().map(Vec::len), Some(2));
+    // The same key again is refused and the file is left alone.
+    assert_refused(d, &["sign", "--key", "b.key", &m1], &m1, "already signed");
+
+    let m2 = publish_with(d, "2", &["a.key", "c.key"]);
+    assert_eq!(verify_against(d, "trust.toml", &m2).code, 0);
+}
+
+#[test]
+fn a_co_signed_enrolment_is_accepted_by_a_threshold_two_node() {
+    let dir = keyring();
+    let d = dir.path();
+    let r = otamesh(d, &["enroll", "--key", "a.key", "--data", "dev", "--site", "s1", "--class", "gw"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = format!("127.0.0.1:{port}");
+    let node_args =
+        ["node", "--data", "dev", "--site", "s1", "--class", "gw", "--trust", "trust.toml", "--api", &api];
+    let r = otamesh(d, &node_args);
+    assert_eq!(r.code, 1, "an enrolment by A alone: {}", r.stderr);
+    assert!(r.stderr.contains("not signed by the trust root"), "{}", r.stderr);
+    assert_eq!(otamesh(d, &["sign", "--key", "c.key", "dev/enrolment"]).code, 0);
+    let mut node = Command::new(env!("CARGO_BIN_EXE_otamesh"))
+        .args(node_args)
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let up = loop {
+        if let Some(status) = node.try_wait().unwrap() {
+            panic!("the node refused its co-signed enrolment and exited with {status}");
+        }
+        if std::net::TcpStream::connect(&api).is_ok() || std::time::Instant::now() > deadline {
+            break std::net::TcpStream::connect(&api).is_ok();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(up, "the node started with its co-signed enrolment");
+}
+
+#[test]
+fn root_v2_replaces_a_key_and_a_root_signed_by_one_key_is_refused() {
+    let dir = keyring();
+    let d = dir.path();
+    let new_root = |version: &str, keys: [&str; 3], out: &str| {
+        let mut args = vec!["root", "new", "--version", version, "--threshold", "2", "--out", out];
+        for k in keys {
+            args.extend(["--pub", k]);
+        }
+        let r = otamesh(d, &args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    };
+    new_root("1", ["a.pub", "b.pub", "c.pub"], "v1.root");
+    for k in ["a.key", "b.key"] {
+        assert_eq!(otamesh(d, &["sign", "--key", k, "v1.root"]).code, 0);
+    }
+    let r = otamesh(d, &["root", "publish", "--store", "store", "--trust", "trust.toml", "v1.root"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // v2 replaces A by D: signed by B and C (2 of v1) and B and D (2 of v2).
+    new_root("2", ["b.pub", "c.pub", "d.pub"], "v2.root");
+    for k in ["b.key", "c.key", "d.key"] {
+        assert_eq!(otamesh(d, &["sign", "--key", k, "v2.root"]).code, 0);
+    }
+    let r = otamesh(d, &["root", "publish", "--store", "store", "v2.root"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(d.join("store/roots/2.root").is_file());
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(d.join("store/index.json")).unwrap()).unwrap();
+    let versions: Vec<_> = index["roots"].as_array().unwrap().iter().map(|e| e["version"].as_u64()).collect();
+    assert_eq!(versions, vec![Some(1), Some(2)]);
+
+    let by_a_b = publish_with(d, "1", &["a.key", "b.key"]);
+    let by_b_d = publish_with(d, "2", &["b.key", "d.key"]);
+    assert_eq!(verify_against(d, "v1.root", &by_a_b).code, 0, "v1 trusts A and B");
+    assert_eq!(verify_against(d, "v2.root", &by_a_b).code, 1, "v2 no longer trusts A");
+    assert_eq!(verify_against(d, "v2.root", &by_b_d).code, 0, "v2 trusts B and D");
+
+    // v3 signed by one key only: refused, the store unchanged.
+    new_root("3", ["b.pub", "c.pub", "d.pub"], "v3.root");
+    assert_eq!(otamesh(d, &["sign", "--key", "d.key", "v3.root"]).code, 0);
+    assert_refused(d, &["root", "publish", "--store", "store", "v3.root"], "v3.root", "1 valid signature(s)");
+}
+
+#[test]
+fn bad_root_and_sign_inputs_name_the_file_and_change_nothing() {
+    let dir = keyring();
+    let d = dir.path();
+    let root = |version: &str, expires: &str, out: &str, keys: &[&str]| {
+        let mut args = vec!["root", "new", "--version", version, "--threshold", "2", "--expires-in", expires];
+        args.extend(["--pub", "a.pub", "--pub", "b.pub", "--pub", "c.pub", "--out", out]);
+        for k in keys {
+            args.extend(["--key", k]);
+        }
+        let r = otamesh(d, &args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    };
+    root("1", "30d", "v1.root", &["a.key", "b.key"]);
+    assert_eq!(otamesh(d, &["root", "publish", "--store", "store", "v1.root"]).code, 0);
+    // A version gap.
+    root("3", "30d", "v3.root", &["a.key", "b.key"]);
+    assert_refused(
+        d,
+        &["root", "publish", "--store", "store", "v3.root"],
+        "v3.root",
+        "publish and adopt version 2 first",
+    );
+    // Too few signatures.
+    root("2", "30d", "thin.root", &["a.key"]);
+    assert_refused(d, &["root", "publish", "--store", "store", "thin.root"], "thin.root", "otamesh sign");
+    // Expired.
+    root("2", "1s", "stale.root", &["a.key", "b.key"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_refused(d, &["root", "publish", "--store", "store", "stale.root"], "stale.root", "expired");
+    // Key files of the wrong kind.
+    assert_refused(d, &["sign", "--key", "a.pub", "v3.root"], "a.pub", "pass the secret file");
+    let r = otamesh(
+        d,
+        &["root", "new", "--version", "2", "--threshold", "1", "--pub", "a.key", "--out", "x.root"],
+    );
+    assert!(r.code != 0 && r.stderr.contains("a.key") && r.stderr.contains("public"), "{}", r.stderr);
+    assert!(!d.join("x.root").exists());
+    // `sign` on a file that is not signed metadata.
+    assert_refused(d, &["sign", "--key", "a.key", "trust.toml"], "trust.toml", "not a signed manifest");
+    // An unreachable threshold.
+    let r = otamesh(
+        d,
+        &["root", "new", "--version", "2", "--threshold", "3", "--pub", "a.pub", "--out", "y.root"],
+    );
+    assert!(r.code != 0 && r.stderr.contains("threshold 3"), "{}", r.stderr);
+    assert!(!d.join("y.root").exists());
+}
+
+#[test]
+fn directives_carry_their_expiry_and_can_be_cosigned_before_pushing() {
+    let dir = keyring();
+    let d = dir.path();
+    let release = "ab".repeat(32);
+    let r = otamesh(
+        d,
+        &[
+            "directive",
+            "halt",
+            "--key",
+            "a.key",
+            "--release",
+            &release,
+            "--expires-in",
+            "90s",
+            "--out",
+            "halt.directive",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(otamesh(d, &["sign", "--key", "b.key", "halt.directive"]).code, 0);
+    let r = otamesh(d, &["inspect", "halt.directive", "--trust", "trust.toml", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["trust"]["met"], true);
+    let (issued, expires) = (v["issued_at"].as_u64().unwrap(), v["expires_at"].as_u64().unwrap());
+    assert_eq!(expires - issued, 90_000);
+    let r = otamesh(
+        d,
+        &["directive", "halt", "--key", "a.key", "--release", &release, "--expires-in", "soon", "--out", "x"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("90s, 12h, 30d"), "{}", r.stderr);
 }

@@ -192,7 +192,7 @@ impl<'a> NodeRig<'a> {
 
     /// Starts (or restarts) the node from its disk, keeping the machine's outputs.
     fn start(&mut self, now: Millis, keep: bool) {
-        let (disk, restored) = Disk::open(self.dir, self.store.clone(), Hooks::default()).unwrap();
+        let (disk, restored) = Disk::open(self.dir, self.store.clone(), Hooks::default(), now).unwrap();
         let (tx, rx) = sync_channel(8);
         let config = DeviceConfig {
             class: "gw".into(),

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use otamesh_core::directive::{Directive, Order, SignedDirective};
+use otamesh_core::directive::{DEFAULT_LIFETIME, Directive, Order, SignedDirective};
 use otamesh_core::gate::HealthGate;
 use otamesh_core::rollout::{RolloutPolicy, Wave, position};
 use otamesh_core::{DeviceId, ReleaseId, SecretKey, TrustRoot};
@@ -54,8 +54,9 @@ fn verify_audit(data: &Path) -> (i32, String) {
 
 /// Writes a signed directive into the origin store at `store`.
 fn directive(store: &Path, key: &SecretKey, release: ReleaseId, order: Order, sequence: u64) {
-    let d = Directive { release, order, sequence, issued_at: otamesh_node::clock::now_ms() };
-    let v = TrustRoot::single(key.public()).verify_directive(SignedDirective::sign(d, key)).unwrap();
+    let now = otamesh_node::clock::now_ms();
+    let d = Directive { release, order, sequence, issued_at: now, expires_at: now + DEFAULT_LIFETIME };
+    let v = TrustRoot::single(key.public()).verify_directive(SignedDirective::sign(d, key), now).unwrap();
     otamesh_node::store::Store::create(store).unwrap().put_directive(&v).unwrap();
 }
 
@@ -188,7 +189,10 @@ fn sigkill_during_install_leaves_the_active_slot_intact_and_the_audit_log_valid(
     assert_eq!(node.args[n - 2], "--install-hook");
     node.args.truncate(n - 2);
     node.spawn();
-    wait_for(Duration::from_secs(30), "the restarted node answers", || node.status().is_some());
+    // Until its first status is published, /status carries an empty device_id.
+    wait_for(Duration::from_secs(30), "the restarted node answers", || {
+        node.status().is_some_and(|s| s["device_id"] != "")
+    });
     let s = node.status().unwrap();
     assert!(s["active"]["sequence"] == 1 || s["active"]["sequence"] == 2, "active slot after restart: {s}");
     wait_for(Duration::from_secs(30), "v2 commits after the restart", || {
@@ -424,4 +428,87 @@ fn a_late_node_honours_a_revoke_heard_before_the_release() {
     assert!(!audit_has(&node, "transition", v2, "activated"), "v2 was activated");
     assert!(!audit_has(&node, "admitted", v2, ""), "v2 was taken up");
     assert!(audit_has(&node, "refused", v2, "refused"), "the refusal of v2 is audited");
+}
+
+/// Whether process `pid` exists and is not a zombie (a killed hook whose parent died
+/// stays a zombie until init reaps it, which not every container's init does).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].split_whitespace().next() != Some("Z")))
+        .unwrap_or(false)
+}
+
+/// `kill -9` of a node while its install hook sleeps, then a restart: the old hook
+/// process is gone before the new install's hook starts.
+#[test]
+fn a_restarted_node_kills_the_hook_its_killed_run_left_before_installing_again() {
+    let World { dir, key, trust, store, origin } = World::new();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let m = marks.display();
+    // Each run notes any earlier hook still alive (not a zombie), then its own pid; the
+    // first sleeps.
+    let hook = format!(
+        "for p in $(cat {m}/pids 2>/dev/null); do s=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null); \
+         [ -n \"$s\" ] && [ \"$s\" != Z ] && echo $p >> {m}/overlap; done; \
+         echo $$ >> {m}/pids; test -e {m}/second || sleep 60"
+    );
+    let args = vec![
+        "--origin".to_string(),
+        origin.url.clone(),
+        "--hook-timeout".into(),
+        "120".into(),
+        "--install-hook".into(),
+        hook,
+    ];
+    let mut node = Node::start(dir.path(), "n", "s", &trust, &args);
+    let (v1, _) = publish(&store, &key, &noise(31, 300_000), "gw", 1);
+    wait_for(Duration::from_secs(30), "the install hook sleeping", || {
+        release_entry(&node, v1).is_some_and(|r| r["state"] == "installing")
+            && std::fs::read_to_string(marks.join("pids")).is_ok_and(|p| p.lines().count() == 1)
+    });
+    let first: i32 = std::fs::read_to_string(marks.join("pids")).unwrap().trim().parse().unwrap();
+    assert!(alive(first), "the first hook runs");
+    node.kill9();
+    assert!(alive(first), "kill -9 of the node leaves its hook running");
+    std::fs::write(marks.join("second"), b"").unwrap();
+    node.spawn();
+    wait_for(Duration::from_secs(40), "v1 commits after the restart", || {
+        state(&node) == "committed" && active_seq(&node) == Some(1)
+    });
+    assert!(!alive(first), "the old hook outlived the restart");
+    let pids = std::fs::read_to_string(marks.join("pids")).unwrap();
+    assert_eq!(pids.lines().count(), 2, "one hook per run: {pids}");
+    assert!(!marks.join("overlap").exists(), "the old hook was alive when the new one started");
+}
+
+/// A node on sequence 2 whose state.db is deleted restarts on sequence 2, refuses
+/// sequence 1, and `otamesh audit --verify` reports the lost history.
+#[test]
+fn a_deleted_state_db_does_not_reset_the_anti_rollback_floor() {
+    let World { dir, key, trust, store, origin } = World::new();
+    let mut node = Node::start(dir.path(), "n", "s", &trust, &["--origin".into(), origin.url.clone()]);
+    let (v1, _) = publish(&store, &key, &noise(41, 300_000), "gw", 1);
+    wait_for(Duration::from_secs(30), "v1 commits", || active_seq(&node) == Some(1));
+    let (v2, _) = publish(&store, &key, &noise(42, 300_000), "gw", 2);
+    wait_for(Duration::from_secs(30), "v2 commits", || {
+        state(&node) == "committed" && active_seq(&node) == Some(2)
+    });
+    node.kill9();
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(node.data.join(f));
+    }
+    node.spawn();
+    wait_for(Duration::from_secs(30), "the restarted node answers", || {
+        node.status().is_some_and(|s| s["device_id"] != "")
+    });
+    // It sees v1 again (saved manifest, origin index) and refuses it: 2 is its floor.
+    wait_for(Duration::from_secs(30), "v1 refused after the restart", || audit_has(&node, "refused", v1, ""));
+    let s = node.status().unwrap();
+    assert_eq!(s["active"]["release_id"], v2.to_string(), "{s}");
+    assert_eq!(active_seq(&node), Some(2));
+    let (code, text) = verify_audit(&node.data);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("history before row 1 was lost") && text.contains("missing"), "{text}");
 }

@@ -2,7 +2,9 @@
 //!
 //! **Goals:** a single fixed binary configuration for everything otamesh signs, stores
 //! or sends; explicit size limits so a hostile length prefix cannot make the decoder
-//! allocate gigabytes; trailing bytes rejected, so one message has one encoding.
+//! allocate gigabytes; one value, one encoding: trailing bytes, non-minimal integers and
+//! any other byte string that is not exactly what [`encode`] writes are refused, so a
+//! signed message cannot be re-encoded into different bytes that still verify.
 //!
 //! **Non-goals:** self-description or schema evolution; a format change bumps
 //! [`crate::manifest::FORMAT_VERSION`].
@@ -37,6 +39,10 @@ pub enum DecodeError {
     /// The bytes are not a valid encoding (truncated, corrupted, or another format).
     #[error("malformed encoding: {0}")]
     Malformed(String),
+    /// The bytes decode, but are not the canonical encoding of what they decode to (a
+    /// non-minimal integer, for example): re-encoded by someone other than otamesh.
+    #[error("not the canonical encoding of the value it decodes to (re-encoded or tampered with)")]
+    NonCanonical,
     /// A valid value was followed by extra bytes; the file or message was tampered
     /// with or concatenated.
     #[error("{extra} unexpected trailing bytes after the encoded value")]
@@ -54,8 +60,9 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, config()).expect("otamesh types always encode")
 }
 
-/// Decodes exactly one value from `bytes`; anything left over is an error.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+/// Decodes exactly one value from `bytes`; anything left over, or any encoding other
+/// than the one [`encode`] writes for that value, is an error.
+pub fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge { len: bytes.len() });
     }
@@ -63,6 +70,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(DecodeError::TrailingBytes { extra: bytes.len() - used });
+    }
+    // One encoding per value: whatever the decoder tolerated, only the bytes encode
+    // writes are accepted.
+    if encode(&value) != bytes {
+        return Err(DecodeError::NonCanonical);
     }
     Ok(value)
 }
@@ -98,6 +110,16 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode::<Sample>(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_non_minimal_integer_is_refused() {
+        let s = Sample { a: 7, b: "x".into(), c: vec![] };
+        let mut bytes = encode(&s);
+        assert_eq!(bytes[0], 7);
+        // 7 again, as the 251 marker and a u16: the same value, another encoding.
+        bytes.splice(0..1, [251, 7, 0]);
+        assert!(matches!(decode::<Sample>(&bytes), Err(DecodeError::NonCanonical)));
     }
 
     #[test]

@@ -787,7 +787,7 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directive::{Directive, SignedDirective};
+    use crate::directive::{DEFAULT_LIFETIME, Directive, SignedDirective};
     use crate::gate::{HealthGate, Verdict};
     use crate::manifest::UpdateKind;
     use crate::rollout::Wave;
@@ -812,8 +812,8 @@ mod tests {
     }
 
     fn directive(release: ReleaseId, order: Order, sequence: u64) -> VerifiedDirective {
-        let d = Directive { release, order, sequence, issued_at: T0 };
-        TrustRoot::single(key(1).public()).verify_directive(SignedDirective::sign(d, &key(1))).unwrap()
+        let d = Directive { release, order, sequence, issued_at: T0, expires_at: T0 + DEFAULT_LIFETIME };
+        TrustRoot::single(key(1).public()).verify_directive(SignedDirective::sign(d, &key(1)), T0).unwrap()
     }
 
     fn device() -> Device {

@@ -38,7 +38,14 @@ pub struct Directive {
     pub sequence: u64,
     /// When it was signed.
     pub issued_at: Millis,
+    /// After this, devices refuse it, so a directive withheld and replayed much later
+    /// (before any newer one reached the device) cannot act.
+    pub expires_at: Millis,
 }
+
+/// How long a directive stays valid when the operator does not say:
+/// `otamesh directive --expires-in`, 7 days.
+pub const DEFAULT_LIFETIME: Millis = 7 * 86_400_000;
 
 /// A directive and its publisher signatures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,9 +92,18 @@ impl VerifiedDirective {
 }
 
 impl TrustRoot {
-    /// Checks a directive's signatures against this root.
-    pub fn verify_directive(&self, signed: SignedDirective) -> Result<VerifiedDirective, VerifyError> {
+    /// Checks a directive's signatures against this root and that it has not expired
+    /// at `now`.
+    pub fn verify_directive(
+        &self,
+        signed: SignedDirective,
+        now: Millis,
+    ) -> Result<VerifiedDirective, VerifyError> {
         self.check_signatures(Domain::Directive, &codec::encode(&signed.directive), &signed.signatures)?;
+        let expires_at = signed.directive.expires_at;
+        if now >= expires_at {
+            return Err(VerifyError::DirectiveExpired { expires_at, now });
+        }
         Ok(VerifiedDirective(signed))
     }
 }
@@ -164,8 +180,17 @@ mod tests {
     use super::*;
     use crate::trust::tests::key;
 
+    /// A time within every test directive's lifetime.
+    const NOW: Millis = 2;
+
     fn directive(order: Order, sequence: u64) -> SignedDirective {
-        let d = Directive { release: ReleaseId::from_bytes([5; 32]), order, sequence, issued_at: 1 };
+        let d = Directive {
+            release: ReleaseId::from_bytes([5; 32]),
+            order,
+            sequence,
+            issued_at: 1,
+            expires_at: 1 + DEFAULT_LIFETIME,
+        };
         SignedDirective::sign(d, &key(1))
     }
 
@@ -173,8 +198,8 @@ mod tests {
     fn old_resume_after_halt_is_refused() {
         let root = TrustRoot::single(key(1).public());
         let mut book = DirectiveBook::default();
-        let resume = root.verify_directive(directive(Order::Resume, 1)).unwrap();
-        let halt = root.verify_directive(directive(Order::Halt, 2)).unwrap();
+        let resume = root.verify_directive(directive(Order::Resume, 1), NOW).unwrap();
+        let halt = root.verify_directive(directive(Order::Halt, 2), NOW).unwrap();
         assert!(!book.apply(&resume).unwrap().halted);
         assert!(book.apply(&halt).unwrap().halted);
         assert_eq!(book.apply(&resume), Err(Refused::Replayed { sequence: 1, applied: 2 }));
@@ -185,11 +210,11 @@ mod tests {
     fn a_rebuilt_book_still_refuses_replays() {
         let root = TrustRoot::single(key(1).public());
         let mut book = DirectiveBook::default();
-        let halt = book.apply(&root.verify_directive(directive(Order::Halt, 2)).unwrap()).unwrap();
+        let halt = book.apply(&root.verify_directive(directive(Order::Halt, 2), NOW).unwrap()).unwrap();
         let release = ReleaseId::from_bytes([5; 32]);
         let mut rebuilt: DirectiveBook = [(release, halt)].into_iter().collect();
         assert!(rebuilt.standing(release).halted);
-        let resume = root.verify_directive(directive(Order::Resume, 1)).unwrap();
+        let resume = root.verify_directive(directive(Order::Resume, 1), NOW).unwrap();
         assert_eq!(rebuilt.apply(&resume), Err(Refused::Replayed { sequence: 1, applied: 2 }));
     }
 
@@ -198,16 +223,26 @@ mod tests {
         let root = TrustRoot::single(key(1).public());
         let mut book = DirectiveBook::default();
         let to = ReleaseId::from_bytes([4; 32]);
-        let s = book.apply(&root.verify_directive(directive(Order::Revoke { to }, 3)).unwrap()).unwrap();
+        let s = book.apply(&root.verify_directive(directive(Order::Revoke { to }, 3), NOW).unwrap()).unwrap();
         assert_eq!(s.revoked_to, Some(to));
         assert!(book.is_revoke_target(to));
         assert!(!book.is_revoke_target(ReleaseId::from_bytes([5; 32])));
     }
 
     #[test]
+    fn an_expired_directive_is_refused() {
+        let root = TrustRoot::single(key(1).public());
+        let halt = directive(Order::Halt, 1);
+        let expires_at = halt.directive.expires_at;
+        root.verify_directive(halt.clone(), expires_at - 1).unwrap();
+        let err = root.verify_directive(halt, expires_at).unwrap_err();
+        assert_eq!(err, VerifyError::DirectiveExpired { expires_at, now: expires_at });
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         let root = TrustRoot::single(key(2).public());
-        assert!(root.verify_directive(directive(Order::Halt, 1)).is_err());
+        assert!(root.verify_directive(directive(Order::Halt, 1), NOW).is_err());
     }
 
     #[test]
@@ -218,9 +253,10 @@ mod tests {
             order: Order::Halt,
             sequence: 1,
             issued_at: 1,
+            expires_at: 100,
         };
         let forged =
             SignedDirective { signatures: vec![k.sign(Domain::Manifest, &codec::encode(&d))], directive: d };
-        assert!(TrustRoot::single(k.public()).verify_directive(forged).is_err());
+        assert!(TrustRoot::single(k.public()).verify_directive(forged, NOW).is_err());
     }
 }

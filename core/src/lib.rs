@@ -15,6 +15,8 @@
 //! - [`trust`]: keys, trust roots, signatures, [`VerifiedManifest`].
 //! - [`directive`]: signed halt / resume / revoke orders.
 //! - [`enrolment`]: the publisher vouching for a device's key, site and class.
+//! - [`root`]: the versioned root of trust and the rule for replacing it.
+//! - [`metadata`]: any signed file, for co-signing and counting signatures.
 //! - [`report`]: signed device status reports.
 //! - [`rollout`]: the rollout policy and the pure [`rollout::decide`].
 //! - [`gate`]: the per-release tally of reports and the health gate.
@@ -35,8 +37,10 @@ pub mod gate;
 pub mod ids;
 pub mod lifecycle;
 pub mod manifest;
+pub mod metadata;
 pub mod report;
 pub mod rollout;
+pub mod root;
 pub mod trust;
 
 pub use ids::{ChunkId, DeviceId, ReleaseId};

@@ -289,6 +289,18 @@ pub(crate) mod tests {
         assert!("nope".parse::<UpdateKind>().is_err());
     }
 
+    #[test]
+    fn a_re_encoded_genuine_manifest_is_refused() {
+        let signed = crate::trust::tests::key(1).sign_manifest(sample(1));
+        let mut bytes = signed.to_bytes();
+        assert_eq!(SignedManifest::from_bytes(&bytes).unwrap(), signed);
+        // The format field (2) re-encoded as a u16 varint: same manifest, same release
+        // id, same valid signature, different bytes.
+        assert_eq!(bytes[0], 2);
+        bytes.splice(0..1, [251, 2, 0]);
+        assert!(matches!(SignedManifest::from_bytes(&bytes), Err(codec::DecodeError::NonCanonical)));
+    }
+
     proptest! {
         #[test]
         fn signed_manifest_round_trips(seq in any::<u64>(), version in ".{0,40}", extra in proptest::collection::vec(any::<u8>(), 0..64)) {

@@ -30,6 +30,8 @@ pub enum Domain {
     Report,
     /// A device enrolment.
     Enrolment,
+    /// A versioned root of trust ([`crate::root::Root`]).
+    Root,
 }
 
 impl Domain {
@@ -39,6 +41,7 @@ impl Domain {
             Self::Directive => b"otamesh/v1/sig/directive\0",
             Self::Report => b"otamesh/v1/sig/report\0",
             Self::Enrolment => b"otamesh/v1/sig/enrolment\0",
+            Self::Root => b"otamesh/v1/sig/root\0",
         }
     }
 
@@ -229,6 +232,39 @@ pub struct Signature {
     pub bytes: SignatureBytes,
 }
 
+/// What [`TrustRoot::count_signatures`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureCount {
+    /// Distinct trusted keys with a valid signature.
+    pub valid: BTreeSet<KeyId>,
+    /// Signatures by keys not in the trust root.
+    pub untrusted: usize,
+    /// Signatures by trusted keys that did not verify.
+    pub invalid: usize,
+    /// How many distinct valid signatures the trust root requires.
+    pub threshold: usize,
+}
+
+impl SignatureCount {
+    /// Whether the threshold is met.
+    pub fn met(&self) -> bool {
+        self.valid.len() >= self.threshold
+    }
+
+    /// `Ok` when the threshold is met, else why not.
+    pub fn decide(&self) -> Result<(), VerifyError> {
+        if self.met() {
+            return Ok(());
+        }
+        Err(VerifyError::TooFewSignatures {
+            valid: self.valid.len(),
+            threshold: self.threshold,
+            untrusted: self.untrusted,
+            invalid: self.invalid,
+        })
+    }
+}
+
 /// Publisher keys and how many of them must sign.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustRoot {
@@ -268,12 +304,42 @@ pub enum VerifyError {
         /// Signatures by trusted keys that did not verify.
         invalid: usize,
     },
+    /// More signatures than the trust root has keys: not something a signer makes, and
+    /// refused before any is checked, so a signature bomb costs nothing.
+    #[error("{count} signatures, but the trust root has only {keys} keys: refused unchecked")]
+    TooManySignatures {
+        /// Signatures carried.
+        count: usize,
+        /// Keys that could have signed.
+        keys: usize,
+    },
+    /// One key signed twice.
+    #[error("key {key} signed more than once: each key may sign once")]
+    DuplicateSignature {
+        /// The key.
+        key: KeyId,
+    },
+    /// A signature by a key the trust root does not list.
+    #[error("signed by key {key}, which the trust root does not list: only trusted keys may sign")]
+    UnknownKey {
+        /// The key.
+        key: KeyId,
+    },
     /// The manifest is structurally wrong.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// The manifest's `expires_at` has passed; ask the publisher for a fresh one.
     #[error("manifest expired at {expires_at} ms (now {now} ms)")]
     Expired {
+        /// When it expired.
+        expires_at: Millis,
+        /// The time of the check.
+        now: Millis,
+    },
+    /// The directive's `expires_at` has passed; sign a fresh one (`otamesh directive
+    /// --expires-in`).
+    #[error("directive expired at {expires_at} ms (now {now} ms): sign a fresh one")]
+    DirectiveExpired {
         /// When it expired.
         expires_at: Millis,
         /// The time of the check.
@@ -306,14 +372,10 @@ impl TrustRoot {
         self.threshold
     }
 
-    /// Counts signatures in `domain` over `body`; succeeds with `threshold` distinct
-    /// trusted keys.
-    pub fn check_signatures(
-        &self,
-        domain: Domain,
-        body: &[u8],
-        signatures: &[Signature],
-    ) -> Result<(), VerifyError> {
+    /// Sorts `signatures` into valid ones by distinct trusted keys, ones by unknown keys
+    /// and ones by trusted keys that do not verify. Used to decide and to show people
+    /// (`otamesh inspect --trust`) which keys signed.
+    pub fn count_signatures(&self, domain: Domain, body: &[u8], signatures: &[Signature]) -> SignatureCount {
         let mut valid = BTreeSet::new();
         let (mut untrusted, mut invalid) = (0, 0);
         for sig in signatures {
@@ -325,8 +387,46 @@ impl TrustRoot {
                 Some(_) => invalid += 1,
             }
         }
-        if valid.len() >= self.threshold {
-            return Ok(());
+        SignatureCount { valid, untrusted, invalid, threshold: self.threshold }
+    }
+
+    /// Checks signatures in `domain` over `body`: first their shape ([`check_shape`]:
+    /// no more than this root has keys, no key twice, no unknown key), then signatures
+    /// in order until the threshold is met or can no longer be.
+    pub fn check_signatures(
+        &self,
+        domain: Domain,
+        body: &[u8],
+        signatures: &[Signature],
+    ) -> Result<(), VerifyError> {
+        check_shape(signatures, &[self])?;
+        self.meets_threshold(domain, body, signatures)
+    }
+
+    /// Whether this root's threshold of its keys signed validly, verifying no more
+    /// signatures than it takes to decide. Signatures by keys it does not list are
+    /// skipped (for a new root of trust, they are the other root's).
+    pub fn meets_threshold(
+        &self,
+        domain: Domain,
+        body: &[u8],
+        signatures: &[Signature],
+    ) -> Result<(), VerifyError> {
+        let (mut valid, mut untrusted, mut invalid) = (BTreeSet::new(), 0, 0);
+        for (i, sig) in signatures.iter().enumerate() {
+            match self.keys.get(&sig.key) {
+                None => untrusted += 1,
+                Some(key) if key.verifies(domain, body, &sig.bytes) => {
+                    valid.insert(sig.key);
+                    if valid.len() >= self.threshold {
+                        return Ok(());
+                    }
+                }
+                Some(_) => invalid += 1,
+            }
+            if valid.len() + (signatures.len() - i - 1) < self.threshold {
+                break;
+            }
         }
         Err(VerifyError::TooFewSignatures {
             valid: valid.len(),
@@ -334,6 +434,11 @@ impl TrustRoot {
             untrusted,
             invalid,
         })
+    }
+
+    /// Whether `key` is one of this root's.
+    pub fn lists(&self, key: &KeyId) -> bool {
+        self.keys.contains_key(key)
     }
 
     /// Checks structure, signatures and expiry at `now`.
@@ -352,6 +457,27 @@ impl TrustRoot {
         }
         Ok(VerifiedManifest { id, signed })
     }
+}
+
+/// The shape every signed message's signatures must have, checked on key ids alone
+/// before any signature is verified: at most as many signatures as `roots` have
+/// distinct keys, no key twice, every key listed by one of `roots` (one trust root, or
+/// for a new root of trust the old and the new).
+pub fn check_shape(signatures: &[Signature], roots: &[&TrustRoot]) -> Result<(), VerifyError> {
+    let keys: BTreeSet<&KeyId> = roots.iter().flat_map(|r| r.keys.keys()).collect();
+    if signatures.len() > keys.len() {
+        return Err(VerifyError::TooManySignatures { count: signatures.len(), keys: keys.len() });
+    }
+    let mut seen = BTreeSet::new();
+    for sig in signatures {
+        if !keys.contains(&sig.key) {
+            return Err(VerifyError::UnknownKey { key: sig.key });
+        }
+        if !seen.insert(sig.key) {
+            return Err(VerifyError::DuplicateSignature { key: sig.key });
+        }
+    }
+    Ok(())
 }
 
 /// A manifest whose signatures, structure and expiry were checked against a trust
@@ -402,7 +528,7 @@ pub(crate) mod tests {
     fn unknown_key_is_refused() {
         let root = TrustRoot::single(key(1).public());
         let err = root.verify_manifest(key(2).sign_manifest(sample(1)), NOW).unwrap_err();
-        assert!(matches!(err, VerifyError::TooFewSignatures { valid: 0, untrusted: 1, .. }), "{err}");
+        assert_eq!(err, VerifyError::UnknownKey { key: key(2).public().key_id() });
     }
 
     #[test]
@@ -415,14 +541,55 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn threshold_counts_distinct_keys() {
+    fn threshold_counts_distinct_keys_and_a_key_signing_twice_is_refused() {
         let (a, b) = (key(1), key(2));
         let root = TrustRoot::new([a.public(), b.public()], 2).unwrap();
         let mut signed = a.sign_manifest(sample(1));
-        // The same key twice is still one signature.
-        signed.signatures.push(signed.signatures[0].clone());
-        assert!(root.verify_manifest(signed.clone(), NOW).is_err());
+        assert!(matches!(
+            root.verify_manifest(signed.clone(), NOW),
+            Err(VerifyError::TooFewSignatures { valid: 1, .. })
+        ));
+        let mut twice = signed.clone();
+        twice.signatures.push(twice.signatures[0].clone());
+        assert_eq!(
+            root.verify_manifest(twice, NOW).unwrap_err(),
+            VerifyError::DuplicateSignature { key: a.public().key_id() }
+        );
         signed.signatures.push(b.manifest_signature(&signed.manifest));
+        root.verify_manifest(signed, NOW).unwrap();
+    }
+
+    #[test]
+    fn a_signature_bomb_is_refused_unchecked() {
+        let k = key(1);
+        let root = TrustRoot::single(k.public());
+        let mut signed = k.sign_manifest(sample(1));
+        let one = signed.signatures[0].clone();
+        signed.signatures = vec![one; 100_000];
+        // Through the decoder too: it is what arrives from the network.
+        let signed = SignedManifest::from_bytes(&signed.to_bytes()).unwrap();
+        let err = root.verify_manifest(signed, NOW).unwrap_err();
+        assert_eq!(err, VerifyError::TooManySignatures { count: 100_000, keys: 1 });
+    }
+
+    #[test]
+    fn an_unknown_key_beside_a_threshold_of_trusted_ones_is_refused() {
+        let root = TrustRoot::new([key(1).public(), key(2).public()], 1).unwrap();
+        let mut signed = key(1).sign_manifest(sample(1));
+        signed.signatures.push(key(3).manifest_signature(&signed.manifest));
+        assert_eq!(
+            root.verify_manifest(signed, NOW).unwrap_err(),
+            VerifyError::UnknownKey { key: key(3).public().key_id() }
+        );
+    }
+
+    #[test]
+    fn verification_stops_once_the_threshold_is_decided() {
+        // Two of three keys suffice: a garbage third signature is never looked at.
+        let root = TrustRoot::new([key(1).public(), key(2).public(), key(3).public()], 2).unwrap();
+        let mut signed = key(1).sign_manifest(sample(1));
+        signed.signatures.push(key(2).manifest_signature(&signed.manifest));
+        signed.signatures.push(Signature { key: key(3).public().key_id(), bytes: SignatureBytes([0; 64]) });
         root.verify_manifest(signed, NOW).unwrap();
     }
 

@@ -57,8 +57,9 @@ pub struct NodeArgs {
     /// Base URL of the origin store (http or https), polled for new releases.
     #[arg(long, value_name = "URL")]
     pub origin: Option<String>,
-    /// Trust file (TOML publisher keys and threshold) or a single publisher `.pub` file
-    /// [default: DATA/trust.toml or DATA/trust.pub].
+    /// Trust file (TOML publisher keys and threshold), a single publisher `.pub` file, or
+    /// a signed root file; the node walks from it to the newest root it adopted
+    /// [default: DATA/trust.toml, DATA/trust.pub or DATA/trust.root].
     #[arg(long, value_name = "FILE")]
     pub trust: Option<PathBuf>,
     /// A peer to connect to, with or without a trailing /p2p/<peer id>; repeatable.
@@ -185,7 +186,7 @@ pub enum ConfigError {
     },
     /// No trust file given and none in the data directory.
     #[error(
-        "no trust file: pass --trust FILE (a trust TOML or the publisher's .pub), or put trust.toml or trust.pub in {data}"
+        "no trust file: pass --trust FILE (a trust TOML, the publisher's .pub or a root file), or put trust.toml, trust.pub or trust.root in {data}"
     )]
     NoTrust {
         /// The data directory searched.
@@ -276,7 +277,7 @@ impl NodeArgs {
         };
         let trust = match self.trust.clone().or(file.trust) {
             Some(t) => t,
-            None => ["trust.toml", "trust.pub"]
+            None => ["trust.toml", "trust.pub", "trust.root"]
                 .iter()
                 .map(|n| data.join(n))
                 .find(|p| p.is_file())

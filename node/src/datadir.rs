@@ -8,6 +8,9 @@
 //!   store/                 a release store (same layout as an origin); a release is
 //!                          listed in store/index.json once all its chunks are here
 //!   releases/<id>.manifest every accepted manifest, fetching or complete
+//!   roots/<version>.root   every root of trust adopted ([`crate::roots`])
+//!   slots/                 the A/B slots ([`crate::slots`]); slots/hook.pgid names the
+//!                          process group of a running hook ([`crate::hooks`])
 //! ```
 
 use std::fs::{self, File};
@@ -63,6 +66,9 @@ pub enum DataDirError {
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A hook left running by the previous run could not be stopped.
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::ReapError),
 }
 
 /// What an enrolment must say to be this device's.
@@ -149,6 +155,12 @@ impl DataDir {
     /// The local chunk store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Kills whatever hook the previous run of a node on this directory left running
+    /// (see [`crate::hooks::reap_previous`]); call it before anything touches a slot.
+    pub fn reap_previous_hook(&self) -> Result<Option<i32>, DataDirError> {
+        Ok(crate::hooks::reap_previous(&self.root)?)
     }
 
     /// The device's keypair, created on first start.

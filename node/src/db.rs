@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use otamesh_core::directive::Standing;
 use otamesh_core::lifecycle::State;
 use otamesh_core::{Millis, ReleaseId, codec};
+
+use crate::slots::Slot;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
@@ -44,6 +46,16 @@ pub enum DbError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// The database was lost and could not be moved aside or rebuilt from the slots.
+    #[error(
+        "{path}: cannot rebuild the lost state from the slots ({reason}); check the data directory is writable"
+    )]
+    Rebuild {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A stored value that this build cannot read.
     #[error("{path}: unreadable {what} {value:?} in the database")]
     Value {
@@ -54,6 +66,96 @@ pub enum DbError {
         /// The value.
         value: String,
     },
+}
+
+/// The audit event that marks where a rebuilt database's history starts.
+pub const HISTORY_LOST: &str = "history_lost";
+
+/// What [`open_or_rebuild`] recovered after the state database was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Why: `missing`, or `corrupt (moved to …)`.
+    pub cause: String,
+    /// The slot the device runs and what it holds (the anti-rollback floor).
+    pub active: Option<(String, SlotContent)>,
+    /// The other slot, when it holds an older release (the rollback target).
+    pub previous: Option<(String, SlotContent)>,
+}
+
+/// Opens `DATA/state.db`; if it is corrupt (moved aside to `state.db.corrupt-NOW`) or
+/// missing while the slots hold releases, makes a new one from what the slots say
+/// (each keeps its release's manifest), so the active release and the anti-rollback
+/// floor survive. The rebuilt log starts with a [`HISTORY_LOST`] row, which
+/// `otamesh audit --verify` reports. Lost for good: applied directives and the history.
+pub fn open_or_rebuild(data: &Path, now: Millis) -> Result<(Db, Option<Rebuilt>), DbError> {
+    let path = data.join("state.db");
+    let slots = crate::slots::Slots::open(data.join("slots"))
+        .map_err(|e| DbError::Rebuild { path: path.clone(), reason: e.to_string() })?;
+    let cause = if path.exists() {
+        match Db::open(&path) {
+            Ok(db) => return Ok((db, None)),
+            Err(DbError::Corrupt { reason, .. }) => {
+                let aside = data.join(format!("state.db.corrupt-{now}"));
+                let rebuild =
+                    |e: std::io::Error| DbError::Rebuild { path: path.clone(), reason: e.to_string() };
+                std::fs::rename(&path, &aside).map_err(rebuild)?;
+                for ext in ["-wal", "-shm"] {
+                    let side = data.join(format!("state.db{ext}"));
+                    if side.exists() {
+                        std::fs::rename(&side, data.join(format!("state.db.corrupt-{now}{ext}")))
+                            .map_err(rebuild)?;
+                    }
+                }
+                tracing::error!(moved_to = %aside.display(), %reason, "state.db is corrupt: rebuilding from the slots");
+                format!("corrupt ({reason}; moved to {})", aside.display())
+            }
+            Err(e) => return Err(e),
+        }
+    } else if [Slot::A, Slot::B].iter().any(|&s| slots.content(s).is_some()) {
+        tracing::error!(path = %path.display(), "state.db is missing but the slots hold releases: rebuilding from the slots");
+        "missing".to_owned()
+    } else {
+        // A new device: nothing was lost.
+        return Ok((Db::open(&path)?, None));
+    };
+    let mut db = Db::open(&path)?;
+    let active_slot =
+        slots.active().map_err(|e| DbError::Rebuild { path: path.clone(), reason: e.to_string() })?;
+    let content = |s: Slot| {
+        slots.content(s).map(|m| SlotContent {
+            release_id: m.release_id(),
+            sequence: m.sequence,
+            version: m.version,
+        })
+    };
+    let active = content(active_slot).map(|c| (active_slot.name().to_owned(), c));
+    let floor = active.as_ref().map(|(_, c)| c.sequence);
+    // The other slot counts only as the previous release: a newer one there was never
+    // activated, or was rolled back from, and must not become a rollback target.
+    let previous = content(active_slot.other())
+        .filter(|c| floor.is_some_and(|f| c.sequence < f))
+        .map(|c| (active_slot.other().name().to_owned(), c));
+    for (slot, c) in active.iter().chain(previous.iter()) {
+        db.set_slot(slot, c)?;
+    }
+    let describe = |what: &str, s: &Option<(String, SlotContent)>| match s {
+        Some((slot, c)) => {
+            format!("{what} slot {slot} holds {} (sequence {}, {})", c.release_id, c.sequence, c.version)
+        }
+        None => format!("{what} slot: nothing recoverable"),
+    };
+    let detail = format!(
+        "state.db was {cause}: the audit history and applied directives before this row are lost; rebuilt from the slots: {}; {}",
+        describe("active", &active),
+        describe("previous", &previous)
+    );
+    db.audit(now, HISTORY_LOST, active.as_ref().map(|(_, c)| c.release_id), &detail)?;
+    Ok((db, Some(Rebuilt { cause, active, previous })))
+}
+
+/// Where the audit history was lost: the first [`HISTORY_LOST`] row, if any.
+pub fn history_lost(rows: &[AuditRow]) -> Option<&AuditRow> {
+    rows.iter().find(|r| r.event == HISTORY_LOST)
 }
 
 /// One release as the device tracks it.
@@ -548,6 +650,61 @@ mod tests {
         let err = Db::open(&path).unwrap_err();
         assert!(matches!(err, DbError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("state.db"));
+    }
+
+    /// A data directory whose slot `a` is active and holds sequence 2, slot `b` sequence 1.
+    fn device_on_sequence_2() -> (tempfile::TempDir, ReleaseId) {
+        use crate::testkit;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::create(dir.path().join("store")).unwrap();
+        let slots = crate::slots::Slots::open(dir.path().join("slots")).unwrap();
+        let mut v2 = ReleaseId::from_bytes([0; 32]);
+        for sequence in [1u64, 2] {
+            let data = vec![sequence as u8; 70_000];
+            testkit::put_chunks(&store, &data);
+            let m = testkit::manifest(&data, sequence, Default::default());
+            let slot = slots.assemble(&store, &m).unwrap();
+            slots.switch_to(slot).unwrap();
+            v2 = m.release_id();
+        }
+        (dir, v2)
+    }
+
+    #[test]
+    fn a_missing_database_is_rebuilt_from_the_slots_and_says_history_was_lost() {
+        let (dir, v2) = device_on_sequence_2();
+        let (db, rebuilt) = open_or_rebuild(dir.path(), 77).unwrap();
+        let rebuilt = rebuilt.expect("the slots hold releases: something was lost");
+        assert_eq!(rebuilt.cause, "missing");
+        assert_eq!(db.slot("a").unwrap().map(|c| (c.release_id, c.sequence)), Some((v2, 2)), "the floor");
+        assert_eq!(db.slot("b").unwrap().map(|c| c.sequence), Some(1), "the rollback target");
+        let rows = db.audit_rows().unwrap();
+        verify_chain(&rows).unwrap();
+        assert_eq!(history_lost(&rows).map(|r| r.seq), Some(1));
+        drop(db);
+        let (_db, again) = open_or_rebuild(dir.path(), 78).unwrap();
+        assert_eq!(again, None, "a healthy database is opened as it is");
+    }
+
+    #[test]
+    fn a_corrupt_database_is_moved_aside_and_rebuilt() {
+        let (dir, v2) = device_on_sequence_2();
+        std::fs::write(dir.path().join("state.db"), vec![0x42u8; 8192]).unwrap();
+        let (db, rebuilt) = open_or_rebuild(dir.path(), 77).unwrap();
+        assert!(rebuilt.unwrap().cause.starts_with("corrupt"));
+        assert!(
+            dir.path().join("state.db.corrupt-77").is_file(),
+            "the corrupt file is kept for a post-mortem"
+        );
+        assert_eq!(db.slot("a").unwrap().map(|c| c.release_id), Some(v2));
+    }
+
+    #[test]
+    fn a_new_device_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, rebuilt) = open_or_rebuild(dir.path(), 1).unwrap();
+        assert_eq!(rebuilt, None);
+        assert!(db.audit_rows().unwrap().is_empty());
     }
 
     #[test]

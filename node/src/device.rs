@@ -461,7 +461,7 @@ mod tests {
     use std::sync::mpsc::{Receiver, sync_channel};
     use std::time::Duration;
 
-    use otamesh_core::directive::{Directive, Order, SignedDirective};
+    use otamesh_core::directive::{DEFAULT_LIFETIME, Directive, Order, SignedDirective};
     use otamesh_core::lifecycle::Reason;
     use otamesh_core::rollout::{RolloutPolicy, Wave};
 
@@ -506,7 +506,7 @@ mod tests {
             let store = Store::create(dir.join("store")).unwrap();
             let hooks =
                 Hooks { install: config.install_hook.clone(), health_check: config.health_check.clone() };
-            let (disk, restored) = Disk::open(dir, store.clone(), hooks).unwrap();
+            let (disk, restored) = Disk::open(dir, store.clone(), hooks, NOW).unwrap();
             let (tx, effects) = sync_channel(4);
             let mut device = Device::new(NOW, config, key(), restored, saved, tx);
             device.resume(NOW);
@@ -578,8 +578,8 @@ mod tests {
     }
 
     fn directive(release: ReleaseId, order: Order, sequence: u64) -> VerifiedDirective {
-        let d = Directive { release, order, sequence, issued_at: NOW };
-        testkit::trust().verify_directive(SignedDirective::sign(d, &testkit::publisher())).unwrap()
+        let d = Directive { release, order, sequence, issued_at: NOW, expires_at: NOW + DEFAULT_LIFETIME };
+        testkit::trust().verify_directive(SignedDirective::sign(d, &testkit::publisher()), NOW).unwrap()
     }
 
     fn store_of(dir: &Path) -> Store {

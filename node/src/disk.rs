@@ -142,10 +142,12 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Opens `data`'s state database and slots, and reads what the machine is rebuilt
-    /// from.
-    pub fn open(data: &Path, store: Store, hooks: Hooks) -> Result<(Self, Restored), DiskError> {
-        let db = Db::open(&data.join("state.db"))?;
+    /// Opens `data`'s state database and slots at `now`, and reads what the machine is
+    /// rebuilt from.
+    pub fn open(data: &Path, store: Store, hooks: Hooks, now: Millis) -> Result<(Self, Restored), DiskError> {
+        // A missing or corrupt database is rebuilt from the slots (which keep their
+        // manifests), so the anti-rollback floor survives it.
+        let (db, _rebuilt) = crate::db::open_or_rebuild(data, now)?;
         let slots = Slots::open(data.join("slots"))?;
         let disk = Self { db, slots, store, hooks };
         let records = disk.db.releases()?;

@@ -122,7 +122,7 @@ impl Intake {
         device: &mut Device,
     ) -> Result<(), Refusal> {
         let signed = SignedDirective::from_bytes(data).map_err(|_| Refusal::Malformed)?;
-        let verified = trust.verify_directive(signed).map_err(|_| Refusal::Forged)?;
+        let verified = trust.verify_directive(signed, now).map_err(|_| Refusal::Forged)?;
         match device.directive(now, &verified) {
             Ok(()) => Ok(()),
             Err(NotTaken::Replayed(_)) => Err(Refusal::Replayed),

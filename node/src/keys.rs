@@ -8,12 +8,14 @@
 //! keys = ["<64 hex digits>", "<64 hex digits>"]
 //! ```
 //!
-//! Wherever a trust file is taken, a single `.pub` file also works (threshold 1).
+//! Wherever a trust file is taken, a single `.pub` file also works (threshold 1), and
+//! so does a signed root file (`otamesh root new`, see docs/keys.md).
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use otamesh_core::root::{RootError, SignedRoot, VerifiedRoot};
 use otamesh_core::trust::{KeyError, TrustRootError};
 use otamesh_core::{PublicKey, SecretKey, TrustRoot};
 use serde::Deserialize;
@@ -40,7 +42,7 @@ pub enum KeyFileError {
     },
     /// The file is neither a `.pub` key nor a valid trust file.
     #[error(
-        "{path}: not a public key or trust file ({reason}); expected TOML `threshold = N` and `keys = [\"hex\", ...]`, or a .pub file from `otamesh keygen`"
+        "{path}: not a public key, trust or root file ({reason}); expected TOML `threshold = N` and `keys = [\"hex\", ...]`, a .pub file from `otamesh keygen` or a root from `otamesh root new`"
     )]
     Trust {
         /// The file.
@@ -55,6 +57,26 @@ pub enum KeyFileError {
         path: PathBuf,
         /// What is wrong.
         source: TrustRootError,
+    },
+    /// A root file that is not signed by a threshold of its own keys, or malformed.
+    #[error("{path}: {error}")]
+    Root {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        error: RootError,
+    },
+    /// A public key where a secret key belongs, or the other way round.
+    #[error("{path} is a {found} key file: pass the {wanted} file from `otamesh keygen` ({suffix})")]
+    WrongKind {
+        /// The file.
+        path: PathBuf,
+        /// `public` or `secret`.
+        found: &'static str,
+        /// `secret` or `public`.
+        wanted: &'static str,
+        /// The file name ending expected.
+        suffix: &'static str,
     },
     /// Refusing to overwrite an existing key.
     #[error("{path} already exists: choose another --out prefix or remove it first")]
@@ -103,8 +125,18 @@ fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), KeyFileError> 
     f.sync_all().map_err(io(path))
 }
 
-/// Reads a secret key file written by `otamesh keygen`.
+/// Reads a secret key file written by `otamesh keygen`. A `.pub` file is refused: both
+/// are 64 hex digits, and signing with a public key's bytes as a seed would make a
+/// valid-looking signature by a key nobody trusts.
 pub fn read_secret_key(path: &Path) -> Result<SecretKey, KeyFileError> {
+    if path.extension().is_some_and(|e| e == "pub") {
+        return Err(KeyFileError::WrongKind {
+            path: path.to_owned(),
+            found: "public",
+            wanted: "secret",
+            suffix: ".key",
+        });
+    }
     let text = fs::read_to_string(path).map_err(io(path))?;
     let mut seed = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut seed)
@@ -112,8 +144,16 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey, KeyFileError> {
     Ok(SecretKey::from_seed(seed))
 }
 
-/// Reads a public key file written by `otamesh keygen`.
+/// Reads a public key file written by `otamesh keygen`; a `.key` file is refused.
 pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyFileError> {
+    if path.extension().is_some_and(|e| e == "key") {
+        return Err(KeyFileError::WrongKind {
+            path: path.to_owned(),
+            found: "secret",
+            wanted: "public",
+            suffix: ".pub",
+        });
+    }
     let text = fs::read_to_string(path).map_err(io(path))?;
     text.trim().parse().map_err(|source| KeyFileError::Key { path: path.to_owned(), source })
 }
@@ -125,14 +165,33 @@ struct TrustFile {
     keys: Vec<String>,
 }
 
-/// Reads a trust file, or a single `.pub` file as a root of one key.
+/// Reads a trust file, a single `.pub` file as a root of one key, or a signed root file:
+/// the keys and threshold to verify against.
 pub fn read_trust(path: &Path) -> Result<TrustRoot, KeyFileError> {
-    let text = fs::read_to_string(path).map_err(io(path))?;
+    Ok(read_anchor(path)?.trust().clone())
+}
+
+/// Reads what `--trust` names as the start of the root chain: a trust file or `.pub`
+/// (version 0) or a root file signed by a threshold of its own keys (its version).
+pub fn read_anchor(path: &Path) -> Result<VerifiedRoot, KeyFileError> {
+    let bytes = fs::read(path).map_err(io(path))?;
+    if let Ok(signed) = SignedRoot::from_bytes(&bytes) {
+        return VerifiedRoot::anchor(signed)
+            .map_err(|error| KeyFileError::Root { path: path.to_owned(), error });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| KeyFileError::Trust {
+        path: path.to_owned(),
+        reason: "binary, but not a root file".into(),
+    })?;
+    read_trust_text(path, &text).map(VerifiedRoot::unversioned)
+}
+
+fn read_trust_text(path: &Path, text: &str) -> Result<TrustRoot, KeyFileError> {
     if let Ok(key) = text.trim().parse::<PublicKey>() {
         return Ok(TrustRoot::single(key));
     }
     let trust_err = |reason: String| KeyFileError::Trust { path: path.to_owned(), reason };
-    let file: TrustFile = toml::from_str(&text).map_err(|e| trust_err(e.message().to_owned()))?;
+    let file: TrustFile = toml::from_str(text).map_err(|e| trust_err(e.message().to_owned()))?;
     let keys = file
         .keys
         .iter()

@@ -2,6 +2,7 @@
 //!
 //! - [`store`]: the content-addressed release store (also the origin's layout).
 //! - [`keys`]: key files and trust files.
+//! - [`roots`]: the root-of-trust chain a node walks at start and follows on the origin.
 //! - [`clock`]: the wall clock, read in one place.
 //! - [`datadir`]: the node's data directory (lock, identity, accepted manifests).
 //! - [`config`]: flags and `--config` TOML for `otamesh node`.
@@ -40,6 +41,7 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod origin;
+pub mod roots;
 pub mod serve;
 pub mod site;
 pub mod slots;

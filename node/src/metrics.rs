@@ -48,6 +48,11 @@ pub struct Metrics {
     pub rollbacks: Counter,
     /// Device side effects waiting for the disk worker.
     pub device_backlog: Gauge,
+    /// The version of the root of trust the node verifies against (0: a trust file).
+    pub root_version: Gauge,
+    /// Roots of trust offered by the origin and refused, by `reason` (see
+    /// [`crate::roots::RootsError::label`]).
+    pub roots_refused: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -68,6 +73,8 @@ impl Metrics {
         let installs = Counter::default();
         let install_failures = Counter::default();
         let rollbacks = Counter::default();
+        let root_version = Gauge::default();
+        let roots_refused = Family::<Labels, Counter>::default();
         // prometheus-client appends `_total` to counter names.
         registry.register(
             "otamesh_chunk_bytes",
@@ -113,6 +120,16 @@ impl Metrics {
             "Device side effects waiting for the disk worker",
             device_backlog.clone(),
         );
+        registry.register(
+            "otamesh_root_version",
+            "Version of the root of trust in use (0: a trust file)",
+            root_version.clone(),
+        );
+        registry.register(
+            "otamesh_roots_refused",
+            "Roots of trust refused, by reason (not_next, expired, signatures, malformed, unreadable)",
+            roots_refused.clone(),
+        );
         for source in ["lan", "wan"] {
             let _ = chunk_bytes.get_or_create(&vec![("source", source)]);
         }
@@ -133,6 +150,8 @@ impl Metrics {
             install_failures,
             rollbacks,
             device_backlog,
+            root_version,
+            roots_refused,
         }
     }
 

@@ -82,6 +82,9 @@ pub enum NodeError {
     /// The trust file is unusable.
     #[error(transparent)]
     Trust(#[from] crate::keys::KeyFileError),
+    /// The root-of-trust chain in the data directory is unusable.
+    #[error(transparent)]
+    Roots(#[from] crate::roots::RootsError),
     /// The origin client could not be built.
     #[error(transparent)]
     Origin(#[from] OriginError),
@@ -170,14 +173,20 @@ struct PendingRequest {
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let data = DataDir::open(&config.data)?;
+    data.reap_previous_hook()?;
     let keypair = data.identity()?;
-    let trust = crate::keys::read_trust(&config.trust)?;
+    let roots = crate::roots::Roots::open(&config.trust, data.root())?;
+    let trust = roots.trust().clone();
     // Invariant: DataDir::identity only returns ed25519 keypairs.
     let me = device_id(&keypair.public()).expect("identity is ed25519");
     let metrics = Metrics::new();
     let origin = match &config.origin {
         Some(url) => Some(Origin::new(url, config.wan_rate, metrics.clone())?),
         None => None,
+    };
+    let trust_updates = match &origin {
+        Some(o) => crate::roots::follow(roots, o.clone(), metrics.clone(), config.poll_interval),
+        None => watch::channel(trust.clone()).1,
     };
     let api_listener =
         crate::api::bind(config.api).await.map_err(|source| NodeError::Api { addr: config.api, source })?;
@@ -196,7 +205,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         install: device_config.install_hook.clone(),
         health_check: device_config.health_check.clone(),
     };
-    let (disk, restored) = Disk::open(&config.data, data.store().clone(), hooks)?;
+    let (disk, restored) = Disk::open(&config.data, data.store().clone(), hooks, now_ms())?;
     let saved = saved_manifests(&data, &trust, restored.last.as_ref().map(|(r, _)| *r));
     let swarm = build_swarm(keypair, &config.site, config.mdns)?;
     let (tx, rx) = mpsc::channel(INTERNAL_QUEUE);
@@ -223,6 +232,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         swarm,
         me,
         trust,
+        trust_updates,
         data,
         origin,
         metrics: metrics.clone(),
@@ -348,6 +358,8 @@ struct Node {
     swarm: Swarm<Behaviour>,
     me: DeviceId,
     trust: TrustRoot,
+    /// Newer roots of trust adopted from the origin ([`crate::roots::follow`]).
+    trust_updates: watch::Receiver<TrustRoot>,
     data: DataDir,
     store: Store,
     origin: Option<Origin>,
@@ -428,6 +440,11 @@ impl Node {
                 _ = heartbeat.tick() => self.on_heartbeat(),
                 _ = redial.tick() => self.dial_static_peers(),
                 _ = poll.tick() => self.poll_origin(),
+                Ok(()) = self.trust_updates.changed() => {
+                    // A new root: what the old one refused may verify now.
+                    self.trust = self.trust_updates.borrow_and_update().clone();
+                    self.rejected_from_origin.clear();
+                }
                 _ = &mut ctrl_c => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
             }

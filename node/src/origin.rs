@@ -149,6 +149,12 @@ impl Origin {
         self.get(&self.url(rel), codec::MAX_MESSAGE_BYTES).await
     }
 
+    /// Downloads root `version` at `rel` (as the index names it); not verified.
+    pub async fn root(&self, rel: &str) -> Result<Vec<u8>, OriginError> {
+        // The same bounded, path-checked GET as a manifest: a root is smaller still.
+        self.manifest(rel).await
+    }
+
     /// Downloads chunk `id`, at most `max_len` bytes; not verified.
     pub async fn chunk(&self, id: ChunkId, max_len: usize) -> Result<Vec<u8>, OriginError> {
         self.get(&self.url(&Store::chunk_rel_path(id)), max_len).await

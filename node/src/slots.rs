@@ -2,9 +2,15 @@
 //!
 //! ```text
 //! DATA/slots/a/payload     the artifact of the release in slot a
+//! DATA/slots/a/manifest    the manifest body of that release (canonical encoding)
 //! DATA/slots/b/payload
+//! DATA/slots/b/manifest
 //! DATA/slots/active -> a   which slot the device runs (a symlink)
 //! ```
+//!
+//! The manifest kept with each payload makes the slots describe themselves: which
+//! release the device runs, and so its anti-rollback floor, survive the loss of the
+//! state database ([`Slots::content`], [`crate::db::open_or_rebuild`]).
 //!
 //! A release is assembled into the inactive slot only; the active slot is only ever
 //! changed by [`Slots::switch_to`], which replaces the `active` symlink atomically
@@ -48,6 +54,9 @@ impl Slot {
 
 /// The payload file name inside a slot.
 pub const PAYLOAD: &str = "payload";
+
+/// The manifest file name inside a slot.
+pub const MANIFEST: &str = "manifest";
 
 /// Why a slot operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +144,16 @@ impl Slots {
         }
     }
 
+    /// The release slot `s` holds, from the manifest kept beside its payload; `None`
+    /// for an empty slot, or one whose payload or manifest is missing, unreadable or of
+    /// the wrong size (a slot assembled by an older build, or damaged).
+    pub fn content(&self, s: Slot) -> Option<Manifest> {
+        let bytes = fs::read(self.path(s).join(MANIFEST)).ok()?;
+        let manifest: Manifest = otamesh_core::codec::decode(&bytes).ok()?;
+        let size = fs::metadata(self.payload(s)).ok()?.len();
+        (size == manifest.payload.size).then_some(manifest)
+    }
+
     /// The slot a new release goes into.
     pub fn inactive(&self) -> Result<Slot, SlotError> {
         Ok(self.active()?.other())
@@ -187,6 +206,8 @@ impl Slots {
                 actual: actual.to_hex().to_string(),
             });
         }
+        // The manifest goes in first: a slot with a payload always says what it holds.
+        crate::store::write_atomic(&self.path(slot).join(MANIFEST), &manifest.canonical_bytes())?;
         let dest = self.payload(slot);
         fs::rename(&tmp, &dest).map_err(io_at(&dest))?;
         sync_dir(&self.path(slot))
@@ -243,6 +264,8 @@ mod tests {
         let slot = slots.assemble(&store, &m).unwrap();
         assert_eq!(slot, Slot::B);
         assert_eq!(fs::read(slots.payload(Slot::B)).unwrap(), data);
+        assert_eq!(slots.content(Slot::B), Some(m.clone()), "the slot says what it holds");
+        assert_eq!(slots.content(Slot::A), None);
         slots.switch_to(Slot::B).unwrap();
         slots.switch_to(Slot::B).unwrap();
         assert_eq!(slots.active().unwrap(), Slot::B);
@@ -258,6 +281,7 @@ mod tests {
         let err = slots.assemble(&store, &m).unwrap_err();
         assert!(matches!(err, SlotError::DigestMismatch { .. }), "{err}");
         assert_eq!(fs::read_dir(slots.path(Slot::B)).unwrap().count(), 0);
+        assert_eq!(slots.content(Slot::B), None);
         assert_eq!(fs::read(slots.payload(Slot::A)).unwrap(), b"running version");
     }
 

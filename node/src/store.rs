@@ -6,7 +6,8 @@
 //!                            by the first hex byte
 //!   manifests/<release>.manifest   signed manifests, canonical encoding
 //!   directives/<release>-<sequence>.directive   signed halt / resume / revoke
-//!   index.json               the releases and directives in the store, for pollers
+//!   roots/<version>.root     signed roots of trust, each vouched for by the one before
+//!   index.json               the releases, directives and roots in the store, for pollers
 //! ```
 //!
 //! Any static web server over this directory is an origin; a node's own local store
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use otamesh_core::chunking::VerifiedChunk;
 use otamesh_core::directive::{Order, VerifiedDirective};
 use otamesh_core::manifest::SignedManifest;
+use otamesh_core::root::{SignedRoot, VerifiedRoot};
 use otamesh_core::{ChunkId, Millis, ReleaseId, VerifiedManifest};
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +74,15 @@ pub struct DirectiveEntry {
     pub path: String,
 }
 
+/// What the index says about one root of trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootEntry {
+    /// The root's version.
+    pub version: u64,
+    /// The root file's path relative to the store root.
+    pub path: String,
+}
+
 /// The store's `index.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Index {
@@ -82,6 +93,9 @@ pub struct Index {
     /// Signed directives, by release then sequence.
     #[serde(default)]
     pub directives: Vec<DirectiveEntry>,
+    /// Signed roots of trust, by version.
+    #[serde(default)]
+    pub roots: Vec<RootEntry>,
 }
 
 /// Why a store operation failed.
@@ -290,6 +304,41 @@ impl Store {
         Ok(rel)
     }
 
+    /// Where root `version` lives, relative to the root: `roots/<version>.root`.
+    pub fn root_rel_path(version: u64) -> String {
+        format!("roots/{version}.root")
+    }
+
+    /// Writes a root of trust and lists it in the index. The caller checked it follows
+    /// the store's newest root ([`VerifiedRoot::next`]); a trust file (version 0) has no
+    /// file to write and is refused.
+    pub fn put_root(&self, root: &VerifiedRoot) -> Result<String, StoreError> {
+        let Some(signed) = root.signed() else {
+            return Err(StoreError::Malformed {
+                path: self.root.join("roots"),
+                reason: "a trust file is not a root: make one with `otamesh root new`".into(),
+            });
+        };
+        let rel = Self::root_rel_path(root.version());
+        let dir = self.root.join("roots");
+        fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        write_atomic(&self.root.join(&rel), &signed.to_bytes())?;
+        let mut index = self.index()?;
+        index.roots.retain(|e| e.version != root.version());
+        index.roots.push(RootEntry { version: root.version(), path: rel.clone() });
+        index.roots.sort_by_key(|e| e.version);
+        self.write_index(&index)?;
+        Ok(rel)
+    }
+
+    /// Reads root `version` (not verified).
+    pub fn read_root(&self, version: u64) -> Result<SignedRoot, StoreError> {
+        let path = self.root.join(Self::root_rel_path(version));
+        let bytes = fs::read(&path).map_err(io_at(&path))?;
+        SignedRoot::from_bytes(&bytes)
+            .map_err(|e| StoreError::Malformed { path, reason: format!("not a root: {e}") })
+    }
+
     /// Reads the manifest of `release` (not verified).
     pub fn read_manifest(&self, release: ReleaseId) -> Result<SignedManifest, StoreError> {
         read_manifest_file(&self.root.join(Self::manifest_rel_path(release)))
@@ -318,8 +367,8 @@ pub fn read_manifest_file(path: &Path) -> Result<SignedManifest, StoreError> {
 /// temporary file in the same directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    // Invariant: callers pass file paths inside a store directory, which have a parent.
-    let dir = path.parent().expect("file path has a parent directory");
+    // A bare file name (`otamesh sign x.root`) lives in the current directory.
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp =
         dir.join(format!(".{name}.tmp.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
@@ -392,9 +441,10 @@ mod tests {
         let store = Store::create(dir.path()).unwrap();
         let release = ReleaseId::from_bytes([3; 32]);
         for (sequence, order) in [(2, Order::Resume), (1, Order::Halt)] {
-            let d = Directive { release, order, sequence, issued_at: 5 };
-            let v =
-                testkit::trust().verify_directive(SignedDirective::sign(d, &testkit::publisher())).unwrap();
+            let d = Directive { release, order, sequence, issued_at: 5, expires_at: 10 };
+            let v = testkit::trust()
+                .verify_directive(SignedDirective::sign(d, &testkit::publisher()), 5)
+                .unwrap();
             let rel = store.put_directive(&v).unwrap();
             assert!(dir.path().join(rel).is_file());
         }

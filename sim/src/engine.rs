@@ -17,7 +17,9 @@
 use std::collections::BTreeMap;
 
 use otamesh_core::device::{Device, Heard, Installed, Output, Release, Slots};
-use otamesh_core::directive::{Directive, DirectiveBook, Order, SignedDirective, VerifiedDirective};
+use otamesh_core::directive::{
+    DEFAULT_LIFETIME, Directive, DirectiveBook, Order, SignedDirective, VerifiedDirective,
+};
 use otamesh_core::gate::Verdict;
 use otamesh_core::lifecycle::{Reason, State};
 use otamesh_core::rollout::{ReleaseInfo, RolloutPolicy};
@@ -812,11 +814,13 @@ impl<'a> World<'a> {
     /// release up acts on it; the others catch up when they come online.
     fn direct(&mut self, order: Order) {
         let sequence = self.heard.standing(self.release.id).sequence + 1;
-        let directive = Directive { release: self.release.id, order, sequence, issued_at: self.now_ms() };
+        let issued_at = self.now_ms();
+        let expires_at = issued_at + DEFAULT_LIFETIME;
+        let directive = Directive { release: self.release.id, order, sequence, issued_at, expires_at };
         let signed = SignedDirective::sign(directive, &self.publisher);
         // Invariant: signed just now with the key `trust` holds.
         let verified: VerifiedDirective =
-            self.trust.verify_directive(signed).expect("signed by the sim's key");
+            self.trust.verify_directive(signed, issued_at).expect("signed by the sim's key");
         if self.heard.apply_directive(&verified).is_err() {
             return;
         }

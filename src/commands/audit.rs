@@ -36,6 +36,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("audit log {} is tampered: {e}", path.display());
             return Ok(ExitCode::FAILURE);
         }
+        if let Some(lost) = db::history_lost(&rows) {
+            eprintln!(
+                "audit log {} is incomplete: the history before row {} was lost ({}); the {} rows since are intact",
+                path.display(),
+                lost.seq,
+                lost.detail,
+                rows.len()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
         eprintln!("audit log intact: {} rows, chain verified", rows.len());
     }
     Ok(ExitCode::SUCCESS)

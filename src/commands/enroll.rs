@@ -1,17 +1,20 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use otamesh_core::enrolment::{Enrolment, SignedEnrolment};
-use otamesh_core::{DeviceId, SecretKey, TrustRoot};
+use otamesh_core::metadata::Metadata;
+use otamesh_core::{DeviceId, SecretKey};
 use otamesh_node::datadir::{DataDir, Expected};
-use otamesh_node::{clock, config, keys};
+use otamesh_node::{clock, config};
+
+use super::signing::{all_of, read_keys};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The publisher's secret key (from `otamesh keygen`).
-    #[arg(long, value_name = "FILE")]
-    key: PathBuf,
+    /// A publisher secret key (from `otamesh keygen`); repeat it for a threshold, or
+    /// add signatures later with `otamesh sign DIR/enrolment`.
+    #[arg(long, value_name = "FILE", required = true)]
+    key: Vec<PathBuf>,
     /// The device's data directory, as given to `otamesh node --data`; its identity is
     /// made here if it has none yet.
     #[arg(long, value_name = "DIR")]
@@ -25,18 +28,24 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let key = keys::read_secret_key(&args.key).context("enroll --key")?;
+    let keys = read_keys("enroll", &args.key)?;
     config::check_name("site", &args.site)?;
     config::check_name("class", &args.class)?;
-    let (id, path) = enrol(&key, &args.data, &args.site, &args.class)?;
+    let (id, path) = enrol(&keys, &args.data, &args.site, &args.class)?;
     println!("{id}");
     eprintln!("enrolled device {id} for site {} and class {}: {}", args.site, args.class, path.display());
     Ok(ExitCode::SUCCESS)
 }
 
 /// Signs the enrolment of the device whose data directory is `data` (making its
-/// identity if it has none) and writes it there; returns the device id and the file.
-pub fn enrol(key: &SecretKey, data: &Path, site: &str, class: &str) -> anyhow::Result<(DeviceId, PathBuf)> {
+/// identity if it has none) with every key and writes it there; returns the device id
+/// and the file.
+pub fn enrol(
+    keys: &[SecretKey],
+    data: &Path,
+    site: &str,
+    class: &str,
+) -> anyhow::Result<(DeviceId, PathBuf)> {
     let data = DataDir::open(data)?;
     let device = data.device_key()?;
     let enrolment = Enrolment {
@@ -45,8 +54,13 @@ pub fn enrol(key: &SecretKey, data: &Path, site: &str, class: &str) -> anyhow::R
         class: class.into(),
         issued_at: clock::now_ms(),
     };
-    let trust = TrustRoot::single(key.public());
+    let mut signed = Metadata::Enrolment(SignedEnrolment { enrolment, signatures: Vec::new() });
+    for key in keys {
+        signed.cosign(key)?;
+    }
+    let Metadata::Enrolment(signed) = signed else { unreachable!("built as an enrolment just above") };
+    let trust = all_of(keys);
     let expected = Expected { trust: &trust, key: &device, site, class };
-    let path = data.save_enrolment(SignedEnrolment::sign(enrolment, key), expected)?;
+    let path = data.save_enrolment(signed, expected)?;
     Ok((DeviceId::of_public_key(&device.public().to_bytes()), path))
 }

@@ -5,12 +5,20 @@ use anyhow::Context;
 use otamesh_core::SignedManifest;
 use otamesh_core::directive::{Order, SignedDirective};
 use otamesh_core::enrolment::SignedEnrolment;
+use otamesh_core::metadata::Metadata;
+use otamesh_core::root::SignedRoot;
+use otamesh_core::trust::SignatureCount;
+use otamesh_node::keys;
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A manifest, directive or enrolment file.
+    /// A manifest, directive, enrolment or root file.
     file: PathBuf,
+    /// Also say which signatures count for this trust file, .pub or root, and whether
+    /// its threshold is met.
+    #[arg(long, value_name = "FILE")]
+    trust: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -18,16 +26,26 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let path = args.file.display();
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {path}"))?;
-    let value = if let Ok(m) = SignedManifest::from_bytes(&bytes) {
-        manifest_json(&m)
-    } else if let Ok(d) = SignedDirective::from_bytes(&bytes) {
-        directive_json(&d)
-    } else if let Ok(e) = SignedEnrolment::from_bytes(&bytes) {
-        enrolment_json(&e)
-    } else {
-        anyhow::bail!("{path}: not a manifest, directive or enrolment (truncated or corrupted?)");
+    let trust = match &args.trust {
+        Some(t) => Some(keys::read_trust(t).context("inspect --trust")?),
+        None => None,
     };
+    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {path}"))?;
+    let metadata = Metadata::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    let mut value = match &metadata {
+        Metadata::Manifest(m) => manifest_json(m),
+        Metadata::Directive(d) => directive_json(d),
+        Metadata::Enrolment(e) => enrolment_json(e),
+        Metadata::Root(r) => root_json(r),
+    };
+    if let Metadata::Root(r) = &metadata
+        && let Ok(own) = r.root.trust()
+    {
+        value["own_keys"] = count_json(&metadata.count(&own));
+    }
+    if let Some(trust) = &trust {
+        value["trust"] = count_json(&metadata.count(trust));
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -75,6 +93,7 @@ fn directive_json(s: &SignedDirective) -> serde_json::Value {
         "to": to,
         "sequence": d.sequence,
         "issued_at": d.issued_at,
+        "expires_at": d.expires_at,
         "signatures": s.signatures.iter().map(|sig| sig.key.to_string()).collect::<Vec<_>>(),
     })
 }
@@ -89,6 +108,30 @@ fn enrolment_json(s: &SignedEnrolment) -> serde_json::Value {
         "class": e.class,
         "issued_at": e.issued_at,
         "signatures": s.signatures.iter().map(|sig| sig.key.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+fn root_json(s: &SignedRoot) -> serde_json::Value {
+    let r = &s.root;
+    json!({
+        "type": "root",
+        "format": r.format,
+        "version": r.version,
+        "threshold": r.threshold,
+        "keys": r.keys.iter().map(|k| format!("{} {}", otamesh_core::KeyId::of(k), hex::encode(k))).collect::<Vec<_>>(),
+        "expires_at": r.expires_at,
+        "signatures": s.signatures.iter().map(|sig| sig.key.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+/// Which keys of a trust root signed validly, and whether its threshold is met.
+fn count_json(count: &SignatureCount) -> serde_json::Value {
+    json!({
+        "valid": count.valid.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "threshold": count.threshold,
+        "met": count.met(),
+        "unknown_keys": count.untrusted,
+        "invalid": count.invalid,
     })
 }
 

@@ -6,15 +6,18 @@ use anyhow::{Context, bail};
 use otamesh_core::chunking::{ChunkerConfig, VerifiedChunk, chunk};
 use otamesh_core::manifest::{FORMAT_VERSION, Manifest, Payload};
 use otamesh_core::rollout::RolloutPolicy;
-use otamesh_core::{TrustRoot, UpdateKind};
+use otamesh_core::{SignedManifest, UpdateKind};
+use otamesh_node::clock;
 use otamesh_node::store::{Store, StoreError};
-use otamesh_node::{clock, keys};
+
+use super::signing::{Lifetime, all_of, read_keys};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The publisher's secret key (from `otamesh keygen`).
-    #[arg(long, value_name = "FILE")]
-    key: PathBuf,
+    /// A publisher secret key (from `otamesh keygen`); repeat it to sign with several
+    /// keys at once, or add signatures later with `otamesh sign`.
+    #[arg(long, value_name = "FILE", required = true)]
+    key: Vec<PathBuf>,
     /// The file to release (firmware image, package, configuration ...).
     #[arg(long, value_name = "FILE")]
     artifact: PathBuf,
@@ -45,9 +48,13 @@ pub struct Args {
     /// For a delta release: the installed sequence it assumes.
     #[arg(long, value_name = "N")]
     precursor: Option<u64>,
-    /// Devices refuse the manifest after this many days (freeze-attack defence).
-    #[arg(long, value_name = "DAYS", default_value_t = 365)]
-    expires_days: u64,
+    /// Devices refuse the manifest after this long (freeze-attack defence): 90s, 12h,
+    /// 30d ... [default: 365d].
+    #[arg(long, value_name = "DURATION", conflicts_with = "expires_days")]
+    expires_in: Option<Lifetime>,
+    /// The same in days (older spelling of --expires-in).
+    #[arg(long, value_name = "DAYS", hide = true)]
+    expires_days: Option<u64>,
     /// Average chunk size in KiB (min is a quarter, max four times).
     #[arg(long, value_name = "KIB", default_value_t = 64)]
     chunk_avg_kib: u32,
@@ -55,14 +62,17 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Every input is checked before the store is touched, so bad input leaves it as it was.
-    let key = keys::read_secret_key(&args.key).context("publish --key")?;
+    let keys = read_keys("publish", &args.key)?;
     let rollout = match &args.rollout {
         Some(path) => read_rollout(path)?,
         None => RolloutPolicy::default(),
     };
-    if args.expires_days == 0 {
-        bail!("--expires-days 0 would publish an already expired manifest: use 1 or more");
-    }
+    let lifetime = match (args.expires_in, args.expires_days) {
+        (Some(Lifetime(ms)), _) => ms,
+        (None, Some(0)) => bail!("--expires-days 0 would publish an already expired manifest: use 1 or more"),
+        (None, Some(days)) => days.saturating_mul(86_400_000),
+        (None, None) => 365 * 86_400_000,
+    };
     let avg = args.chunk_avg_kib.saturating_mul(1024);
     let config = ChunkerConfig { min: avg / 4, avg, max: avg.saturating_mul(4) };
     config.validate().context("--chunk-avg-kib")?;
@@ -81,13 +91,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         payload: Payload { size: data.len() as u64, digest: *blake3::hash(&data).as_bytes(), chunks },
         precursor: args.precursor,
         created_at: now,
-        expires_at: Some(now.saturating_add(args.expires_days.saturating_mul(86_400_000))),
+        expires_at: Some(now.saturating_add(lifetime)),
         rollout,
     };
     manifest.check().context("manifest")?;
+    let signatures = keys.iter().map(|k| k.manifest_signature(&manifest)).collect();
     // Verify what we signed, exactly as a device will.
-    let verified = TrustRoot::single(key.public())
-        .verify_manifest(key.sign_manifest(manifest), now)
+    let verified = all_of(&keys)
+        .verify_manifest(SignedManifest { manifest, signatures }, now)
         .context("self-check of the signed manifest")?;
     let store = Store::create(&args.store).context("publish --store")?;
     if let Some(e) = store

@@ -99,8 +99,13 @@ impl Fleet {
             let addr = format!("/ip4/127.0.0.1/tcp/{port}");
             let data = setup.nodes_dir.join(&spec.name);
             let log = setup.logs_dir.join(format!("{}.log", spec.name));
-            crate::commands::enroll::enrol(setup.publisher, &data, &spec.site, setup.class)
-                .with_context(|| format!("cannot enrol node {}", spec.name))?;
+            crate::commands::enroll::enrol(
+                std::slice::from_ref(setup.publisher),
+                &data,
+                &spec.site,
+                setup.class,
+            )
+            .with_context(|| format!("cannot enrol node {}", spec.name))?;
             let mut args: Vec<String> = vec![
                 "node".into(),
                 "--data".into(),
