@@ -341,6 +341,13 @@ pub enum Audit {
         /// Why.
         refused: Refused,
     },
+    /// An install could not be done for a reason of the device's own; it is retried.
+    InstallDeferred {
+        /// The release.
+        release: ReleaseId,
+        /// What went wrong.
+        why: String,
+    },
     /// A revoked release keeps running: the release the revoke names is not in the
     /// other slot, so it is installed over it instead of switching to an empty slot.
     KeepsRunning {
@@ -596,6 +603,15 @@ impl Device {
     ) {
         if self.is_current(release) {
             self.step(now, heard, |m, _| m.handle_installed(now, result));
+        }
+    }
+
+    /// The device could not install `release` now for a reason of its own (a full disk,
+    /// a failed write): retried later, nothing concluded about the release.
+    pub fn handle_install_deferred(&mut self, now: Millis, heard: &Heard, release: ReleaseId, why: String) {
+        if self.is_current(release) {
+            self.outputs.push_back(Output::Audit(Audit::InstallDeferred { release, why }));
+            self.step(now, heard, |m, _| m.handle_install_deferred(now));
         }
     }
 
@@ -858,7 +874,7 @@ mod tests {
     #[test]
     fn a_release_is_installed_and_committed_with_state_persisted_before_each_step() {
         let v1 = release(1, 1);
-        let heard = heard_with(&[v1.clone()]);
+        let heard = heard_with(std::slice::from_ref(&v1));
         let mut d = device();
         d.handle_release(T0, &heard, v1.id());
         let seen = settle(&mut d, &heard, T0, Ok(()));
@@ -903,7 +919,7 @@ mod tests {
     #[test]
     fn a_revoke_after_commit_rolls_back_to_the_named_release_in_the_other_slot() {
         let (v1, v2) = (release(1, 1), release(2, 2));
-        let mut heard = heard_with(&[v1.clone()]);
+        let mut heard = heard_with(std::slice::from_ref(&v1));
         let mut d = device();
         d.handle_release(T0, &heard, v1.id());
         settle(&mut d, &heard, T0, Ok(()));
@@ -976,7 +992,7 @@ mod tests {
             Wave { percent: 100.0, after_s: 40, require_success: None, require_reports: 0 },
         ];
         v1.expires_at = Some(T0 + 20_000);
-        let heard = heard_with(&[v1.clone()]);
+        let heard = heard_with(std::slice::from_ref(&v1));
         let mut d = device();
         d.handle_release(T0, &heard, v1.id());
         assert!(!settle(&mut d, &heard, T0, Ok(())).contains(&Output::Fetch(v1.id())));
@@ -992,7 +1008,7 @@ mod tests {
     fn a_manifest_that_expires_during_the_health_check_is_rolled_back_not_committed() {
         let mut v1 = release(1, 1);
         v1.expires_at = Some(T0 + 1_000);
-        let heard = heard_with(&[v1.clone()]);
+        let heard = heard_with(std::slice::from_ref(&v1));
         let mut d = device();
         d.handle_release(T0, &heard, v1.id());
         let mut seen = Vec::new();
@@ -1023,7 +1039,7 @@ mod tests {
     fn install_slots_are_held_from_install_to_the_end_of_the_health_check() {
         let mut v1 = release(1, 1);
         v1.policy.max_concurrent_per_site = Some(1);
-        let heard = heard_with(&[v1.clone()]);
+        let heard = heard_with(std::slice::from_ref(&v1));
         let mut d = device();
         d.handle_site(T0, &heard, 1);
         d.handle_release(T0, &heard, v1.id());
@@ -1047,7 +1063,7 @@ mod tests {
     fn a_breached_gate_in_heard_keeps_a_staged_device_from_installing() {
         let mut v1 = release(1, 1);
         v1.policy.gate = Some(HealthGate { max_failure_ratio: 0.0, min_reports: 1 });
-        let mut heard = heard_with(&[v1.clone()]);
+        let mut heard = heard_with(std::slice::from_ref(&v1));
         let mut d = device();
         d.handle_release(T0, &heard, v1.id());
         let _ = drain(&mut d);
@@ -1062,7 +1078,7 @@ mod tests {
     #[test]
     fn a_halt_holds_the_release_and_a_resume_lets_it_go() {
         let v1 = release(1, 1);
-        let mut heard = heard_with(&[v1.clone()]);
+        let mut heard = heard_with(std::slice::from_ref(&v1));
         let halt = directive(v1.id(), Order::Halt, 1);
         heard.apply_directive(&halt).unwrap();
         let mut d = device();
@@ -1080,7 +1096,7 @@ mod tests {
     #[test]
     fn a_newer_release_waits_while_one_installs_then_goes() {
         let (v1, v2) = (release(1, 1), release(2, 2));
-        let mut heard = heard_with(&[v1.clone()]);
+        let mut heard = heard_with(std::slice::from_ref(&v1));
         let mut d = device();
         d.handle_release(T0, &heard, v1.id());
         let _ = drain(&mut d);
@@ -1100,9 +1116,42 @@ mod tests {
     }
 
     #[test]
+    fn an_install_the_disk_could_not_take_is_retried_with_backoff_not_failed() {
+        let v1 = release(1, 1);
+        let heard = heard_with(std::slice::from_ref(&v1));
+        let mut d = device();
+        d.handle_release(T0, &heard, v1.id());
+        let _ = drain(&mut d);
+        d.handle_fetched(T0, &heard, v1.id());
+        assert!(drain(&mut d).contains(&Output::Install(v1.id())));
+        d.handle_install_deferred(T0, &heard, v1.id(), "No space left on device".into());
+        let out = drain(&mut d);
+        assert!(out.contains(&Output::DiscardInactive));
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Report { .. })),
+            "nothing concluded about the release"
+        );
+        assert_eq!(d.current().map(|c| c.1.clone()), Some(State::Staged));
+        assert_eq!(d.poll_timeout(), Some(T0 + 10_000));
+        // Woken early (a site slot freed): it still waits for its retry.
+        d.handle_timeout(T0 + 5_000, &heard);
+        assert!(drain(&mut d).is_empty());
+        d.handle_timeout(T0 + 10_000, &heard);
+        assert!(drain(&mut d).contains(&Output::Install(v1.id())), "tried again");
+        d.handle_install_deferred(T0 + 10_000, &heard, v1.id(), "still full".into());
+        let _ = drain(&mut d);
+        assert_eq!(d.poll_timeout(), Some(T0 + 30_000), "the second wait is twice the first");
+        d.handle_timeout(T0 + 30_000, &heard);
+        let _ = drain(&mut d);
+        d.handle_installed(T0 + 30_000, &heard, v1.id(), Ok(()));
+        let _ = settle(&mut d, &heard, T0 + 30_000, Ok(()));
+        assert_eq!(d.current().map(|c| c.1.clone()), Some(State::Committed), "space came back: installed");
+    }
+
+    #[test]
     fn a_failed_release_is_not_retried() {
         let v1 = release(1, 1);
-        let heard = heard_with(&[v1.clone()]);
+        let heard = heard_with(std::slice::from_ref(&v1));
         let mut d = device();
         d.handle_release(T0, &heard, v1.id());
         settle(&mut d, &heard, T0, Err("exit 1".into()));
@@ -1119,7 +1168,7 @@ mod tests {
     #[test]
     fn restore_after_a_crash_mid_install_discards_and_installs_again() {
         let v1 = release(1, 1);
-        let heard = heard_with(&[v1.clone()]);
+        let heard = heard_with(std::slice::from_ref(&v1));
         let slots = Slots { active: None, inactive: Some(Installed { release: v1.id(), sequence: 1 }) };
         let mut d = Device::restore(
             T0,

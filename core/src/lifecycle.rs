@@ -350,9 +350,17 @@ pub struct Lifecycle {
     device: DeviceInfo,
     state: State,
     halted: bool,
+    /// Installs deferred by the device (a full disk): the next waits longer.
+    deferred: u8,
     wake_at: Option<Millis>,
     actions: VecDeque<Action>,
 }
+
+/// The first wait after an install the device could not do (a full disk), doubled at
+/// each further one up to [`MAX_INSTALL_RETRY`].
+pub const FIRST_INSTALL_RETRY: Millis = 10_000;
+/// The longest wait between attempts at an install the device could not do.
+pub const MAX_INSTALL_RETRY: Millis = 600_000;
 
 impl Lifecycle {
     /// A fresh machine for an admitted release; it wants a timeout at `now`.
@@ -385,7 +393,7 @@ impl Lifecycle {
     }
 
     fn with_state(device: DeviceInfo, state: State, now: Millis) -> Self {
-        Self { device, state, halted: false, wake_at: Some(now), actions: VecDeque::new() }
+        Self { device, state, halted: false, deferred: 0, wake_at: Some(now), actions: VecDeque::new() }
     }
 
     /// The current state; persist it after every `handle_*` call.
@@ -418,6 +426,7 @@ impl Lifecycle {
     /// tally or the number of installing site members changed; it is cheap and
     /// idempotent.
     pub fn handle_timeout(&mut self, now: Millis, ctx: Context<'_>) {
+        let retry_at = if self.deferred > 0 { self.wake_at } else { None };
         self.wake_at = None;
         match self.state {
             State::Idle | State::Waiting => {
@@ -441,6 +450,13 @@ impl Lifecycle {
                 }
             }
             State::Staged => {
+                if let Some(at) = retry_at
+                    && now < at
+                {
+                    // A deferred install waits for its retry, whatever else woke us.
+                    self.wake_at = Some(at);
+                    return;
+                }
                 let gate_breached =
                     !ctx.ordered && ctx.policy.gate.as_ref().is_some_and(|g| g.breached(ctx.tally));
                 if self.halted || gate_breached || !ctx.policy.may_install(ctx.site_installing) {
@@ -483,6 +499,21 @@ impl Lifecycle {
                 self.state = State::RolledBack(reason);
             }
         }
+    }
+
+    /// The device could not do the install for a reason that is not the release's (the
+    /// disk is full, a write failed): nothing is concluded about the release. The
+    /// inactive slot is discarded and the install tried again later, waiting longer
+    /// each time; the release is neither failed nor reported.
+    pub fn handle_install_deferred(&mut self, now: Millis) {
+        if self.state != State::Installing {
+            return;
+        }
+        self.actions.push_back(Action::DiscardInactive);
+        self.state = State::Staged;
+        let wait = FIRST_INSTALL_RETRY.saturating_mul(1 << self.deferred.min(16)).min(MAX_INSTALL_RETRY);
+        self.deferred = self.deferred.saturating_add(1);
+        self.wake_at = Some(now.saturating_add(wait));
     }
 
     /// The active slot now holds the new version.

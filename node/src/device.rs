@@ -276,6 +276,10 @@ impl Device {
     pub fn done(&mut self, now: Millis, done: Done) {
         match done {
             Done::Installed(r, result) => self.machine.handle_installed(now, &self.heard, r, result),
+            Done::InstallDeferred(r, why) => {
+                tracing::warn!(release = %r, reason = %why, "install deferred: the device could not write it; retried later");
+                self.machine.handle_install_deferred(now, &self.heard, r, why)
+            }
             Done::Activated(r) => self.machine.handle_activated(now, &self.heard, r),
             Done::Health(r, result) => self.machine.handle_health(now, &self.heard, r, result),
             Done::Slots(contents) => self.slots = contents,
@@ -404,6 +408,11 @@ impl Device {
                 event: "refused",
                 release,
                 detail: format!("directive: sequence {sequence}: {refused}"),
+            },
+            Audit::InstallDeferred { release, why } => Effect::Audit {
+                event: "deferred",
+                release,
+                detail: format!("install deferred, retried later: {why}"),
             },
             Audit::Superseded { release, by } => {
                 Effect::Audit { event: "superseded", release, detail: format!("by {by}") }

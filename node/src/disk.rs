@@ -87,8 +87,12 @@ pub enum Effect {
 /// A result the machine waits for, or news for `/status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Done {
-    /// The install finished.
+    /// The install finished: done, or failed because of the release (the install hook
+    /// said no, the payload does not match its digest).
     Installed(ReleaseId, Result<(), String>),
+    /// The device could not do the install for a reason of its own (a full disk, a
+    /// failed write): it is retried later.
+    InstallDeferred(ReleaseId, String),
     /// The switch is done.
     Activated(ReleaseId),
     /// The health check finished.
@@ -192,9 +196,11 @@ impl Disk {
                 self.db.audit(now, event, Some(release), &detail)?;
                 None
             }
-            Effect::Install(release, manifest) => {
-                Some(Done::Installed(release, self.install(&manifest, release)))
-            }
+            Effect::Install(release, manifest) => Some(match self.install(&manifest, release) {
+                Ok(()) => Done::Installed(release, Ok(())),
+                Err(Failure::Release(why)) => Done::Installed(release, Err(why)),
+                Err(Failure::Device(why)) => Done::InstallDeferred(release, why),
+            }),
             Effect::DiscardInactive => {
                 let inactive = self.slots.inactive()?;
                 self.slots.discard(inactive)?;
@@ -236,14 +242,19 @@ impl Disk {
         Ok(None)
     }
 
-    /// Assembles into the inactive slot, records it, runs the install hook.
-    fn install(&mut self, manifest: &Manifest, id: ReleaseId) -> Result<(), String> {
-        let slot = self.slots.assemble(&self.store, manifest).map_err(|e| e.to_string())?;
+    /// Assembles into the inactive slot, records it, runs the install hook. Only the
+    /// hook's verdict and a payload that does not match its digest fail the release; a
+    /// write that fails (a full disk) is the device's problem, retried later.
+    fn install(&mut self, manifest: &Manifest, id: ReleaseId) -> Result<(), Failure> {
+        let slot = self.slots.assemble(&self.store, manifest).map_err(|e| match e {
+            SlotError::DigestMismatch { .. } => Failure::Release(e.to_string()),
+            other => Failure::Device(other.to_string()),
+        })?;
         let content =
             SlotContent { release_id: id, sequence: manifest.sequence, version: manifest.version.clone() };
-        self.db.set_slot(slot.name(), &content).map_err(|e| e.to_string())?;
+        self.db.set_slot(slot.name(), &content).map_err(|e| Failure::Device(e.to_string()))?;
         if let Some(hook) = &self.hooks.install {
-            run_hook(hook, "install", &self.slots.path(slot), id, manifest)?;
+            run_hook(hook, "install", &self.slots.path(slot), id, manifest).map_err(Failure::Release)?;
         }
         Ok(())
     }
@@ -252,6 +263,14 @@ impl Disk {
     pub fn db(&self) -> &Db {
         &self.db
     }
+}
+
+/// Why an install did not happen.
+enum Failure {
+    /// The release failed: it is not retried.
+    Release(String),
+    /// The device could not do it now: retried.
+    Device(String),
 }
 
 /// Runs `disk` on its own thread: executes effects in order, hands results and slot
@@ -277,7 +296,7 @@ pub fn spawn(
                 Err(e) => {
                     tracing::error!(error = %e, "device state could not be updated");
                     on_error.map(|(release, install)| match install {
-                        true => Done::Installed(release, Err(e.to_string())),
+                        true => Done::InstallDeferred(release, e.to_string()),
                         false => Done::Health(release, Err(e.to_string())),
                     })
                 }
