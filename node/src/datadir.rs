@@ -238,6 +238,31 @@ impl DataDir {
     }
 }
 
+/// Signs with the publisher `key` the enrolment of the device whose data directory is
+/// `data` at `site` and `class` (making its identity if it has none), and writes it
+/// there: what `otamesh enroll` does. Returns the device id and the enrolment file.
+pub fn enrol(
+    key: &SecretKey,
+    data: &Path,
+    site: &str,
+    class: &str,
+    issued_at: u64,
+) -> Result<(DeviceId, PathBuf), DataDirError> {
+    use otamesh_core::enrolment::Enrolment;
+    let data = DataDir::open(data)?;
+    let device = data.device_key()?;
+    let enrolment = Enrolment {
+        device_key: device.public().to_bytes(),
+        site: site.into(),
+        class: class.into(),
+        issued_at,
+    };
+    let trust = TrustRoot::single(key.public());
+    let expected = Expected { trust: &trust, key: &device, site, class };
+    let path = data.save_enrolment(SignedEnrolment::sign(enrolment, key), expected)?;
+    Ok((DeviceId::of_public_key(&device.public().to_bytes()), path))
+}
+
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     let tmp = path.with_extension("key.tmp");
     let _ = fs::remove_file(&tmp);

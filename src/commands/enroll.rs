@@ -2,9 +2,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use otamesh_core::enrolment::{Enrolment, SignedEnrolment};
-use otamesh_core::{DeviceId, SecretKey, TrustRoot};
-use otamesh_node::datadir::{DataDir, Expected};
+use otamesh_core::{DeviceId, SecretKey};
+use otamesh_node::datadir;
 use otamesh_node::{clock, config, keys};
 
 #[derive(Debug, clap::Args)]
@@ -37,16 +36,5 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Signs the enrolment of the device whose data directory is `data` (making its
 /// identity if it has none) and writes it there; returns the device id and the file.
 pub fn enrol(key: &SecretKey, data: &Path, site: &str, class: &str) -> anyhow::Result<(DeviceId, PathBuf)> {
-    let data = DataDir::open(data)?;
-    let device = data.device_key()?;
-    let enrolment = Enrolment {
-        device_key: device.public().to_bytes(),
-        site: site.into(),
-        class: class.into(),
-        issued_at: clock::now_ms(),
-    };
-    let trust = TrustRoot::single(key.public());
-    let expected = Expected { trust: &trust, key: &device, site, class };
-    let path = data.save_enrolment(SignedEnrolment::sign(enrolment, key), expected)?;
-    Ok((DeviceId::of_public_key(&device.public().to_bytes()), path))
+    Ok(datadir::enrol(key, data, site, class, clock::now_ms())?)
 }
