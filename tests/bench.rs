@@ -51,7 +51,8 @@ fn bench_writes_bencher_metrics_a_summary_and_plots_and_names_regressions() {
     assert!(assert_metric(&r, "fleet/revoke_to_all_back", "seconds") > 0.0);
     assert_metric(&r, "fleet/wan_bytes_per_site", "wan-bytes");
     assert_metric(&r, "fleet/lan_share", "lan-share-percent");
-    for t in ["t50", "t90", "rollback"] {
+    // The gate halts this release, so the fleet reaches 50% but never 90%.
+    for t in ["t50", "rollback"] {
         assert_metric(&r, &format!("sim/bad-release-gate/{t}"), "virtual-seconds");
     }
     assert!(assert_metric(&r, "sim/bad-release-gate/run", "wall-seconds") > 0.0);

@@ -9,13 +9,16 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use otamesh_core::chunking::{ChunkerConfig, chunk};
+use otamesh_core::chunking::{ChunkRef, ChunkerConfig, chunk};
 use otamesh_core::manifest::{FORMAT_VERSION, Manifest, Payload, SignedManifest};
 use otamesh_core::rollout::RolloutPolicy;
-use otamesh_core::{SecretKey, TrustRoot, UpdateKind};
+use otamesh_core::{ChunkId, SecretKey, TrustRoot, UpdateKind};
 
 use crate::bmf::Measure;
 use crate::suite::{Options, Outcome, Progress, Size, noise};
+
+/// Chunks in the manifest that is signed, verified and encoded.
+const MANIFEST_CHUNKS: usize = 1000;
 
 /// (image MiB, runs, operations per run).
 fn shape(size: Size) -> (usize, usize, usize) {
@@ -41,7 +44,16 @@ pub(crate) fn run(
         chunks = chunk(black_box(&data), ChunkerConfig::default()).map_err(|e| e.to_string())?;
         chunking.push(mib as f64 / t0.elapsed().as_secs_f64());
     }
-    chunks.truncate(1000);
+    // Always a manifest of 1,000 chunks, so the figure means the same at every size: real
+    // chunks first, then (for small images) more entries with the real lengths.
+    let real = chunks.len().max(1);
+    while chunks.len() < MANIFEST_CHUNKS {
+        let i = chunks.len();
+        let len = chunks.get(i % real).map_or(65_536, |c| c.len);
+        chunks.push(ChunkRef { id: ChunkId::of(&(i as u64).to_le_bytes()), len });
+    }
+    chunks.truncate(MANIFEST_CHUNKS);
+    let size: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
     let manifest = Manifest {
         format: FORMAT_VERSION,
         vendor: "acme".into(),
@@ -50,7 +62,7 @@ pub(crate) fn run(
         sequence: 1,
         version: "1.0.0".into(),
         kind: UpdateKind::Firmware,
-        payload: Payload { size: data.len() as u64, digest: *blake3::hash(&data).as_bytes(), chunks },
+        payload: Payload { size, digest: *blake3::hash(&data).as_bytes(), chunks },
         precursor: None,
         created_at: 1_000,
         expires_at: None,

@@ -258,7 +258,7 @@ fn plots(
     };
     let mut chart = plot::Chart {
         title: format!("otamesh bench: share of {n} devices running each release"),
-        x_desc: "seconds since the first release was published".into(),
+        x_desc: "seconds since the fleet was up".into(),
         y_desc: "devices running it (%)".into(),
         y_max: 100.0,
         series: Vec::new(),
