@@ -52,7 +52,7 @@ pub(crate) fn run(
     let mut any = false;
     for case in cases {
         let bench = format!("sim/{}", case.name);
-        if !options.selected(&bench) && !options.selected("sim") {
+        if !options.selected(&bench) {
             continue;
         }
         any = true;

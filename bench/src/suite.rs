@@ -47,7 +47,9 @@ pub struct Options {
 }
 
 impl Options {
-    /// Whether the part or benchmark `name` (`fleet`, `lan`, `sim/canary`, `core`) runs.
+    /// Whether the part or benchmark `name` (`fleet`, `lan`, `sim/canary`, `core`) runs:
+    /// a filter selects the names that contain it (`sim` selects every scenario) and the
+    /// parts it names more closely (`sim/canary` selects the part `sim`).
     pub fn selected(&self, name: &str) -> bool {
         self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()) || f.contains(name))
     }
@@ -169,4 +171,33 @@ pub(crate) fn publisher(dir: &Path, seed: u8) -> Result<(otamesh_core::SecretKey
     let (_, trust) =
         otamesh_node::keys::write_keypair(&dir.join("publisher"), &key).map_err(|e| e.to_string())?;
     Ok((key, trust))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(filters: &[&str]) -> Options {
+        Options {
+            size: Size::Tiny,
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+            exe: PathBuf::new(),
+            out: PathBuf::new(),
+            work: PathBuf::new(),
+            scenarios: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn filters_select_parts_and_scenarios() {
+        // Rows: no filter runs all; a part; a scenario selects its part and only itself.
+        assert!(PARTS.iter().all(|p| with(&[]).selected(p)));
+        let sim = with(&["sim"]);
+        assert!(sim.selected("sim") && sim.selected("sim/canary") && !sim.selected("fleet"));
+        let canary = with(&["sim/canary"]);
+        assert!(canary.selected("sim") && canary.selected("sim/canary"));
+        assert!(!canary.selected("sim/bad-release-gate") && !canary.selected("core"));
+        let two = with(&["fleet", "lan"]);
+        assert!(two.selected("fleet") && two.selected("lan") && !two.selected("core"));
+    }
 }
