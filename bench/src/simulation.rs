@@ -10,10 +10,10 @@
 //! are repeated.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use otamesh_fleet::plot;
+use otamesh_fleet::process::NodeProcess;
 
 use crate::bmf::Measure;
 use crate::suite::{Options, Outcome, Progress, Size, scratch};
@@ -111,37 +111,35 @@ fn run_sim(
     overrides: &[&str],
     out: &Path,
 ) -> Result<(f64, Option<f64>), String> {
-    let mut cmd = Command::new(&options.exe);
-    cmd.arg("sim").arg(scenario).arg("--out").arg(out).arg("--quiet");
+    let mut args = vec![
+        "sim".to_string(),
+        scenario.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--quiet".into(),
+    ];
     for o in overrides {
-        cmd.args(["--set", o]);
+        args.extend(["--set".to_string(), (*o).to_owned()]);
     }
+    let log = out.with_extension("log");
+    let _ = std::fs::remove_file(&log);
+    let mut sim = NodeProcess::new("sim", &options.exe, args, log);
     let t0 = Instant::now();
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {} sim: {e}", options.exe.display()))?;
-    let status_file = format!("/proc/{}/status", child.id());
+    sim.spawn().map_err(|e| e.to_string())?;
+    let status_file = sim.pid().map(|pid| format!("/proc/{pid}/status")).unwrap_or_default();
     let mut peak: Option<f64> = None;
     let status = loop {
         if let Some(kib) = std::fs::read_to_string(&status_file).ok().and_then(|s| vm_hwm_kib(&s)) {
             peak = Some(peak.unwrap_or(0.0).max(kib * 1024.0));
         }
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("waiting for the simulator: {e}")),
+        match sim.exited() {
+            Some(status) => break status,
+            None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
     let wall = t0.elapsed().as_secs_f64();
     if !status.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
-        return Err(format!("otamesh sim {} failed ({status}): {}", scenario.display(), err.trim()));
+        return Err(format!("otamesh sim {} failed ({status}):\n{}", scenario.display(), sim.tail(15)));
     }
     Ok((wall, peak))
 }

@@ -1,4 +1,5 @@
-//! The process manager: real `otamesh node` processes, each with its log file.
+//! The process manager: real `otamesh node` processes (and the other programs a fleet
+//! harness runs: simulator runs, an HTTPS server), each with its log file.
 //!
 //! **Goals**: start a node with its enrolment in place, tell when it has exited (with
 //! the end of its log), restart it with changed flags, kill it hard (a power cut) or
@@ -201,11 +202,21 @@ impl NodeProcess {
         self.child.is_some()
     }
 
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// How it ended, once it has (and then it is no longer running); `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// Fails, naming the node and the end of its log, when its process has exited.
     pub fn check_alive(&mut self) -> Result<(), Exited> {
-        let Some(child) = self.child.as_mut() else { return Ok(()) };
-        let Ok(Some(status)) = child.try_wait() else { return Ok(()) };
-        self.child = None;
+        let Some(status) = self.exited() else { return Ok(()) };
         Err(Exited { name: self.name.clone(), status, log: self.log.clone(), tail: tail(&self.log, 15) })
     }
 
