@@ -56,9 +56,12 @@ pub fn summary(
                         Some(w) if w < -measure.tolerance() => "improved",
                         _ => "",
                     };
-                    let change = change.map_or("—".into(), |w| {
-                        format!("{:+.0}% worse", 100.0 * w).replace("+-", "-").replace("-0% worse", "0%")
-                    });
+                    let change = match change {
+                        Some(w) if (100.0 * w).round() > 0.0 => format!("{:.0}% worse", 100.0 * w),
+                        Some(w) if (100.0 * w).round() < 0.0 => format!("{:.0}% better", -100.0 * w),
+                        Some(_) => "same".into(),
+                        None => "—".into(),
+                    };
                     let _ = write!(
                         out,
                         " {} | {change} | {:.0}% | {verdict} |",
@@ -158,7 +161,10 @@ mod tests {
         let regs = regressions(&now, &base);
         let md = summary("otamesh bench", &now, Some(&base), &regs, &["a note".into()], &["x.png".into()]);
         assert!(md.contains("**1 regression(s):**"), "{md}");
-        assert!(md.contains("| `fleet/time_to_converge` | seconds | 10.50 | 10.00 – 11.00 | 7.00 |"), "{md}");
+        assert!(
+            md.contains("| `fleet/time_to_converge` | seconds | 10.50 | 10.00 – 11.00 | 7.00 | 50% worse | 25% | regressed |"),
+            "{md}"
+        );
         assert!(
             md.contains("| `core/manifest_verify` | ops-per-second | 9000 | — | — | — | — | new |"),
             "{md}"
