@@ -1,5 +1,7 @@
 //! `otamesh`: the command line. This file only parses arguments and dispatches; each
-//! command lives in `commands/`.
+//! command lives in `commands/`. `sim`, `demo` and `bench` exist only with the `full`
+//! feature (the default); a `node`-only build leaves them, the fleet harness and the
+//! plots out (docs/benchmarks.md).
 
 mod commands;
 
@@ -48,10 +50,15 @@ enum Command {
     /// Show one release's rollout: devices per outcome and wave, failure reasons, timings.
     Report(commands::report::Args),
     /// Run a whole fleet on loopback: staged rollout, a bad release halted and revoked, a report.
+    #[cfg(feature = "full")]
     Demo(commands::demo::Args),
     /// Simulate a rollout scenario (or `sim compare` several, or `sim sweep` seeds and grids):
     /// summary.json, timeseries.csv, plots.
+    #[cfg(feature = "full")]
     Sim(otamesh_sim::cli::SimArgs),
+    /// Run the benchmark suite: results.json (Bencher Metric Format), summary.md, plots; --baseline to compare.
+    #[cfg(feature = "full")]
+    Bench(commands::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -76,8 +83,12 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::status::run(args),
         Command::Fleet(args) => commands::fleet::run(args),
         Command::Report(args) => commands::report::run(args),
+        #[cfg(feature = "full")]
         Command::Demo(args) => commands::demo::run(args),
+        #[cfg(feature = "full")]
         Command::Sim(args) => otamesh_sim::cli::run(args).map(|()| ExitCode::SUCCESS).map_err(Into::into),
+        #[cfg(feature = "full")]
+        Command::Bench(args) => commands::bench::run(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

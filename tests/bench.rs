@@ -1,6 +1,7 @@
-//! Benchmarks of the node, not tests: `#[ignore]`d, run by `bench/node-bench.sh` on a
-//! release build. They print their figures; the harness, not the test suite, holds the
-//! targets.
+//! `otamesh bench` as CI runs it (in its tiny size: the shape of what it writes, never
+//! its figures), and benchmarks of the node that are not tests: `#[ignore]`d, run by
+//! `bench/node-bench.sh` on a release build; the harness, not the test suite, holds
+//! the targets.
 
 mod common;
 
@@ -9,6 +10,108 @@ use std::time::{Duration, Instant};
 use common::*;
 
 const MIB: usize = 1 << 20;
+
+fn results(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// A BMF metric: a finite `value` within its `lower_value` and `upper_value`.
+fn assert_metric(r: &serde_json::Value, benchmark: &str, measure: &str) -> f64 {
+    let m = &r[benchmark][measure];
+    let value = m["value"].as_f64().unwrap_or_else(|| panic!("no {benchmark} {measure} in {r:#}"));
+    let (lower, upper) = (m["lower_value"].as_f64().unwrap(), m["upper_value"].as_f64().unwrap());
+    assert!(value.is_finite() && lower <= value && value <= upper, "{benchmark}: {m}");
+    value
+}
+
+#[test]
+fn bench_writes_bencher_metrics_a_summary_and_plots_and_names_regressions() {
+    let dir = TestDir::new();
+    let out = dir.path().join("out");
+    // A baseline under which the fleet converged in a millisecond: any real run regressed.
+    let impossible = dir.path().join("impossible.json");
+    std::fs::write(&impossible, r#"{"fleet/time_to_converge": {"seconds": {"value": 0.001}}}"#).unwrap();
+    let (code, stdout, stderr) = otamesh(&[
+        "bench",
+        "--tiny",
+        "--filter",
+        "fleet",
+        "--filter",
+        "sim",
+        "--out",
+        out.to_str().unwrap(),
+        "--baseline",
+        impossible.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "a regression exits 1\n{stdout}\n{stderr}");
+    assert!(stderr.contains("regression: fleet/time_to_converge seconds"), "{stderr}");
+
+    let r = results(&out.join("results.json"));
+    assert!(assert_metric(&r, "fleet/time_to_converge", "seconds") > 0.0);
+    assert!(assert_metric(&r, "fleet/revoke_to_all_back", "seconds") > 0.0);
+    assert_metric(&r, "fleet/wan_bytes_per_site", "wan-bytes");
+    assert_metric(&r, "fleet/lan_share", "lan-share-percent");
+    // The gate halts this release, so the fleet reaches 50% but never 90%.
+    for t in ["t50", "rollback"] {
+        assert_metric(&r, &format!("sim/bad-release-gate/{t}"), "virtual-seconds");
+    }
+    assert!(assert_metric(&r, "sim/bad-release-gate/run", "wall-seconds") > 0.0);
+    assert!(
+        r.get("lan/two_node_transfer").is_none() && r.get("core/manifest_verify").is_none(),
+        "--filter ran more"
+    );
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("| `fleet/time_to_converge` | seconds |") && summary.contains("regressed"),
+        "{summary}"
+    );
+    for plot in ["fleet-convergence.png", "fleet-rollback.png", "sim-rollback.png"] {
+        assert_eq!(&std::fs::read(out.join(plot)).unwrap()[..4], b"\x89PNG", "{plot}");
+    }
+    assert!(!out.join("work").exists(), "the scratch space is removed");
+
+    // The same results against themselves pass; against a copy whose convergence time
+    // is 30% better, that metric and only it is named.
+    let (code, _, stderr) = otamesh(&[
+        "bench",
+        "compare",
+        out.join("results.json").to_str().unwrap(),
+        "--baseline",
+        out.join("results.json").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut better = r.clone();
+    for k in ["value", "lower_value", "upper_value"] {
+        let m = &mut better["fleet/time_to_converge"]["seconds"][k];
+        *m = serde_json::json!(m.as_f64().unwrap() * 0.7);
+    }
+    let baseline = dir.path().join("baseline.json");
+    std::fs::write(&baseline, serde_json::to_string(&better).unwrap()).unwrap();
+    let (code, _, stderr) = otamesh(&[
+        "bench",
+        "compare",
+        out.join("results.json").to_str().unwrap(),
+        "--baseline",
+        baseline.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    let named: Vec<&str> = stderr.lines().filter(|l| l.starts_with("regression: ")).collect();
+    assert_eq!(named.len(), 1, "{stderr}");
+    assert!(named[0].starts_with("regression: fleet/time_to_converge seconds"), "{stderr}");
+}
+
+#[test]
+fn bench_refuses_a_baseline_that_is_not_bencher_json_before_running() {
+    let dir = TestDir::new();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "not json").unwrap();
+    let out = dir.path().join("out");
+    let (code, _, stderr) =
+        otamesh(&["bench", "--quick", "--out", out.to_str().unwrap(), "--baseline", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not a Bencher Metric Format results file"), "{stderr}");
+    assert!(!out.exists(), "nothing is written for a bad baseline");
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -88,10 +191,10 @@ fn stress_bench_twelve_nodes_mesh_vs_central() {
         }
         let data = noise(5, size as usize);
         publish(&store, &key, &data, "gw", 1);
-        let base = origin.served();
+        let base = origin.bytes_served();
         let t0 = Instant::now();
         wait_for(Duration::from_secs(900), "all 12 hold the release", || nodes.iter().all(|n| n.complete()));
-        (t0.elapsed().as_secs_f64(), origin.served() - base)
+        (t0.elapsed().as_secs_f64(), origin.bytes_served() - base)
     };
     let (mesh_s, mesh_wan) = run(true);
     let (central_s, central_wan) = run(false);

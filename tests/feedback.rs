@@ -23,7 +23,7 @@ fn refused(node: &Node, reason: &str) -> f64 {
 }
 
 fn fleet_ids(node: &Node) -> Vec<String> {
-    let f: Value = serde_json::from_str(&http_get(&node.api, "/fleet").unwrap()).unwrap();
+    let f: Value = api_json(&node.api, "/fleet").unwrap();
     f["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap().to_owned()).collect()
 }
 

@@ -66,7 +66,7 @@ fn a_running_node_adopts_root_v2_and_trusts_only_its_keys_after() {
     std::fs::write(&trust, v1.to_bytes()).unwrap();
     let store = d.join("origin");
     Store::create(&store).unwrap();
-    let origin = Origin::start(&store, None);
+    let origin = serve(&store, None);
     let data = d.join("n1");
     // Enrolled by B and C, who stay: an enrolment signed by a replaced key would stop
     // counting under v2 (docs/keys.md).

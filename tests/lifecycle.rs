@@ -108,8 +108,7 @@ fn a_failing_health_check_rolls_back_one_node_and_old_manifests_and_edited_audit
     let expect = [(ids[0].clone(), v2), (ids[1].clone(), v1)];
     for n in both {
         wait_for(Duration::from_secs(20), &format!("{}'s /fleet lists both nodes", n.name), || {
-            let Some(f) = http_get(&n.api, "/fleet").and_then(|b| serde_json::from_str::<Value>(&b).ok())
-            else {
+            let Some(f) = api_json(&n.api, "/fleet") else {
                 return false;
             };
             let devices = f["devices"].as_array().cloned().unwrap_or_default();
@@ -185,9 +184,9 @@ fn sigkill_during_install_leaves_the_active_slot_intact_and_the_audit_log_valid(
     let (code, text) = verify_audit(&node.data);
     assert_eq!(code, 0, "after the kill: {text}");
     // Restart without the sleeping hook: it installs v2 again and commits.
-    let n = node.args.len();
-    assert_eq!(node.args[n - 2], "--install-hook");
-    node.args.truncate(n - 2);
+    let n = node.process.args.len();
+    assert_eq!(node.process.args[n - 2], "--install-hook");
+    node.process.args.truncate(n - 2);
     node.spawn();
     // Until its first status is published, /status carries an empty device_id.
     wait_for(Duration::from_secs(30), "the restarted node answers", || {
@@ -345,8 +344,7 @@ fn waves_gate_directives_and_fleet_view_on_a_six_node_fleet() {
             nodes[i].name
         );
     }
-    let report: Value =
-        serde_json::from_str(&http_get(&nodes[0].api, &format!("/report?release={v2}")).unwrap()).unwrap();
+    let report: Value = api_json(&nodes[0].api, &format!("/report?release={v2}")).unwrap();
     eprintln!("v2 report: {report}");
     let failed = first.iter().filter(|&&i| i < 3).count() as u64;
     let outcomes = &report["outcomes"];
@@ -361,7 +359,7 @@ fn waves_gate_directives_and_fleet_view_on_a_six_node_fleet() {
     // The replayer's own origin lists only the old resume; it gossips it to a0.
     let old_store = dir.path().join("replay-origin");
     directive(&old_store, &key, v2, Order::Resume, 1);
-    let old_origin = Origin::start(&old_store, None);
+    let old_origin = serve(&old_store, None);
     let mut refused = false;
     for attempt in 0..5 {
         let args = vec!["--origin".to_string(), old_origin.url.clone(), "--peer".into(), nodes[0].addr()];
@@ -396,8 +394,7 @@ fn waves_gate_directives_and_fleet_view_on_a_six_node_fleet() {
     // ---- /fleet on any node lists every node with its active release ----
     for n in &nodes {
         wait_for(Duration::from_secs(20), &format!("{}'s /fleet lists all six on v1", n.name), || {
-            let Some(f) = http_get(&n.api, "/fleet").and_then(|b| serde_json::from_str::<Value>(&b).ok())
-            else {
+            let Some(f) = api_json(&n.api, "/fleet") else {
                 return false;
             };
             let devices = f["devices"].as_array().cloned().unwrap_or_default();

@@ -54,7 +54,7 @@ fn twelve_nodes_in_three_sites_fetch_each_chunk_over_the_wan_about_once_per_site
         assert_eq!(s["releases"][0]["release_id"], release.to_string());
         assert_eq!(s["active"]["release_id"], release.to_string());
     }
-    let served = origin.served();
+    let served = origin.bytes_served();
     let budget = (3.0 * size as f64 * 1.05) as u64;
     let wan: f64 = all.iter().map(|n| n.metric("otamesh_chunk_bytes_total{source=\"wan\"}")).sum();
     let lan: f64 = all.iter().map(|n| n.metric("otamesh_chunk_bytes_total{source=\"lan\"}")).sum();
@@ -222,13 +222,12 @@ fn a_node_killed_mid_transfer_does_not_fetch_its_verified_chunks_again() {
         .collect();
     assert!(!before.is_empty());
     // Restart without the rate limit.
-    node.args.truncate(node.args.len() - 2);
+    node.process.args.truncate(node.process.args.len() - 2);
     node.spawn();
     wait_for(Duration::from_secs(30), "the restarted node completes", || node.complete());
-    let requests = origin.requests.lock().unwrap().clone();
     for id in &before {
         let path = format!("chunks/{}/{id}", &id[..2]);
-        assert_eq!(requests.get(&path), Some(&1), "chunk {id} was fetched again after the restart");
+        assert_eq!(origin.served().requests_for(&path), 1, "chunk {id} was fetched again after the restart");
     }
     let total = node.progress().unwrap().1 as usize;
     assert!(before.len() < total);

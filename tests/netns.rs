@@ -104,7 +104,7 @@ fn hosts_on_one_lan_find_each_other_by_mdns_and_share_a_release() {
             .all(|n| n.status().is_some_and(|s| s["site_members"].as_array().is_some_and(|m| m.len() == 2)))
     });
     for n in &nodes {
-        assert!(!n.args.contains(&"--peer".to_string()), "{} was given a peer", n.name);
+        assert!(!n.process.args.contains(&"--peer".to_string()), "{} was given a peer", n.name);
     }
 
     let size = 4 << 20;
@@ -118,7 +118,7 @@ fn hosts_on_one_lan_find_each_other_by_mdns_and_share_a_release() {
     for n in &nodes {
         assert_eq!(std::fs::read(n.data.join("slots/active/payload")).unwrap(), data, "{}", n.name);
     }
-    let served = origin.served() as f64 / size as f64;
+    let served = origin.bytes_served() as f64 / size as f64;
     eprintln!("origin served {served:.2} copies for 3 hosts");
     assert!(served < 1.5, "the origin served {served:.2} copies: the hosts did not share over the LAN");
     let lan_bytes: f64 = nodes.iter().map(|n| n.metric("otamesh_chunk_bytes_total{source=\"lan\"}")).sum();

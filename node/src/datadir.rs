@@ -250,6 +250,38 @@ impl DataDir {
     }
 }
 
+/// Signs with every publisher key in `keys` (co-signing, for a trust with a threshold)
+/// the enrolment of the device whose data directory is `data` at `site` and `class`
+/// (making its identity if it has none), and writes it there: what `otamesh enroll`
+/// does. Returns the device id and the enrolment file.
+pub fn enrol(
+    keys: &[SecretKey],
+    data: &Path,
+    site: &str,
+    class: &str,
+    issued_at: u64,
+) -> Result<(DeviceId, PathBuf), DataDirError> {
+    use otamesh_core::enrolment::Enrolment;
+    let data = DataDir::open(data)?;
+    let device = data.device_key()?;
+    let enrolment = Enrolment {
+        device_key: device.public().to_bytes(),
+        site: site.into(),
+        class: class.into(),
+        issued_at,
+    };
+    let mut signed = SignedEnrolment { enrolment, signatures: Vec::new() };
+    for key in keys {
+        signed.signatures.push(SignedEnrolment::sign(signed.enrolment.clone(), key).signatures.remove(0));
+    }
+    // Every key signed: a trust of all of them, at full threshold, must accept it.
+    let trust = TrustRoot::new(keys.iter().map(SecretKey::public), keys.len())
+        .map_err(|e| DataDirError::Enrolment { path: data.root().to_path_buf(), reason: e.to_string() })?;
+    let expected = Expected { trust: &trust, key: &device, site, class };
+    let path = data.save_enrolment(signed, expected)?;
+    Ok((DeviceId::of_public_key(&device.public().to_bytes()), path))
+}
+
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     let tmp = path.with_extension("key.tmp");
     let _ = fs::remove_file(&tmp);

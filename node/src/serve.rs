@@ -3,7 +3,8 @@
 //! **Goals**: serve the files of one store directory (`index.json`, `manifests/`,
 //! `chunks/`, `directives/`) to nodes with GET and HEAD, each with its exact
 //! `Content-Length`, streamed from disk so a large file never sits in memory; count what
-//! was served, readable in-process ([`Served`]) and at `GET /-/served` (JSON).
+//! was served, readable in-process ([`Served`], also per file) and at `GET /-/served`
+//! (JSON); optionally limit the egress rate ([`Limits`]), to stand in for a WAN link.
 //!
 //! **Non-goals**: TLS, range requests, directory listings, caching headers. In
 //! production put any static web server or CDN in front of the store; otamesh needs
@@ -14,11 +15,13 @@
 //! percent-encoded segment is answered 404 without touching the disk, and a symlink
 //! that leads out of the root is 404 too.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -42,6 +45,8 @@ pub struct Served {
     chunk_bytes: AtomicU64,
     requests: AtomicU64,
     not_found: AtomicU64,
+    /// GETs answered per store-relative path; bounded by the files in the store.
+    per_file: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Served {
@@ -64,6 +69,25 @@ impl Served {
     pub fn not_found(&self) -> u64 {
         self.not_found.load(Ordering::Relaxed)
     }
+
+    /// GETs of the store-relative `path` (e.g. `chunks/ab/ab...`) answered with the file.
+    pub fn requests_for(&self, path: &str) -> u64 {
+        self.per_file.lock().map_or(0, |m| m.get(path).copied().unwrap_or(0))
+    }
+
+    fn count_file(&self, path: &str) {
+        // A poisoned lock only means another request panicked mid-count; counts are
+        // statistics, so carry on with what is there.
+        let mut m = self.per_file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *m.entry(path.to_owned()).or_insert(0) += 1;
+    }
+}
+
+/// What an origin holds back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Total bytes per second over all connections (a WAN uplink); `None`: unlimited.
+    pub egress_bytes_per_s: Option<u64>,
 }
 
 /// Why the origin cannot start.
@@ -101,11 +125,34 @@ pub struct OriginServer {
 struct Origin {
     root: Arc<PathBuf>,
     served: Arc<Served>,
+    egress: Option<Arc<Egress>>,
+}
+
+/// A shared egress budget: the time at which the link is next free.
+#[derive(Debug)]
+struct Egress {
+    bytes_per_s: u64,
+    free_at: Mutex<tokio::time::Instant>,
+}
+
+impl Egress {
+    /// When `n` more bytes have crossed the link, reserving their slot now.
+    fn reserve(&self, n: usize) -> tokio::time::Instant {
+        let mut free_at = self.free_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let start = (*free_at).max(tokio::time::Instant::now());
+        *free_at = start + Duration::from_secs_f64(n as f64 / self.bytes_per_s as f64);
+        *free_at
+    }
 }
 
 impl OriginServer {
     /// Serves `root` on `addr` (port 0 picks a free port). Needs a tokio runtime.
     pub async fn start(root: &Path, addr: SocketAddr) -> Result<Self, ServeError> {
+        Self::start_limited(root, addr, Limits::default()).await
+    }
+
+    /// [`OriginServer::start`] with `limits` on what it sends.
+    pub async fn start_limited(root: &Path, addr: SocketAddr, limits: Limits) -> Result<Self, ServeError> {
         let root_err = |source| ServeError::Root { path: root.to_owned(), source };
         let canonical = root.canonicalize().map_err(root_err)?;
         if !canonical.is_dir() {
@@ -115,7 +162,10 @@ impl OriginServer {
             tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
         let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
         let served = Arc::new(Served::default());
-        let state = Origin { root: Arc::new(canonical), served: served.clone() };
+        let egress = limits.egress_bytes_per_s.filter(|r| *r > 0).map(|bytes_per_s| {
+            Arc::new(Egress { bytes_per_s, free_at: Mutex::new(tokio::time::Instant::now()) })
+        });
+        let state = Origin { root: Arc::new(canonical), served: served.clone(), egress };
         let app =
             Router::new().route(SERVED_PATH, get(served_handler)).fallback(file_handler).with_state(state);
         let task = tokio::spawn(async move {
@@ -136,8 +186,8 @@ impl OriginServer {
         format!("http://{}", self.addr)
     }
 
-    /// What it served so far.
-    pub fn served(&self) -> &Served {
+    /// What it served so far (shared, so it can be read after the server moved).
+    pub fn served(&self) -> &Arc<Served> {
         &self.served
     }
 }
@@ -184,12 +234,15 @@ async fn file_handler(State(origin): State<Origin>, method: Method, uri: Uri) ->
         return (headers, Body::empty()).into_response();
     }
     let is_chunk = rel.starts_with("chunks/");
+    origin.served.count_file(&rel);
     let served = origin.served.clone();
+    let egress = origin.egress.clone();
     // Sends exactly `len` bytes: a file that grows while being read is cut at the
     // length announced, one that shrinks ends the body early (the client sees a short
     // body and retries).
     let stream = futures::stream::unfold((file, len), move |(mut file, left)| {
         let served = served.clone();
+        let egress = egress.clone();
         async move {
             if left == 0 {
                 return None;
@@ -199,6 +252,9 @@ async fn file_handler(State(origin): State<Origin>, method: Method, uri: Uri) ->
                 Ok(0) => None,
                 Ok(n) => {
                     buf.truncate(n);
+                    if let Some(egress) = &egress {
+                        tokio::time::sleep_until(egress.reserve(n)).await;
+                    }
                     served.bytes.fetch_add(n as u64, Ordering::Relaxed);
                     if is_chunk {
                         served.chunk_bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -260,5 +316,29 @@ mod tests {
         for (path, want) in table {
             assert_eq!(relative_path(path).as_deref(), *want, "{path}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn egress_slots_follow_one_another_at_the_rate() {
+        let egress = Egress { bytes_per_s: 1000, free_at: Mutex::new(tokio::time::Instant::now()) };
+        let t0 = tokio::time::Instant::now();
+        // Two connections share one link: the second frame waits for the first.
+        assert_eq!(egress.reserve(1000) - t0, Duration::from_secs(1));
+        assert_eq!(egress.reserve(500) - t0, Duration::from_millis(1500));
+        // An idle link does not bank credit.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let t1 = tokio::time::Instant::now();
+        assert_eq!(egress.reserve(250) - t1, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn files_are_counted_per_path() {
+        let served = Served::default();
+        served.count_file("chunks/ab/x");
+        served.count_file("chunks/ab/x");
+        served.count_file("index.json");
+        assert_eq!(served.requests_for("chunks/ab/x"), 2);
+        assert_eq!(served.requests_for("index.json"), 1);
+        assert_eq!(served.requests_for("chunks/cd/y"), 0);
     }
 }

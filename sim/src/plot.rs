@@ -156,12 +156,19 @@ fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, figure: Figure<'_>) 
     }
 }
 
-fn draw(path: &Path, figure: Figure<'_>) -> Result<(), SimError> {
+/// Registers the embedded font as plotters' `sans-serif`, once per process. Every
+/// otamesh plot (the simulator's, and the fleet harness's) draws with it, so the font
+/// is embedded once, here.
+pub fn register_fonts() {
     static FONTS: Once = Once::new();
     FONTS.call_once(|| {
         // Invariant: the embedded font is a valid TrueType file.
         register_font("sans-serif", FontStyle::Normal, FONT).unwrap_or_else(|_| panic!("embedded font"));
     });
+}
+
+fn draw(path: &Path, figure: Figure<'_>) -> Result<(), SimError> {
+    register_fonts();
     let fail = |reason: String| SimError::Plot { path: path.to_owned(), reason };
     if path.extension().is_some_and(|e| e == "svg") {
         render(SVGBackend::new(path, SIZE).into_drawing_area(), figure).map_err(fail)

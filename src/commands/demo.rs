@@ -19,13 +19,13 @@
 //!
 //! Every node is stopped when the demo ends, fails or is interrupted (Ctrl-C).
 //!
+//! The fleet itself (origin, node processes, publishing, the revoke, sampling, plots)
+//! is the [`otamesh_fleet`] harness; this file is the story told on top of it.
+//!
 //! With a dozen devices, "25%" can mean anything from none to half of them, which would
 //! make a different story every run. So the demo stamps each release's `created_at` a
 //! few milliseconds earlier until the wave assignment (a hash of release and device ids,
 //! computed exactly as devices do) gives wave 1 a story-sized group, and prints it.
-
-mod fleet;
-mod plot;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -35,18 +35,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use otamesh_core::chunking::{ChunkerConfig, VerifiedChunk, chunk};
+use otamesh_core::directive::Order;
 use otamesh_core::gate::HealthGate;
-use otamesh_core::manifest::{FORMAT_VERSION, Manifest, Payload};
 use otamesh_core::rollout::{RolloutPolicy, Wave, position};
-use otamesh_core::{DeviceId, SecretKey, TrustRoot, UpdateKind};
+use otamesh_core::{DeviceId, SecretKey, UpdateKind};
+use otamesh_fleet::fleet::{Bytes, Fleet, NodeSpec, Sample, Setup, Timeline};
+use otamesh_fleet::release::{self, Describe};
+use otamesh_fleet::{Origin, plot};
 use otamesh_node::client::ReportView;
-use otamesh_node::serve::OriginServer;
 use otamesh_node::store::Store;
 use otamesh_node::{clock, keys};
 use serde::Serialize;
 
-use self::fleet::{Fleet, NodeSpec, Sample, Setup};
 use super::text::{bytes, short};
 
 #[derive(Debug, clap::Args)]
@@ -141,34 +141,16 @@ struct Release {
     waves: Vec<usize>,
 }
 
-/// Fleet-wide byte counters at one moment.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-struct Bytes {
-    /// Chunk bytes devices got from the origin (their `source="wan"` counter).
-    wan: f64,
-    /// Chunk bytes devices got from site peers (`source="lan"`).
-    lan: f64,
-    /// Chunk bytes the origin sent.
-    origin: u64,
-}
-
-impl Bytes {
-    fn since(self, before: Bytes) -> Bytes {
-        Bytes { wan: self.wan - before.wan, lan: self.lan - before.lan, origin: self.origin - before.origin }
-    }
-}
-
 struct Demo {
     args: Args,
     paths: Paths,
     started: Instant,
     key: SecretKey,
     store: Store,
-    origin: OriginServer,
+    origin: Origin,
     fleet: Fleet,
     devices: Vec<DeviceId>,
-    samples: Vec<Sample>,
-    sample_ms: Vec<u64>,
+    timeline: Timeline,
     versions: BTreeMap<String, String>,
 }
 
@@ -187,7 +169,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     let key = SecretKey::from_seed(seed);
     let (_, trust) = keys::write_keypair(&paths.root.join("publisher"), &key)?;
     let store = Store::create(&paths.store)?;
-    let origin = OriginServer::start(&paths.store, "127.0.0.1:0".parse()?).await?;
+    let origin = Origin::start(&paths.store, "127.0.0.1:0".parse()?, None)?;
     let check = paths.root.join("health-check.sh");
     let failing_site = site_name(args.sites as usize - 1);
     fs::write(&check, health_check_script(&failing_site))
@@ -201,7 +183,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
                 name: format!("{}-{i}", site_name(s)),
                 site: site_name(s),
                 site_index: s,
-                health_check: format!("sh health-check.sh {}", site_name(s)),
+                health_check: Some(format!("sh health-check.sh {}", site_name(s))),
             })
         })
         .collect();
@@ -209,7 +191,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         exe: &exe,
         nodes_dir: &paths.nodes,
         logs_dir: &paths.logs,
-        origin: &origin.url(),
+        origin: &origin.url,
         trust: &trust,
         publisher: &key,
         class: CLASS,
@@ -217,7 +199,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         cwd: &paths.root,
     };
     let fleet = Fleet::start(&setup, &specs)?;
-    println!("origin {} serving {}; {devices_n} nodes starting", origin.url(), paths.store.display());
+    println!("origin {} serving {}; {devices_n} nodes starting", origin.url, paths.store.display());
 
     let mut demo = Demo {
         args,
@@ -228,8 +210,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         origin,
         fleet,
         devices: Vec::new(),
-        samples: Vec::new(),
-        sample_ms: Vec::new(),
+        timeline: Timeline::default(),
         versions: BTreeMap::new(),
     };
     demo.wait_ready().await?;
@@ -276,57 +257,23 @@ impl Demo {
     /// Waits until every node answers, knows its site peers and is connected.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let n = self.fleet.nodes.len();
-        let site_size = self.args.nodes as usize;
         let bar = self.bar(n as u64, "starting");
-        let deadline = Instant::now() + Duration::from_secs(45);
-        loop {
-            self.fleet.check_alive()?;
-            let sample = self.fleet.sample(self.now_s()).await;
-            let ready: Vec<bool> = sample
-                .nodes
-                .iter()
-                .map(|s| {
-                    s.as_ref().is_some_and(|s| {
-                        s.device_id.is_some()
-                            && s.peers.unwrap_or(0) >= 1
-                            && s.site_members.as_ref().is_none_or(|m| m.len() + 1 >= site_size)
-                    })
-                })
-                .collect();
-            let up = ready.iter().filter(|r| **r).count();
-            bar.set_position(up as u64);
-            if up == n {
-                self.devices = sample
-                    .nodes
-                    .iter()
-                    .map(|s| {
-                        let id = s.as_ref().and_then(|s| s.device_id.as_deref()).unwrap_or_default();
-                        id.parse::<DeviceId>().with_context(|| format!("a node reports device id {id:?}"))
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                for (node, device) in self.fleet.nodes.iter_mut().zip(&self.devices) {
-                    node.device = Some(*device);
-                }
-                bar.finish_and_clear();
-                println!("{:>7.1} s  all {n} nodes up, each connected to its site", self.now_s());
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bar.finish_and_clear();
-                let missing: Vec<&str> = ready
-                    .iter()
-                    .zip(&self.fleet.nodes)
-                    .filter(|(r, _)| !**r)
-                    .map(|(_, n)| n.name.as_str())
-                    .collect();
-                bail!(
-                    "nodes not up or not connected to their site after 45 s: {}; see their logs in {}",
-                    missing.join(", "),
-                    self.paths.logs.display()
-                );
-            }
-            tokio::time::sleep(SAMPLE_EVERY).await;
-        }
+        let ready = self
+            .fleet
+            .wait_ready(Duration::from_secs(45), SAMPLE_EVERY, &self.paths.logs, |up, _| {
+                bar.set_position(up as u64)
+            })
+            .await;
+        bar.finish_and_clear();
+        ready?;
+        self.devices = self
+            .fleet
+            .nodes
+            .iter()
+            .map(|node| node.device.with_context(|| format!("node {} reports no device id", node.name)))
+            .collect::<anyhow::Result<_>>()?;
+        println!("{:>7.1} s  all {n} nodes up, each connected to its site", self.now_s());
+        Ok(())
     }
 
     async fn play(&mut self, failing_site: &str) -> anyhow::Result<Played> {
@@ -418,7 +365,7 @@ impl Demo {
             .await?;
         let bytes_2 = self.bytes().await;
         let revoke_s = self.now_s();
-        let revoke_from = self.samples.len();
+        let revoke_from = self.timeline.samples.len();
         let gate = self.gate_findings(&r2, &failing, &hex2);
         checks.push(Check::new(
             &format!("1.1.0 failed its health check on {failing_site} and rolled back there"),
@@ -436,31 +383,15 @@ impl Demo {
         ));
 
         // 3. The revoke.
-        let key_path = self.paths.root.join("publisher.key");
-        let args = [
-            "directive".to_owned(),
-            "revoke".into(),
-            "--key".into(),
-            key_path.display().to_string(),
-            "--release".into(),
-            hex2.clone(),
-            "--to".into(),
-            r1.hex.clone(),
-            "--store".into(),
-            self.paths.store.display().to_string(),
-        ];
         println!(
             "{:>7.1} s  operator: otamesh directive revoke --release {} --to {} (into the origin store)",
             revoke_s - r2.published_s,
             short(&hex2),
             short(&r1.hex)
         );
-        let exe = std::env::current_exe()?;
-        let out =
-            std::process::Command::new(&exe).args(&args).output().context("running otamesh directive")?;
-        if !out.status.success() {
-            bail!("otamesh directive revoke failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
+        let (bad_id, good_id) = (hex2.parse()?, r1.hex.parse()?);
+        release::direct(&self.store, &self.key, bad_id, Order::Revoke { to: good_id }, clock::now_ms())
+            .context("signing the revoke into the origin store")?;
         let hex1 = r1.hex.clone();
         let back = self
             .watch(&r2, &hex1, Duration::from_secs(45), |s: &Sample| {
@@ -468,7 +399,7 @@ impl Demo {
             })
             .await?;
         // Watch a little longer: a revoked release must stay revoked.
-        let settle_from = self.samples.len();
+        let settle_from = self.timeline.samples.len();
         let settle_until = self.now_s() + SETTLE.as_secs_f64();
         let stayed = self
             .watch(&r2, &hex1, SETTLE * 2, |s: &Sample| {
@@ -488,14 +419,14 @@ impl Demo {
                 )
             } else {
                 let stuck: Vec<String> = (0..n)
-                    .filter(|&i| self.samples.last().and_then(|s| s.active(i)) != Some(&hex1))
+                    .filter(|&i| self.timeline.samples.last().and_then(|s| s.active(i)) != Some(&hex1))
                     .map(|i| self.fleet.nodes[i].name.clone())
                     .collect();
                 format!("not back on {GOOD} after 45 s: {}", stuck.join(", "))
             },
         ));
         let reinstalled: Vec<String> = (0..n)
-            .filter(|&i| self.samples[settle_from..].iter().any(|s| s.active(i) == Some(&hex2)))
+            .filter(|&i| self.timeline.samples[settle_from..].iter().any(|s| s.active(i) == Some(&hex2)))
             .map(|i| self.fleet.nodes[i].name.clone())
             .collect();
         checks.push(Check::new(
@@ -527,54 +458,39 @@ impl Demo {
         policy: &RolloutPolicy,
         accept: impl Fn(&[usize]) -> bool,
     ) -> anyhow::Result<Release> {
-        let chunks = chunk(data, ChunkerConfig::default())?;
         let now = clock::now_ms();
-        let mut manifest = Manifest {
-            format: FORMAT_VERSION,
-            vendor: "otamesh-demo".into(),
-            product: "edge gateway".into(),
-            class: CLASS.into(),
+        let describe = Describe {
+            vendor: "otamesh-demo",
+            product: "edge gateway",
+            class: CLASS,
+            version,
             sequence,
-            version: version.into(),
             kind: UpdateKind::Firmware,
-            payload: Payload { size: data.len() as u64, digest: *blake3::hash(data).as_bytes(), chunks },
-            precursor: None,
             created_at: now,
             expires_at: Some(now + 86_400_000),
             rollout: policy.clone(),
         };
+        let mut manifest = release::manifest(data, describe)?;
         let mut waves = None;
-        for back in 0..100_000 {
-            manifest.created_at = now - back;
-            let id = manifest.release_id();
+        let found = release::stamp(&mut manifest, 100_000, |id| {
             let w: Vec<usize> = self
                 .devices
                 .iter()
-                .map(|d| policy.wave_of(manifest.kind, position(id, *d)).unwrap_or(0))
+                .map(|d| policy.wave_of(UpdateKind::Firmware, position(id, *d)).unwrap_or(0))
                 .collect();
-            if accept(&w) {
+            let ok = accept(&w);
+            if ok {
                 waves = Some(w);
-                break;
             }
-        }
-        let Some(waves) = waves else {
+            ok
+        });
+        let (true, Some(waves)) = (found, waves) else {
             bail!("no stamp of {version} gives wave 1 a group fit for the demo; try other --sites or --nodes")
         };
-        let verified = TrustRoot::single(self.key.public())
-            .verify_manifest(self.key.sign_manifest(manifest), clock::now_ms())
-            .context("self-check of the signed manifest")?;
-        let (mut new_chunks, mut new_bytes, mut offset) = (0, 0, 0usize);
-        for c in &verified.manifest().payload.chunks {
-            let bytes = data[offset..offset + c.len as usize].to_vec();
-            offset += c.len as usize;
-            // Invariant: the chunk list was computed from these very bytes just above.
-            let chunk = VerifiedChunk::new(c.id, bytes).expect("chunk bytes match their ids");
-            if self.store.put_chunk(&chunk)? {
-                new_chunks += 1;
-                new_bytes += u64::from(c.len);
-            }
-        }
-        self.store.put_manifest(&verified)?;
+        let published = release::publish(&self.store, &self.key, data, manifest, clock::now_ms())
+            .context("publishing into the origin store")?;
+        let (new_chunks, new_bytes, verified) =
+            (published.new_chunks, published.new_bytes, published.manifest);
         let m = verified.manifest();
         let release = Release {
             hex: verified.id().to_hex(),
@@ -652,8 +568,7 @@ impl Demo {
                     + &format!("  [{}]", release.version),
             );
             let finished = done(&sample);
-            self.samples.push(sample);
-            self.sample_ms.push(clock::now_ms());
+            self.timeline.push(sample);
             if finished {
                 bar.finish_and_clear();
                 return Ok(true);
@@ -668,7 +583,7 @@ impl Demo {
 
     /// What changed since the previous sample, for people.
     fn changes(&self, sample: &Sample, release: &Release) -> Vec<String> {
-        let Some(prev) = self.samples.last() else { return Vec::new() };
+        let Some(prev) = self.timeline.samples.last() else { return Vec::new() };
         let mut lines = Vec::new();
         for (i, node) in self.fleet.nodes.iter().enumerate() {
             let wave = release.waves.get(i).map_or(1, |w| w + 1);
@@ -710,20 +625,14 @@ impl Demo {
     }
 
     async fn bytes(&self) -> Bytes {
-        let metrics = futures::future::join_all(self.fleet.nodes.iter().map(|n| n.api.metrics())).await;
-        let mut b = Bytes { origin: self.origin.served().chunk_bytes(), ..Bytes::default() };
-        for m in metrics.into_iter().flatten() {
-            b.wan += m.sum("otamesh_chunk_bytes_total", &["source=\"wan\""]);
-            b.lan += m.sum("otamesh_chunk_bytes_total", &["source=\"lan\""]);
-        }
-        b
+        self.fleet.bytes(self.origin.served().chunk_bytes()).await
     }
 
     /// Wave 2 devices first seen running `r` before wave 2 opened.
     fn early_wave2(&self, r: &Release) -> Vec<String> {
         let opens = r.created_at + r.policy.waves.get(1).map_or(0, |w| w.after_s * 1000);
         let mut early = BTreeSet::new();
-        for (s, at) in self.samples.iter().zip(&self.sample_ms) {
+        for (s, at) in self.timeline.samples.iter().zip(&self.timeline.at_ms) {
             for i in (0..self.devices.len()).filter(|&i| r.waves[i] >= 1) {
                 // A sample is taken before its time is read, so a commit it shows
                 // happened before `at`; allow a sampling period of slack.
@@ -741,7 +650,7 @@ impl Demo {
         let mut committed = BTreeSet::new();
         let mut later = BTreeSet::new();
         let mut later_fetching = BTreeSet::new();
-        for s in self.samples.iter().filter(|s| s.t >= r.published_s) {
+        for s in self.timeline.samples.iter().filter(|s| s.t >= r.published_s) {
             for i in 0..n {
                 let name = self.fleet.nodes[i].name.clone();
                 let outcome = s.outcome(Some(self.devices[i]), hex);
@@ -787,15 +696,17 @@ impl Demo {
     fn revoke_findings(&self, r1: &Release, r2: &Release, from: usize, revoke_s: f64) -> RevokeFindings {
         let mut rolled_back = Vec::new();
         for i in 0..self.devices.len() {
-            let ran_bad = self.samples[..from].last().is_some_and(|s| s.active(i) == Some(&r2.hex));
+            let ran_bad = self.timeline.samples[..from].last().is_some_and(|s| s.active(i) == Some(&r2.hex));
             if !ran_bad {
                 continue;
             }
-            let back =
-                self.samples[from..].iter().find(|s| s.active(i) == Some(&r1.hex)).map(|s| s.t - revoke_s);
+            let back = self.timeline.samples[from..]
+                .iter()
+                .find(|s| s.active(i) == Some(&r1.hex))
+                .map(|s| s.t - revoke_s);
             rolled_back.push(Rollback { device: self.fleet.nodes[i].name.clone(), after_s: back });
         }
-        let all_back_s = self.samples[from..]
+        let all_back_s = self.timeline.samples[from..]
             .iter()
             .find(|s| (0..self.devices.len()).all(|i| s.active(i) == Some(&r1.hex)))
             .map(|s| s.t - revoke_s);
@@ -858,7 +769,7 @@ impl Demo {
                 nodes_per_site: self.args.nodes,
                 devices: self.devices.len(),
                 class: CLASS.into(),
-                origin: self.origin.url(),
+                origin: self.origin.url.clone(),
                 failing_site: failing_site.into(),
                 nodes: self
                     .fleet
@@ -870,7 +781,7 @@ impl Demo {
                         site: n.site.clone(),
                         device: d.to_hex(),
                         api: n.api.base().into(),
-                        log: n.log.display().to_string(),
+                        log: n.process.log.display().to_string(),
                     })
                     .collect(),
             },
@@ -930,11 +841,7 @@ impl Demo {
                 }
             })
             .collect();
-        let converged_s = self
-            .samples
-            .iter()
-            .find(|s| s.t >= r.published_s && (0..self.devices.len()).all(|i| s.active(i) == Some(&r.hex)))
-            .map(|s| s.t - r.published_s);
+        let converged_s = self.timeline.all_running(r.published_s, &r.hex);
         let reported = node.map_or(0, |n| n.outcomes.values().sum::<u64>());
         // Every device of 1.0.0 commits; of 1.1.0 the devices seen to install it report.
         let expected_outcomes = installed.unwrap_or(r.waves.len());
@@ -975,6 +882,7 @@ impl Demo {
         };
         for (r, color) in releases.iter().zip(colors) {
             let points = self
+                .timeline
                 .samples
                 .iter()
                 .filter(|s| s.t >= t0)
@@ -1000,7 +908,7 @@ impl Demo {
         let mut health = BTreeSet::new();
         let mut ran = BTreeSet::new();
         let (mut running, mut by_health, mut by_revoke) = (Vec::new(), Vec::new(), Vec::new());
-        for s in self.samples.iter().filter(|s| s.t >= t2) {
+        for s in self.timeline.samples.iter().filter(|s| s.t >= t2) {
             let x = s.t - t2;
             let mut now_running = 0;
             let mut reverted = 0;
@@ -1384,6 +1292,8 @@ fn list(items: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use otamesh_core::chunking::{ChunkerConfig, chunk};
+
     use super::*;
 
     #[test]

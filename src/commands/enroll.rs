@@ -1,13 +1,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use otamesh_core::enrolment::{Enrolment, SignedEnrolment};
-use otamesh_core::metadata::Metadata;
 use otamesh_core::{DeviceId, SecretKey};
-use otamesh_node::datadir::{DataDir, Expected};
+use otamesh_node::datadir;
 use otamesh_node::{clock, config};
 
-use super::signing::{all_of, read_keys};
+use super::signing::read_keys;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -46,21 +44,5 @@ pub fn enrol(
     site: &str,
     class: &str,
 ) -> anyhow::Result<(DeviceId, PathBuf)> {
-    let data = DataDir::open(data)?;
-    let device = data.device_key()?;
-    let enrolment = Enrolment {
-        device_key: device.public().to_bytes(),
-        site: site.into(),
-        class: class.into(),
-        issued_at: clock::now_ms(),
-    };
-    let mut signed = Metadata::Enrolment(SignedEnrolment { enrolment, signatures: Vec::new() });
-    for key in keys {
-        signed.cosign(key)?;
-    }
-    let Metadata::Enrolment(signed) = signed else { unreachable!("built as an enrolment just above") };
-    let trust = all_of(keys);
-    let expected = Expected { trust: &trust, key: &device, site, class };
-    let path = data.save_enrolment(signed, expected)?;
-    Ok((DeviceId::of_public_key(&device.public().to_bytes()), path))
+    Ok(datadir::enrol(keys, data, site, class, clock::now_ms())?)
 }

@@ -3,6 +3,9 @@
 //! [`text`] is shared by the commands that show a node's API to people.
 
 pub mod audit;
+#[cfg(feature = "full")]
+pub mod bench;
+#[cfg(feature = "full")]
 pub mod demo;
 pub mod directive;
 pub mod enroll;

@@ -34,6 +34,7 @@ pub fn or_dash<T: Display>(value: Option<T>) -> String {
 }
 
 /// Bytes in B, KiB, MiB or GiB.
+#[cfg_attr(not(feature = "full"), allow(dead_code, reason = "only the demo shows byte counts"))]
 pub fn bytes(n: f64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = n;

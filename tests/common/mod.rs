@@ -1,22 +1,20 @@
-//! Harness for the integration tests: a counting static HTTP origin, real `otamesh`
-//! node processes on 127.0.0.1, release publishing through the library, and `/status`
-//! polling with deadlines.
+//! Harness for the integration tests, on the fleet harness (`otamesh-fleet`): its
+//! origin, its node processes and its publishing, with blocking waits and API reads
+//! (through the node's own API client) as tests want them.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use otamesh_core::chunking::{ChunkerConfig, VerifiedChunk, chunk};
-use otamesh_core::manifest::{FORMAT_VERSION, Manifest, Payload, SignedManifest, UpdateKind};
+use otamesh_core::manifest::{Manifest, SignedManifest, UpdateKind};
 use otamesh_core::rollout::RolloutPolicy;
-use otamesh_core::{ChunkId, ReleaseId, SecretKey, TrustRoot};
+use otamesh_core::{ReleaseId, SecretKey};
+pub use otamesh_fleet::Origin;
+use otamesh_fleet::process::{self, NodeArgs, NodeProcess};
+use otamesh_fleet::release::{self, Describe};
+use otamesh_node::client::Client;
 use otamesh_node::store::Store;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_otamesh");
@@ -39,21 +37,11 @@ pub fn publisher() -> SecretKey {
     SecretKey::from_seed([42; 32])
 }
 
-/// Enrols the node whose data directory is `data` at `site` (class `gw`) with
-/// `otamesh enroll`, signing with the publisher key file `key`.
+/// Enrols the node whose data directory is `data` at `site` (class `gw`), signed by
+/// the publisher key file `key`, through the library as `otamesh enroll` does.
 pub fn enroll(key: &Path, data: &Path, site: &str) {
-    let (code, out, err) = otamesh(&[
-        "enroll",
-        "--key",
-        key.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--site",
-        site,
-        "--class",
-        "gw",
-    ]);
-    assert_eq!(code, 0, "otamesh enroll: {out}{err}");
+    let key = otamesh_node::keys::read_secret_key(key).unwrap();
+    process::enrol(site, &key, data, site, "gw").unwrap();
 }
 
 /// Writes the publisher's key pair as `publisher.key` and `publisher.pub` in `dir`;
@@ -65,21 +53,22 @@ pub fn write_trust(dir: &Path, key: &SecretKey) -> PathBuf {
 
 /// A manifest for `data` (chunks not stored).
 pub fn manifest_for(data: &[u8], class: &str, sequence: u64) -> Manifest {
-    let chunks = chunk(data, ChunkerConfig::default()).unwrap();
-    Manifest {
-        format: FORMAT_VERSION,
-        vendor: "acme".into(),
-        product: "gw".into(),
-        class: class.into(),
-        sequence,
-        version: format!("1.0.{sequence}"),
-        kind: UpdateKind::Firmware,
-        payload: Payload { size: data.len() as u64, digest: *ChunkId::of(data).as_bytes(), chunks },
-        precursor: None,
-        created_at: otamesh_node::clock::now_ms(),
-        expires_at: None,
-        rollout: RolloutPolicy::default(),
-    }
+    let version = format!("1.0.{sequence}");
+    release::manifest(
+        data,
+        Describe {
+            vendor: "acme",
+            product: "gw",
+            class,
+            version: &version,
+            sequence,
+            kind: UpdateKind::Firmware,
+            created_at: otamesh_node::clock::now_ms(),
+            expires_at: None,
+            rollout: RolloutPolicy::default(),
+        },
+    )
+    .unwrap()
 }
 
 /// Publishes `data` into the store at `dir` as `otamesh publish` would; returns the
@@ -91,20 +80,13 @@ pub fn publish(
     class: &str,
     sequence: u64,
 ) -> (ReleaseId, SignedManifest) {
+    let p = publish_verified(dir, key, data, manifest_for(data, class, sequence));
+    (p.id(), p.manifest.signed().clone())
+}
+
+fn publish_verified(dir: &Path, key: &SecretKey, data: &[u8], m: Manifest) -> release::Published {
     let store = Store::create(dir).unwrap();
-    let m = manifest_for(data, class, sequence);
-    let mut off = 0;
-    for c in &m.payload.chunks {
-        let bytes = data[off..off + c.len as usize].to_vec();
-        off += c.len as usize;
-        store.put_chunk(&VerifiedChunk::new(c.id, bytes).unwrap()).unwrap();
-    }
-    let signed = key.sign_manifest(m);
-    let verified = TrustRoot::single(key.public())
-        .verify_manifest(signed.clone(), otamesh_node::clock::now_ms())
-        .unwrap();
-    store.put_manifest(&verified).unwrap();
-    (verified.id(), signed)
+    release::publish(&store, key, data, m, otamesh_node::clock::now_ms()).unwrap()
 }
 
 /// What most node tests start from: a scratch directory, the publisher's key and trust
@@ -130,7 +112,7 @@ impl World {
         let trust = write_trust(dir.path(), &key);
         let store = dir.path().join("origin");
         Store::create(&store).unwrap();
-        let origin = Origin::start_on(addr, &store, rate);
+        let origin = Origin::start(&store, addr.parse().unwrap(), rate).unwrap();
         Self { dir, key, trust, store, origin }
     }
 }
@@ -157,118 +139,15 @@ impl TestDir {
 
 /// A free TCP port on 127.0.0.1 (racy in theory, fine on a test machine).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    process::free_port().unwrap()
 }
 
-/// A static HTTP server over a directory that counts what it serves.
-pub struct Origin {
-    pub url: String,
-    pub bytes_served: Arc<AtomicU64>,
-    pub requests: Arc<Mutex<BTreeMap<String, u32>>>,
-    stop: Arc<AtomicBool>,
+/// An origin over the store `root` on 127.0.0.1; `rate` limits its egress in bytes/s.
+pub fn serve(root: &Path, rate: Option<u64>) -> Origin {
+    Origin::start(root, "127.0.0.1:0".parse().unwrap(), rate).unwrap()
 }
 
-impl Origin {
-    /// Serves `root` on 127.0.0.1; `rate` limits total egress in bytes per second.
-    pub fn start(root: &Path, rate: Option<u64>) -> Self {
-        Self::start_on("127.0.0.1:0", root, rate)
-    }
-
-    /// Serves `root` on `addr`.
-    pub fn start_on(addr: &str, root: &Path, rate: Option<u64>) -> Self {
-        let listener = TcpListener::bind(addr).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let bytes_served = Arc::new(AtomicU64::new(0));
-        let requests = Arc::new(Mutex::new(BTreeMap::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let bucket = Arc::new(Mutex::new(Instant::now()));
-        let (root, served, reqs, stop2) =
-            (root.to_owned(), bytes_served.clone(), requests.clone(), stop.clone());
-        listener.set_nonblocking(true).unwrap();
-        thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let (root, served, reqs, bucket) =
-                            (root.clone(), served.clone(), reqs.clone(), bucket.clone());
-                        thread::spawn(move || {
-                            let _ = serve_one(stream, &root, &served, &reqs, rate, &bucket);
-                        });
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Self { url, bytes_served, requests, stop }
-    }
-
-    pub fn served(&self) -> u64 {
-        self.bytes_served.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn serve_one(
-    stream: TcpStream,
-    root: &Path,
-    served: &AtomicU64,
-    reqs: &Mutex<BTreeMap<String, u32>>,
-    rate: Option<u64>,
-    bucket: &Mutex<Instant>,
-) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut stream = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
-                break;
-            }
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_owned();
-        if path.contains("..") {
-            stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")?;
-            continue;
-        }
-        *reqs.lock().unwrap().entry(path.clone()).or_default() += 1;
-        let body = match std::fs::read(root.join(&path)) {
-            Ok(b) => b,
-            Err(_) => {
-                stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")?;
-                continue;
-            }
-        };
-        stream.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes())?;
-        for piece in body.chunks(16 << 10) {
-            if let Some(rate) = rate {
-                let until = {
-                    let mut next = bucket.lock().unwrap();
-                    let start = (*next).max(Instant::now());
-                    *next = start + Duration::from_secs_f64(piece.len() as f64 / rate as f64);
-                    *next
-                };
-                if let Some(d) = until.checked_duration_since(Instant::now()) {
-                    thread::sleep(d);
-                }
-            }
-            stream.write_all(piece)?;
-            served.fetch_add(piece.len() as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-/// One `otamesh node` process.
+/// One `otamesh node` process, with what tests read of it.
 pub struct Node {
     pub name: String,
     pub data: PathBuf,
@@ -276,11 +155,8 @@ pub struct Node {
     pub host: String,
     pub port: u16,
     pub api: String,
-    pub args: Vec<String>,
-    pub log: PathBuf,
-    /// What the node command runs under (`ip netns exec NS`), if anything.
-    wrapper: Vec<String>,
-    child: Option<Child>,
+    /// The process (its `args` can be edited before [`Node::spawn`] restarts it).
+    pub process: NodeProcess,
 }
 
 impl Node {
@@ -336,38 +212,23 @@ impl Node {
         wrapper: &[String],
     ) -> Option<Self> {
         let data = dir.join(name);
-        if !data.join("enrolment").exists() {
-            enroll(&trust.with_extension("key"), &data, site);
-        }
-        let mut args: Vec<String> = vec![
-            "node".into(),
-            "--data".into(),
-            data.display().to_string(),
-            "--site".into(),
-            site.into(),
-            "--class".into(),
-            "gw".into(),
-            "--listen".into(),
-            format!("/ip4/{host}/tcp/{port}"),
-            "--api".into(),
-            api.into(),
-            "--trust".into(),
-            trust.display().to_string(),
-            "--poll-interval".into(),
-            "0.5".into(),
-        ];
-        args.extend(extra.iter().cloned());
-        let mut node = Self {
-            name: name.into(),
-            data,
-            host: host.into(),
-            port: 0,
-            api: api.into(),
-            args,
-            log: dir.join(format!("{name}.log")),
-            wrapper: wrapper.to_vec(),
-            child: None,
+        enroll(&trust.with_extension("key"), &data, site);
+        let listen = format!("/ip4/{host}/tcp/{port}");
+        let args = NodeArgs {
+            data: &data,
+            site,
+            class: "gw",
+            listen: &listen,
+            api,
+            trust,
+            poll_interval_s: 0.5,
+            extra,
         };
+        let mut process =
+            NodeProcess::new(name, Path::new(BIN), args.to_vec(), dir.join(format!("{name}.log")));
+        process.wrapper = wrapper.to_vec();
+        process.rust_log = "info,otamesh_node=debug,libp2p_gossipsub=warn".into();
+        let mut node = Self { name: name.into(), data, host: host.into(), port: 0, api: api.into(), process };
         node.spawn();
         node.wait_up().then_some(node)
     }
@@ -376,8 +237,7 @@ impl Node {
     fn wait_up(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
+            if self.process.check_alive().is_err() {
                 return false;
             }
             if let Some(s) = self.status() {
@@ -397,42 +257,29 @@ impl Node {
         false
     }
 
+    /// Starts the process (again) with its current `process.args`.
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let mut command = match self.wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let child = command
-            .args(&self.args)
-            .env("RUST_LOG", "info,otamesh_node=debug,libp2p_gossipsub=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        self.process.spawn().unwrap();
     }
 
+    /// SIGKILL, as a power cut.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
+        self.process.kill();
     }
 
     pub fn status(&self) -> Option<serde_json::Value> {
-        let body = http_get(&self.api, "/status")?;
-        serde_json::from_str(&body).ok()
+        api_json(&self.api, "/status")
     }
 
+    /// The sum of every sample of `name`, which may carry labels to match, e.g.
+    /// `otamesh_chunk_bytes_total{source="lan"}`; 0 when the node does not answer.
     pub fn metric(&self, name: &str) -> f64 {
-        let Some(text) = http_get(&self.api, "/metrics") else { return 0.0 };
-        metric_sum(&text, name)
+        let (name, labels) = match name.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}').split(',').map(str::trim).collect()),
+            None => (name, Vec::new()),
+        };
+        let Ok(client) = Client::new(&self.api) else { return 0.0 };
+        runtime().block_on(client.metrics()).map_or(0.0, |m| m.sum(name, &labels))
     }
 
     /// (chunks_have, chunks_total) of the first release, if any.
@@ -447,19 +294,20 @@ impl Node {
     }
 
     pub fn tail_log(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        self.process.tail(30)
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// A runtime for one blocking API read.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// `GET path` of the node API at `addr` as JSON, through the node's own API client;
+/// `None` if nothing answers or the answer is not a 200 with JSON.
+pub fn api_json(addr: &str, path: &str) -> Option<serde_json::Value> {
+    let client = Client::new(addr).ok()?;
+    runtime().block_on(client.raw_json(path)).ok()
 }
 
 /// Two nodes of site `s`: `first` hears everything pushed at it, `third` is peered only
@@ -471,30 +319,6 @@ pub fn relay_pair(dir: &Path, trust: &Path) -> (Node, Node) {
         third.status().is_some_and(|s| s["peers"].as_u64() == Some(1))
     });
     (first, third)
-}
-
-/// Sums every sample of `name` (all label sets) in Prometheus text.
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A plain HTTP/1.1 GET on loopback; `None` if nothing answers.
-pub fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    Some(body.to_owned())
 }
 
 /// Polls `cond` every 100 ms until it holds or `limit` passes; panics with `what`.
@@ -512,18 +336,7 @@ pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 /// Publishes `data` into the store at `dir` under a caller-built manifest `m` (for a
 /// rollout policy or a chosen `created_at`); returns the release id.
 pub fn publish_manifest(dir: &Path, key: &SecretKey, data: &[u8], m: Manifest) -> ReleaseId {
-    let store = Store::create(dir).unwrap();
-    let mut off = 0;
-    for c in &m.payload.chunks {
-        let bytes = data[off..off + c.len as usize].to_vec();
-        off += c.len as usize;
-        store.put_chunk(&VerifiedChunk::new(c.id, bytes).unwrap()).unwrap();
-    }
-    let verified = TrustRoot::single(key.public())
-        .verify_manifest(key.sign_manifest(m), otamesh_node::clock::now_ms())
-        .unwrap();
-    store.put_manifest(&verified).unwrap();
-    verified.id()
+    publish_verified(dir, key, data, m).id()
 }
 
 /// Runs `otamesh ARGS`; returns (exit code, stdout, stderr).

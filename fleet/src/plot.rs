@@ -1,18 +1,18 @@
-//! The demo's PNG plots: line charts over time with labelled vertical marks.
+//! The plots of fleets: line charts over time with labelled vertical marks, as PNG.
+//! The demo's convergence and rollback charts, the benchmarks' fleet and simulator
+//! curves and the charts of a metric across commits are all drawn here.
 //!
-//! Text is rendered with DejaVu Sans embedded in the binary (the simulator's copy in
-//! `sim/assets/`, Bitstream Vera license) through plotters' `ab_glyph` backend, so
-//! plotting needs no system fonts. All plotting of the demo is here, so it can move
-//! to a shared place together with the simulator's.
+//! **Goals**: one chart type that any fleet timeline maps onto, readable without a
+//! legend lookup (marks carry their own labels), no system fonts needed.
+//!
+//! **Non-goals**: the simulator's own figures (`otamesh_sim::plot`, which also owns
+//! the one embedded font that both use, via [`otamesh_sim::plot::register_fonts`]).
 
 use std::path::Path;
-use std::sync::Once;
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use plotters::style::{FontStyle, register_font};
 
-const FONT: &[u8] = include_bytes!("../../../sim/assets/DejaVuSans.ttf");
 const SIZE: (u32, u32) = (1200, 650);
 
 /// One line of a chart.
@@ -54,11 +54,7 @@ pub struct Chart {
 
 /// Draws `chart` into the PNG file `path`; the error is a one-line reason.
 pub fn png(chart: &Chart, path: &Path) -> Result<(), String> {
-    static FONTS: Once = Once::new();
-    FONTS.call_once(|| {
-        // Invariant: the embedded font is a valid TrueType file.
-        register_font("sans-serif", FontStyle::Normal, FONT).unwrap_or_else(|_| panic!("embedded font"));
-    });
+    otamesh_sim::plot::register_fonts();
     draw(chart, BitMapBackend::new(path, SIZE).into_drawing_area())
         .map_err(|e| format!("{}: {e}", path.display()))
 }
