@@ -36,7 +36,55 @@ pub enum Outcome {
     },
 }
 
+/// An outcome without its reason: how the fleet view and its readers name it, in one
+/// text form (`committed`, `failed`, `rolled_back`, `revoked`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// See [`Outcome::Committed`].
+    Committed,
+    /// See [`Outcome::Failed`].
+    Failed,
+    /// Rolled back on its own (health check, crash).
+    RolledBack,
+    /// Rolled back because a revoke ordered it.
+    Revoked,
+}
+
+impl OutcomeKind {
+    /// The name, as `/fleet` and rollout reports write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Committed => "committed",
+            Self::Failed => "failed",
+            Self::RolledBack => "rolled_back",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// The release failed on the device (not a revoke, not a success).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Failed | Self::RolledBack)
+    }
+}
+
+impl std::fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Outcome {
+    /// The outcome without its reason.
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            Self::Committed => OutcomeKind::Committed,
+            Self::Failed { .. } => OutcomeKind::Failed,
+            Self::RolledBack { revoked: true, .. } => OutcomeKind::Revoked,
+            Self::RolledBack { .. } => OutcomeKind::RolledBack,
+        }
+    }
+
     /// What this outcome means for the health gate.
     pub fn verdict(&self) -> Verdict {
         match self {

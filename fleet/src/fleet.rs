@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use otamesh_core::lifecycle::Phase;
+use otamesh_core::report::OutcomeKind;
 use otamesh_core::{DeviceId, SecretKey};
 use otamesh_node::client::{Client, ClientError, FleetView, StatusView};
 
@@ -321,47 +323,76 @@ impl Drop for Fleet {
     }
 }
 
+/// What a sample says of one node and one release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Seen {
+    /// Its `/status` (or, when it runs the release, `committed`).
+    Phase(Phase),
+    /// Its newest report about the release, from `/fleet`.
+    Reported(OutcomeKind),
+    /// Its API did not answer.
+    Down,
+}
+
+impl Seen {
+    /// Installed or past it: the device has the release or tried it.
+    pub fn installed(self) -> bool {
+        matches!(self, Self::Reported(_))
+            || matches!(self, Self::Phase(p) if p.holds_site_slot() || p == Phase::Committed)
+    }
+
+    /// The release failed on the device.
+    pub fn failed(self) -> bool {
+        matches!(self, Self::Reported(k) if k.is_failure()) || self == Self::Phase(Phase::RolledBack)
+    }
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Phase(p) => p.fmt(f),
+            Self::Reported(k) => k.fmt(f),
+            Self::Down => f.write_str("down"),
+        }
+    }
+}
+
 impl Sample {
     /// Node `i`'s active release id. While a new release is on trial (its health check
     /// runs), that is the one before it, which the device goes back to if the check fails.
     pub fn active(&self, i: usize) -> Option<&str> {
         let s = self.nodes.get(i)?.as_ref()?;
-        let on_trial = matches!(s.state.as_deref(), Some("activated" | "checking"));
+        let on_trial = matches!(s.state, Some(Phase::Activated | Phase::Checking));
         let slot = if on_trial { s.previous.as_ref() } else { s.active.as_ref() };
         slot?.release_id.as_deref()
     }
 
-    /// Node `i`'s state for `release`: `committed` when it runs it, else what its
-    /// `/status` says of the release, else its newest report about it, else `waiting`.
-    pub fn phase(&self, i: usize, device: Option<DeviceId>, release: &str) -> String {
+    /// Node `i`'s state for `release`: committed when it runs it, else its newest report
+    /// about it, else what its `/status` says of the release, else waiting.
+    pub fn phase(&self, i: usize, device: Option<DeviceId>, release: &str) -> Seen {
         if self.active(i) == Some(release) {
-            return "committed".into();
+            return Seen::Phase(Phase::Committed);
         }
-        let status = self.nodes.get(i).and_then(Option::as_ref);
-        if let Some(state) = self.outcome(device, release) {
-            return state.to_owned();
+        if let Some(outcome) = self.outcome(device, release) {
+            return Seen::Reported(outcome);
         }
-        let Some(status) = status else { return "down".into() };
-        status
-            .releases
-            .iter()
-            .find(|r| r.release_id == release)
-            .and_then(|r| r.state.clone())
-            .unwrap_or_else(|| "waiting".into())
+        let Some(status) = self.nodes.get(i).and_then(Option::as_ref) else { return Seen::Down };
+        let state = status.releases.iter().find(|r| r.release_id == release).and_then(|r| r.state);
+        Seen::Phase(state.unwrap_or(Phase::Waiting))
     }
 
     /// The newest report `device` sent about `release`, by the sampled `/fleet`.
-    pub fn outcome(&self, device: Option<DeviceId>, release: &str) -> Option<&str> {
+    pub fn outcome(&self, device: Option<DeviceId>, release: &str) -> Option<OutcomeKind> {
         let device = device?.to_string();
         let d = self.fleet.as_ref()?.devices.iter().find(|d| d.device_id == device)?;
-        (d.release.as_deref() == Some(release)).then_some(d.state.as_deref()).flatten()
+        (d.release.as_deref() == Some(release)).then_some(d.state).flatten()
     }
 
     /// How many nodes are in each phase for `release`.
     pub fn phases(&self, devices: &[Option<DeviceId>], release: &str) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
         for (i, d) in devices.iter().enumerate() {
-            *out.entry(self.phase(i, *d, release)).or_insert(0) += 1;
+            *out.entry(self.phase(i, *d, release).to_string()).or_insert(0) += 1;
         }
         out
     }
@@ -388,8 +419,8 @@ mod tests {
         let sample =
             Sample { t: 0.0, nodes: vec![Some(status("checking")), Some(status("committed"))], fleet: None };
         assert_eq!(sample.active(0), Some(old.as_str()), "checking: still on the previous release");
-        assert_eq!(sample.phase(0, None, &new), "checking");
+        assert_eq!(sample.phase(0, None, &new), Seen::Phase(Phase::Checking));
         assert_eq!(sample.active(1), Some(new.as_str()));
-        assert_eq!(sample.phase(1, None, &new), "committed");
+        assert_eq!(sample.phase(1, None, &new), Seen::Phase(Phase::Committed));
     }
 }

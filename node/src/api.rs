@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use otamesh_core::ReleaseId;
 use otamesh_core::fleet::RolloutReport;
 use otamesh_core::lifecycle::Phase;
+use otamesh_core::report::OutcomeKind;
 
 use crate::db::SlotContent;
 use crate::metrics::Metrics;
@@ -76,8 +77,8 @@ pub struct FleetDevice {
     pub active: Option<String>,
     /// The release its newest report is about.
     pub release: String,
-    /// `committed`, `failed`, `rolled_back` or `revoked`.
-    pub state: &'static str,
+    /// Its newest report's outcome: `committed`, `failed`, `rolled_back` or `revoked`.
+    pub state: OutcomeKind,
     /// When its newest report was sent (Unix ms).
     pub last_seen: u64,
 }

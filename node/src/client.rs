@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use otamesh_core::lifecycle::Phase;
+use otamesh_core::report::OutcomeKind;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
@@ -83,8 +85,10 @@ pub struct StatusView {
     pub peers: Option<u64>,
     /// Site members heard recently.
     pub site_members: Option<Vec<String>>,
-    /// Lifecycle state of the release in progress (`idle` ... `committed`).
-    pub state: Option<String>,
+    /// Lifecycle state of the release in progress (`None`: absent or not a state this
+    /// client knows).
+    #[serde(deserialize_with = "lenient")]
+    pub state: Option<Phase>,
     /// The release the device runs.
     pub active: Option<ActiveView>,
     /// The release it ran before (what a rollback returns to).
@@ -122,7 +126,8 @@ pub struct ReleaseView {
     /// Chunks in the manifest.
     pub chunks_total: Option<u64>,
     /// Its state on this device.
-    pub state: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub state: Option<Phase>,
 }
 
 /// `GET /fleet`.
@@ -150,8 +155,9 @@ pub struct FleetDevice {
     /// The release its newest report is about.
     #[serde(deserialize_with = "opt_id")]
     pub release: Option<String>,
-    /// That report's outcome: `committed`, `failed`, `rolled_back`, `revoked`.
-    pub state: Option<String>,
+    /// That report's outcome.
+    #[serde(deserialize_with = "lenient")]
+    pub state: Option<OutcomeKind>,
     /// When it sent that report, Unix milliseconds.
     pub last_seen: Option<u64>,
 }
@@ -320,6 +326,13 @@ impl IdRepr {
 
 fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     IdRepr::deserialize(d).map(IdRepr::into_hex)
+}
+
+/// A typed value written as text; text this client does not know reads as absent, so a
+/// newer node's new state does not make the whole answer unreadable.
+fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    Ok(text.and_then(|t| serde_json::from_value(serde_json::Value::String(t)).ok()))
 }
 
 fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

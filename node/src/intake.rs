@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use otamesh_core::directive::SignedDirective;
 use otamesh_core::fleet::FleetView;
 use otamesh_core::gate::Recorded;
-use otamesh_core::report::{Outcome, SignedReport, VerifiedReport};
+use otamesh_core::report::{SignedReport, VerifiedReport};
 use otamesh_core::{DeviceId, Millis, ReleaseId, TrustRoot};
 use tokio::sync::watch;
 
@@ -149,12 +149,7 @@ impl Intake {
                 class: e.class.clone(),
                 active: e.active.map(|r| r.to_string()),
                 release: e.release.to_string(),
-                state: match &e.outcome {
-                    Outcome::Committed => "committed",
-                    Outcome::Failed { .. } => "failed",
-                    Outcome::RolledBack { revoked: true, .. } => "revoked",
-                    Outcome::RolledBack { .. } => "rolled_back",
-                },
+                state: e.outcome.kind(),
                 last_seen: e.last_seen,
             })
             .collect();

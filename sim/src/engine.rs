@@ -21,7 +21,7 @@ use otamesh_core::directive::{
     DEFAULT_LIFETIME, Directive, DirectiveBook, Order, SignedDirective, VerifiedDirective,
 };
 use otamesh_core::gate::Verdict;
-use otamesh_core::lifecycle::{Reason, State};
+use otamesh_core::lifecycle::{Phase, Reason, State};
 use otamesh_core::rollout::{ReleaseInfo, RolloutPolicy};
 use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, SecretKey, TrustRoot, fetch};
 
@@ -41,27 +41,24 @@ const NONE: u32 = u32::MAX;
 /// scenario's `classes`; every device takes the release).
 const SIM_CLASS: &str = "sim";
 
-/// Lifecycle states as indexes, in [`State`] order, plus "not yet heard of the release".
-pub const STATE_NAMES: [&str; 10] = [
-    "idle",
-    "waiting",
-    "fetching",
-    "staged",
-    "installing",
-    "activated",
-    "checking",
-    "committed",
-    "rolled_back",
-    "unannounced",
-];
-const IDLE: u8 = 0;
-const WAITING: u8 = 1;
-const FETCHING: u8 = 2;
-const STAGED: u8 = 3;
-const INSTALLING: u8 = 4;
-const CHECKING: u8 = 6;
-const COMMITTED: u8 = 7;
-const ROLLED_BACK: u8 = 8;
+/// Lifecycle states as indexes, in [`State`] order (the core's [`Phase::NAMES`]), plus
+/// "not yet heard of the release".
+pub const STATE_NAMES: [&str; 10] = {
+    let mut names = ["unannounced"; 10];
+    let mut i = 0;
+    while i < Phase::NAMES.len() {
+        names[i] = Phase::NAMES[i];
+        i += 1;
+    }
+    names
+};
+const WAITING: u8 = Phase::Waiting as u8;
+const FETCHING: u8 = Phase::Fetching as u8;
+const STAGED: u8 = Phase::Staged as u8;
+const INSTALLING: u8 = Phase::Installing as u8;
+const CHECKING: u8 = Phase::Checking as u8;
+const COMMITTED: u8 = Phase::Committed as u8;
+const ROLLED_BACK: u8 = Phase::RolledBack as u8;
 const UNANNOUNCED: u8 = 9;
 
 /// One row of the time series.
@@ -1573,21 +1570,11 @@ impl<'a> World<'a> {
 /// Whether a device in state `index` holds one of its site's install slots: the core's
 /// rule ([`State::holds_site_slot`]), on the engine's state indexes.
 fn holds_site_slot(index: u8) -> bool {
-    otamesh_core::lifecycle::Phase::ALL.get(usize::from(index)).is_some_and(|p| p.holds_site_slot())
+    Phase::ALL.get(usize::from(index)).is_some_and(|p| p.holds_site_slot())
 }
 
 fn state_index(s: &State) -> u8 {
-    match s {
-        State::Idle => IDLE,
-        State::Waiting => WAITING,
-        State::Fetching => FETCHING,
-        State::Staged => STAGED,
-        State::Installing => INSTALLING,
-        State::Activated => 5,
-        State::Checking => CHECKING,
-        State::Committed => COMMITTED,
-        State::RolledBack(_) => ROLLED_BACK,
-    }
+    s.phase() as u8
 }
 
 /// The set bits of a mask, lowest first.

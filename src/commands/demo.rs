@@ -37,9 +37,11 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use otamesh_core::directive::Order;
 use otamesh_core::gate::HealthGate;
+use otamesh_core::lifecycle::Phase;
+use otamesh_core::report::OutcomeKind;
 use otamesh_core::rollout::{RolloutPolicy, Wave, position};
 use otamesh_core::{DeviceId, SecretKey, UpdateKind};
-use otamesh_fleet::fleet::{Bytes, Fleet, NodeSpec, Sample, Setup, Timeline};
+use otamesh_fleet::fleet::{Bytes, Fleet, NodeSpec, Sample, Seen, Setup, Timeline};
 use otamesh_fleet::release::{self, Describe};
 use otamesh_fleet::{Origin, plot};
 use otamesh_node::client::ReportView;
@@ -90,7 +92,10 @@ const HALT_GRACE: Duration = Duration::from_secs(5);
 const SETTLE: Duration = Duration::from_secs(3);
 /// Lifecycle states between "the wave came" and an outcome. (`staged` is not one: a
 /// halted device stays staged.)
-const IN_FLIGHT: [&str; 4] = ["fetching", "installing", "activated", "checking"];
+/// On its way with a release: fetching it, or between install and health check.
+fn in_flight(seen: Seen) -> bool {
+    matches!(seen, Seen::Phase(Phase::Fetching | Phase::Installing | Phase::Activated | Phase::Checking))
+}
 /// The marker that makes a directory one this command may replace.
 const MARKER: &str = ".otamesh-demo";
 const GOOD: &str = "1.0.0";
@@ -358,9 +363,7 @@ impl Demo {
         let settled = self
             .watch(&r2, &hex2, limit, |s: &Sample| {
                 s.t >= wave2_opens + HALT_GRACE.as_secs_f64()
-                    && first_wave
-                        .iter()
-                        .all(|&i| !IN_FLIGHT.contains(&s.phase(i, Some(devices[i]), &hex2).as_str()))
+                    && first_wave.iter().all(|&i| !in_flight(s.phase(i, Some(devices[i]), &hex2)))
             })
             .await?;
         let bytes_2 = self.bytes().await;
@@ -603,7 +606,7 @@ impl Demo {
             }
             let device = node.device;
             let (was, is) = (prev.outcome(device, &release.hex), sample.outcome(device, &release.hex));
-            if was != is && matches!(is, Some("rolled_back" | "failed")) {
+            if was != is && is.is_some_and(OutcomeKind::is_failure) {
                 lines.push(format!(
                     "{:<10} rolled back {} by itself: its health check failed (wave {wave})",
                     node.name, release.version
@@ -656,22 +659,18 @@ impl Demo {
                 let outcome = s.outcome(Some(self.devices[i]), hex);
                 // Seen in the fleet's reports, or in the device's own status.
                 let phase = s.phase(i, Some(self.devices[i]), hex);
-                if matches!(outcome, Some("rolled_back" | "failed"))
-                    || matches!(phase.as_str(), "rolled_back" | "failed")
-                {
+                if phase.failed() || outcome.is_some_and(OutcomeKind::is_failure) {
                     health.insert(name.clone());
                 }
                 if s.active(i) == Some(hex) {
                     committed.insert(name.clone());
                 }
                 if r.waves[i] >= 1 {
-                    let installed = s.active(i) == Some(hex)
-                        || outcome.is_some()
-                        || matches!(phase.as_str(), "installing" | "activated" | "checking" | "committed");
+                    let installed = s.active(i) == Some(hex) || outcome.is_some() || phase.installed();
                     if installed {
                         later.insert(name.clone());
                     }
-                    if matches!(phase.as_str(), "fetching" | "staged") {
+                    if matches!(phase, Seen::Phase(Phase::Fetching | Phase::Staged)) {
                         later_fetching.insert(name);
                     }
                 }
@@ -913,7 +912,7 @@ impl Demo {
             let mut now_running = 0;
             let mut reverted = 0;
             for i in 0..self.devices.len() {
-                if matches!(s.outcome(Some(self.devices[i]), &r2.hex), Some("rolled_back" | "failed")) {
+                if s.outcome(Some(self.devices[i]), &r2.hex).is_some_and(OutcomeKind::is_failure) {
                     health.insert(i);
                 }
                 if s.active(i) == Some(&r2.hex) {

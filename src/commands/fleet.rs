@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use otamesh_core::report::OutcomeKind;
 use otamesh_node::client::{Client, FleetDevice, FleetView, StatusView};
 use otamesh_node::clock;
 use otamesh_node::config::DEFAULT_API;
@@ -65,7 +66,7 @@ fn render(fleet: &FleetView, status: &StatusView, now: u64) -> String {
         .map(|(_, id)| id.to_owned());
     // Only devices of the node's own class can be measured against its releases.
     let behind = |d: &FleetDevice| newest.is_some() && d.class == status.class && d.active != newest;
-    let failed = |d: &FleetDevice| matches!(d.state.as_deref(), Some("failed" | "rolled_back"));
+    let failed = |d: &FleetDevice| d.state.is_some_and(OutcomeKind::is_failure);
     let mut sites: BTreeMap<&str, Vec<&FleetDevice>> = BTreeMap::new();
     for d in &fleet.devices {
         sites.entry(d.site.as_deref().unwrap_or("-")).or_default().push(d);
@@ -96,7 +97,7 @@ fn render(fleet: &FleetView, status: &StatusView, now: u64) -> String {
         for d in devices.iter() {
             let outcome = match (&d.state, &d.release) {
                 (Some(s), Some(r)) => format!("{s} {}", name(r)),
-                (Some(s), None) => s.clone(),
+                (Some(s), None) => s.to_string(),
                 _ => "-".to_owned(),
             };
             let flag = match (behind(d), failed(d)) {

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
+use otamesh_core::report::OutcomeKind;
 use otamesh_node::client::{Client, ReportView, StatusView};
 use otamesh_node::config::DEFAULT_API;
 
@@ -66,14 +67,14 @@ fn render(release: &str, r: &ReportView, status: &StatusView) -> String {
         or_dash(known.and_then(|k| k.sequence)),
         status.device_id.as_deref().map_or("the node", short)
     );
-    let count = |k: &str| r.outcomes.get(k).copied().unwrap_or(0);
+    let count = |k: OutcomeKind| r.outcomes.get(k.name()).copied().unwrap_or(0);
     let total: u64 = r.outcomes.values().sum();
     out.push_str(&format!(
         "devices: {} committed, {} failed, {} rolled back, {} revoked ({total} reported)\n",
-        count("committed"),
-        count("failed"),
-        count("rolled_back"),
-        count("revoked")
+        count(OutcomeKind::Committed),
+        count(OutcomeKind::Failed),
+        count(OutcomeKind::RolledBack),
+        count(OutcomeKind::Revoked)
     ));
     if let Some(base) = r.waves.iter().filter_map(|w| w.opens_at).min() {
         out.push_str(&format!("waves (times from the first wave's opening, {}):\n", utc(base)));

@@ -44,7 +44,7 @@ fn render(s: &StatusView) -> String {
         or_dash(s.peers),
         or_dash(s.site_members.as_ref().map(Vec::len))
     ));
-    out.push_str(&format!("state     {}\n", or_dash(s.state.as_deref())));
+    out.push_str(&format!("state     {}\n", or_dash(s.state)));
     out.push_str(&format!("active    {}\n", release_line(s.active.as_ref())));
     out.push_str(&format!("previous  {}\n", release_line(s.previous.as_ref())));
     if s.releases.is_empty() {
@@ -65,7 +65,7 @@ fn render(s: &StatusView) -> String {
             or_dash(r.version.as_deref()),
             short(&r.release_id).to_owned(),
             chunks,
-            or_dash(r.state.as_deref()),
+            or_dash(r.state),
         ]);
     }
     out.push_str(&table("  ", &rows));
