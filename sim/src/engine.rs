@@ -105,10 +105,12 @@ pub struct RunResult {
     pub rolled_back: u64,
     /// Devices that never started fetching.
     pub never_started: u64,
-    /// Bytes over site WAN links.
+    /// Bytes over site WAN links (finished, aborted and, at the end, in flight).
     pub wan_bytes: f64,
-    /// Bytes over site LANs.
+    /// Bytes over site LANs (the same).
     pub lan_bytes: f64,
+    /// Every commit, seconds since publication, in time order.
+    pub commit_s: Vec<f64>,
     /// Peak origin egress, bytes per second.
     pub origin_peak: f64,
     /// When the release was first halted (health gate or operator).
@@ -1660,6 +1662,13 @@ impl<'a> World<'a> {
                 first_wave += 1;
             }
         }
+        // Transfers cut by the end of the run count what they moved.
+        let mut in_flight = [0.0; 2];
+        for (f, meta) in self.flow_meta.iter().enumerate() {
+            if self.net.is_live(f as FlowId) {
+                in_flight[usize::from(meta.kind == FlowKind::Lan)] += self.net.moved(self.now, f as FlowId);
+            }
+        }
         let wave_starts_s = if self.policy.skip_waves.contains(&self.release.kind) {
             Vec::new()
         } else {
@@ -1678,8 +1687,9 @@ impl<'a> World<'a> {
             failed,
             rolled_back,
             never_started,
-            wan_bytes: self.wan_bytes,
-            lan_bytes: self.lan_bytes,
+            wan_bytes: self.wan_bytes + in_flight[0],
+            lan_bytes: self.lan_bytes + in_flight[1],
+            commit_s: self.commit_times.iter().map(|&t| t as f64 / 1e6).collect(),
             origin_peak: self.origin_peak,
             halted_at_s: self.halted_at.map(|t| t as f64 / 1e6),
             revoked_at_s: self.revoked_at.map(|t| t as f64 / 1e6),

@@ -240,6 +240,14 @@ impl Net {
         self.flows.get(flow as usize).is_some_and(|f| f.live)
     }
 
+    /// Bytes a live flow has moved by `now` (at or after its group's last change).
+    pub fn moved(&self, now: Micros, flow: FlowId) -> f64 {
+        let f = &self.flows[flow as usize];
+        let last = self.groups[f.group as usize].last;
+        let dt = now.saturating_sub(last) as f64 / 1e6;
+        (f.total - f.remaining + f.rate * dt).clamp(0.0, f.total)
+    }
+
     /// The current rate of a live flow, bytes per second.
     pub fn rate(&self, flow: FlowId) -> f64 {
         self.flows[flow as usize].rate
@@ -273,9 +281,10 @@ impl Net {
         let start = out.len();
         for &id in &self.groups[timer.group as usize].flows {
             let f = &self.flows[id as usize];
-            // Finish times are rounded up to the microsecond, so a due flow has at most
-            // rounding error left.
-            if f.remaining <= f.rate * 1e-6 + 1e-6 {
+            // Finish times are rounded up to the microsecond, so a due flow has nothing
+            // but float rounding left; one due within the next microsecond waits for
+            // its own timer, so that no flow ends before its bytes could have moved.
+            if f.remaining <= 1e-9 * f.total + 1e-6 {
                 out.push(Ended { flow: id, bytes: f.total });
             }
         }
