@@ -146,7 +146,13 @@ fn bytes_are_counted_as_they_flow() {
     for w in r.series.windows(2) {
         let (a, b) = (&w[0], &w[1]);
         let most = 10e6 * (b.t_s - a.t_s);
-        assert!(b.wan_bytes - a.wan_bytes <= most * (1.0 + 1e-9) + 1.0, "{} -> {} at {} s", a.wan_bytes, b.wan_bytes, b.t_s);
+        assert!(
+            b.wan_bytes - a.wan_bytes <= most * (1.0 + 1e-9) + 1.0,
+            "{} -> {} at {} s",
+            a.wan_bytes,
+            b.wan_bytes,
+            b.t_s
+        );
         rises += usize::from(b.wan_bytes > a.wan_bytes);
     }
     assert!(rises >= 19, "the curve climbs over 10 s, not in one jump: {rises} rising samples");
@@ -181,19 +187,21 @@ fn small() -> impl Strategy<Value = Small> {
         (1.0f64..500.0, prop_oneof![Just(0.0), 1.0f64..500.0], 10.0f64..1000.0),
         (1u32..=6, 1u32..=4),
     )
-        .prop_map(|(devices, mode, bytes, pieces, (down, up), (wan, origin, lan), (slots, wan_parallel))| Small {
-            devices,
-            mode,
-            bytes,
-            pieces,
-            down,
-            up,
-            wan,
-            origin,
-            lan,
-            slots,
-            wan_parallel,
-        })
+        .prop_map(
+            |(devices, mode, bytes, pieces, (down, up), (wan, origin, lan), (slots, wan_parallel))| Small {
+                devices,
+                mode,
+                bytes,
+                pieces,
+                down,
+                up,
+                wan,
+                origin,
+                lan,
+                slots,
+                wan_parallel,
+            },
+        )
 }
 
 proptest! {
@@ -229,4 +237,3 @@ proptest! {
         prop_assert!(at_least(end, last), "the last done at {} s, bound {} s: {:?}", end, last, s);
     }
 }
-
