@@ -1371,22 +1371,26 @@ impl<'a> World<'a> {
         // Pieces a site peer with a free upload slot can serve now (each holder serves
         // `upload_slots` peers at once, whatever pieces they ask for, as swarming
         // clients do).
+        let mut unheld = 0u64;
+        for p in bits(need) {
+            if self.holders[(s * self.k + p) as usize] == 0 {
+                unheld |= 1 << p;
+            }
+        }
+        let wanted = need & !unheld;
         let mut servable = 0u64;
-        for &e in &self.servers[s as usize] {
-            servable |= self.have[e as usize];
-            if servable & need == need {
-                break;
+        if wanted != 0 {
+            for &e in &self.servers[s as usize] {
+                servable |= self.have[e as usize];
+                if servable & wanted == wanted {
+                    break;
+                }
             }
         }
         // Rarest first among them.
         let mut best: Option<(u32, u32, u32)> = None;
-        let mut unheld = 0u64;
-        for p in bits(need) {
+        for p in bits(wanted) {
             let h = self.holders[(s * self.k + p) as usize];
-            if h == 0 {
-                unheld |= 1 << p;
-                continue;
-            }
             if servable & (1 << p) == 0 {
                 continue;
             }
@@ -1460,11 +1464,12 @@ impl<'a> World<'a> {
         range.into_iter().find(|&e| self.ids[e as usize] == owner).expect("the owner is a site member")
     }
 
-    /// A flow's group, and how its receiver's downlink bounds it: as a shared link
-    /// when all the receiver's flows are in one group, or else as an equal share of
-    /// the downlink per flow it receives (the origin couples WAN flows of every site,
-    /// and a p2p-dedup owner also fetches on its LAN: splitting keeps the sum at the
-    /// downlink without merging every site into one group).
+    /// A flow's group, path and ceiling. A receiver's downlink is its flow's ceiling
+    /// while it receives one flow; with more, they share it as a link when all of them
+    /// are in one group, or else each gets an equal share of it as its ceiling (the
+    /// origin couples the WAN flows of every site, and a p2p-dedup owner also fetches on
+    /// its LAN: splitting keeps the sum at the downlink without merging every site into
+    /// one group).
     fn route(&self, kind: FlowKind, dst: u32, src: u32) -> (u32, Path, f64) {
         let s = self.site[dst as usize];
         let (down, cap) = self.receiver_bound(dst);
@@ -1477,33 +1482,38 @@ impl<'a> World<'a> {
         }
     }
 
-    /// The downlink link (or none) and the per-flow ceiling of `dst`'s flows.
+    /// The downlink as a link (or none) and the ceiling of each of `dst`'s flows.
     fn receiver_bound(&self, dst: u32) -> (LinkId, f64) {
-        if self.merged {
-            (self.down_link(dst), f64::INFINITY)
-        } else {
-            let rx = f64::from(self.receiving[dst as usize].max(1));
-            (NO_LINK, self.downlink[self.class[dst as usize] as usize] / rx)
+        let i = dst as usize;
+        let downlink = self.downlink[self.class[i] as usize];
+        let rx = self.receiving[i].max(1);
+        match (rx, self.merged) {
+            (1, _) => (NO_LINK, downlink),
+            (_, true) => (self.down_link(dst), downlink),
+            (_, false) => (NO_LINK, downlink / f64::from(rx)),
         }
     }
 
-    /// After the number of flows `dst` receives changed: re-split its downlink over
-    /// them (only when its flows can be in two groups).
+    /// After the number of flows `dst` receives changed: share its downlink among them
+    /// anew (only a p2p-dedup owner receives more than one).
     fn retune(&mut self, dst: u32) {
-        if self.merged || self.mode != Mode::P2pDedup {
+        if self.mode != Mode::P2pDedup {
             return;
         }
-        let (_, cap) = self.receiver_bound(dst);
+        let (down, cap) = self.receiver_bound(dst);
         let i = dst as usize;
-        if self.download[i] != NONE {
-            self.net.set_flow_cap(self.now, self.download[i], cap);
-        }
         let s = self.site[i];
-        for p in 0..self.k {
-            let f = self.wan_flow[(s * self.k + p) as usize];
-            if f != NONE && self.flow_meta[f as usize].dst == dst {
-                self.net.set_flow_cap(self.now, f, cap);
-            }
+        let own = (0..self.k).map(|p| self.wan_flow[(s * self.k + p) as usize]);
+        let mine: Vec<FlowId> = std::iter::once(self.download[i])
+            .chain(own)
+            .filter(|&f| f != NONE && self.flow_meta[f as usize].dst == dst)
+            .collect();
+        for f in mine {
+            let m = self.flow_meta[f as usize];
+            let (_, mut path, _) = self.route(m.kind, dst, m.src);
+            path[2] = down;
+            self.net.set_path(self.now, f, path);
+            self.net.set_flow_cap(self.now, f, cap);
         }
     }
 

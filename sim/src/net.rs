@@ -103,7 +103,7 @@ struct Scratch {
     order: Vec<u32>,
     links: Vec<LinkId>,
     parent: Vec<u32>,
-    level: Vec<f64>,
+    depth: Vec<u8>,
 }
 
 /// What a group's timer or [`Net::flush`] asks the driver to schedule.
@@ -235,6 +235,19 @@ impl Net {
         self.mark(group);
     }
 
+    /// Changes the links a live flow crosses from `now` on (re-solved at the next
+    /// flush): a receiver's downlink joins the path when it receives a second flow.
+    pub fn set_path(&mut self, now: Micros, flow: FlowId, path: Path) {
+        let f = &self.flows[flow as usize];
+        if f.path == path {
+            return;
+        }
+        let group = f.group;
+        self.advance(group, now);
+        self.flows[flow as usize].path = path;
+        self.mark(group);
+    }
+
     /// Whether `flow` is live.
     pub fn is_live(&self, flow: FlowId) -> bool {
         self.flows.get(flow as usize).is_some_and(|f| f.live)
@@ -306,7 +319,7 @@ impl Net {
             self.advance(group, now);
             let before = self.groups[group as usize].rate_sum;
             let metered_before = self.groups[group as usize].metered_sum;
-            if !self.solve_laminar(group) {
+            if !self.solve_tree(group) && !self.solve_laminar(group) {
                 self.solve(group);
             }
             let g = &mut self.groups[group as usize];
@@ -401,7 +414,116 @@ impl Net {
         }
     }
 
-    /// The common case, solved in linear passes and a sort: the links the group's flows
+    /// The most common case, in a few linear passes: every flow of the group crosses
+    /// the same root link (the site LAN, the origin, or none) and one inner link (its
+    /// sender's uplink, its site's WAN), and nothing else but its own ceiling. Inner
+    /// links partition the flows, and max-min fairness is each inner link's level,
+    /// then the root's. Returns false for any other shape, for
+    /// [`Net::solve_laminar`].
+    fn solve_tree(&mut self, group: u32) -> bool {
+        let Self { caps, flows, groups, scratch: s, .. } = self;
+        let g = &mut groups[group as usize];
+        let ids = &g.flows;
+        let Some(&first) = ids.first() else {
+            g.rate_sum = 0.0;
+            return true;
+        };
+        let finite = |l: LinkId| l != NO_LINK && caps[l as usize].is_finite();
+        let root = flows[first as usize].path[1];
+        if ids.iter().any(|&id| {
+            let f = &flows[id as usize];
+            f.path[1] != root || finite(f.path[2])
+        }) {
+            return false;
+        }
+        s.now = s.now.wrapping_add(1);
+        if s.now == 0 {
+            s.stamp.iter_mut().for_each(|x| *x = 0);
+            s.now = 1;
+        }
+        s.rem.clear();
+        s.n.clear();
+        s.fixed.clear();
+        s.eff.clear();
+        for &id in ids {
+            let f = &flows[id as usize];
+            let l = f.path[0];
+            s.eff.push(f.cap);
+            if !finite(l) {
+                s.fixed.push(true);
+                continue;
+            }
+            if s.stamp[l as usize] != s.now {
+                s.stamp[l as usize] = s.now;
+                s.local[l as usize] = s.rem.len() as u32;
+                s.rem.push(caps[l as usize]);
+                s.n.push(0);
+            }
+            s.n[s.local[l as usize] as usize] += 1;
+            s.fixed.push(false);
+        }
+        // Inner links: a flow below its link's level keeps its ceiling; fixing it only
+        // raises the level for the others, so repeat until nothing changes.
+        loop {
+            let mut changed = false;
+            for (fi, &id) in ids.iter().enumerate() {
+                if s.fixed[fi] {
+                    continue;
+                }
+                let li = s.local[flows[id as usize].path[0] as usize] as usize;
+                if s.eff[fi] * f64::from(s.n[li]) <= s.rem[li] {
+                    s.fixed[fi] = true;
+                    s.rem[li] = (s.rem[li] - s.eff[fi]).max(0.0);
+                    s.n[li] -= 1;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for (fi, &id) in ids.iter().enumerate() {
+            if !s.fixed[fi] {
+                let li = s.local[flows[id as usize].path[0] as usize] as usize;
+                s.eff[fi] = s.rem[li] / f64::from(s.n[li]);
+            }
+        }
+        // The root link, the same way over the inner results.
+        let mut rate_sum = 0.0;
+        if finite(root) {
+            let mut rem = caps[root as usize];
+            let mut n = ids.len() as f64;
+            s.fixed.iter_mut().for_each(|x| *x = false);
+            loop {
+                let mut changed = false;
+                for fi in 0..ids.len() {
+                    if !s.fixed[fi] && s.eff[fi] * n <= rem {
+                        s.fixed[fi] = true;
+                        rem = (rem - s.eff[fi]).max(0.0);
+                        n -= 1.0;
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+            let level = if n > 0.0 { rem / n } else { 0.0 };
+            for fi in 0..ids.len() {
+                if !s.fixed[fi] {
+                    s.eff[fi] = level;
+                }
+            }
+        }
+        for (fi, &id) in ids.iter().enumerate() {
+            flows[id as usize].rate = s.eff[fi];
+            rate_sum += s.eff[fi];
+        }
+        g.rate_sum = rate_sum;
+        true
+    }
+
+    /// The next most common case, in linear passes: the links the group's flows
     /// cross are *laminar*, any two links' flow sets disjoint or nested (senders'
     /// uplinks inside their site's LAN, a site's WAN inside the origin's egress, a
     /// receiver's downlink that one flow uses, or that only its WAN flows use, inside
@@ -456,10 +578,15 @@ impl Net {
                     len += 1;
                 }
             }
-            let chain = &mut chain[..len];
-            chain.sort_unstable_by_key(|&li| (s.n[li as usize], li));
+            // Sort the (at most three) links by (size, index) with compare-swaps.
+            let key = |li: u32| (u64::from(s.n[li as usize]) << 32) | u64::from(li);
+            for (a, b) in [(0, 1), (1, 2), (0, 1)] {
+                if b < len && key(chain[b]) < key(chain[a]) {
+                    chain.swap(a, b);
+                }
+            }
             for j in 0..len {
-                let up = chain.get(j + 1).copied().unwrap_or(TOP);
+                let up = if j + 1 < len { chain[j + 1] } else { TOP };
                 let p = &mut s.parent[chain[j] as usize];
                 if *p == UNSET {
                     *p = up;
@@ -491,33 +618,65 @@ impl Net {
                 }
             }
         }
-        // Innermost first: a child has at most its parent's flows, and ties are ordered
-        // by index as on the chains.
-        s.order.clear();
-        s.order.extend(0..nl as u32);
-        s.order.sort_unstable_by_key(|&li| (s.n[li as usize], li));
-        for oi in 0..nl {
-            let li = s.order[oi] as usize;
-            let members = s.adj_start[li] as usize..s.adj_start[li + 1] as usize;
-            s.level.clear();
-            s.level.extend(s.adj[members.clone()].iter().map(|&fi| s.eff[fi as usize]));
-            s.level.sort_unstable_by(f64::total_cmp);
-            let mut rem = caps[s.links[li] as usize];
-            let k = s.level.len();
-            let mut level = f64::INFINITY;
-            for (j, &want) in s.level.iter().enumerate() {
-                let left = (k - j) as f64;
-                if want * left <= rem {
-                    rem = (rem - want).max(0.0);
-                } else {
-                    level = rem / left;
-                    break;
-                }
+        // Innermost first: a link's depth is its number of ancestors and a child is one
+        // deeper than its parent, so the deepest first visits children before parents.
+        s.depth.clear();
+        let mut deepest = 0;
+        for li in 0..nl {
+            let mut depth = 0u8;
+            let mut p = s.parent[li];
+            while p != TOP {
+                depth += 1;
+                p = s.parent[p as usize];
             }
-            if level.is_finite() {
-                for &fi in &s.adj[members] {
-                    let e = &mut s.eff[fi as usize];
-                    *e = e.min(level);
+            s.depth.push(depth);
+            deepest = deepest.max(depth);
+        }
+        s.fixed.clear();
+        s.fixed.resize(ids.len(), false);
+        for depth in (0..=deepest).rev() {
+            for li in 0..nl {
+                if s.depth[li] != depth {
+                    continue;
+                }
+                let members = &s.adj[s.adj_start[li] as usize..s.adj_start[li + 1] as usize];
+                let cap = caps[s.links[li] as usize];
+                // Most links are not full (a site LAN faster than its senders), or
+                // carry one flow (a receiver's downlink): no levelling to do.
+                let wanted: f64 = members.iter().map(|&fi| s.eff[fi as usize]).sum();
+                if wanted <= cap {
+                    continue;
+                }
+                // Water-filling: a flow below the level keeps its rate, which only
+                // raises the level for the others; repeat until none is below.
+                let mut rem = cap;
+                let mut left = members.len() as f64;
+                for &fi in members {
+                    s.fixed[fi as usize] = false;
+                }
+                loop {
+                    let level = rem / left;
+                    let mut changed = false;
+                    for &fi in members {
+                        let fi = fi as usize;
+                        if !s.fixed[fi] && s.eff[fi] <= level {
+                            s.fixed[fi] = true;
+                            rem = (rem - s.eff[fi]).max(0.0);
+                            left -= 1.0;
+                            changed = true;
+                        }
+                    }
+                    if !changed || left == 0.0 {
+                        break;
+                    }
+                }
+                if left > 0.0 {
+                    let level = rem / left;
+                    for &fi in members {
+                        if !s.fixed[fi as usize] {
+                            s.eff[fi as usize] = level;
+                        }
+                    }
                 }
             }
         }
@@ -747,7 +906,7 @@ mod tests {
     }
 
     #[test]
-    fn laminar_solver_agrees_with_progressive_filling() {
+    fn fast_solvers_agree_with_progressive_filling() {
         // Random three-level trees (a root over middle links over leaf links, flows
         // capped or not, some over a leaf that only they use, some over the root
         // alone), and random paths over
@@ -787,7 +946,7 @@ mod tests {
             let solve = |laminar: bool| {
                 let mut net = Net::new(caps.clone(), 1);
                 let ids: Vec<_> = flows.iter().map(|&(p, c)| net.start(0, 0, p, c, 1e9, false)).collect();
-                let took = laminar && net.solve_laminar(0);
+                let took = laminar && (net.solve_tree(0) || net.solve_laminar(0));
                 if !laminar {
                     net.solve(0);
                 }
