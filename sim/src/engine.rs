@@ -458,7 +458,10 @@ impl<'a> World<'a> {
         let origin = sc.network.origin_egress_mbps;
         let mut caps = Vec::with_capacity(2 * sites as usize + 1 + 2 * n as usize);
         caps.extend((0..sites).map(|_| mbps(sc.network.site_lan_mbps)));
-        caps.extend((0..sites).map(|_| mbps(sc.network.site_wan_mbps)));
+        caps.extend((0..sites).map(|s| {
+            let u = rng::unit(seed, u64::from(s), Purpose::SiteWan, 0);
+            mbps(sc.network.site_wan_at(u))
+        }));
         caps.push(if origin > 0.0 { mbps(origin) } else { f64::INFINITY });
         caps.extend(class.iter().map(|&c| mbps(sc.classes[c as usize].downlink_mbps)));
         caps.extend(class.iter().map(|&c| mbps(sc.classes[c as usize].uplink_mbps)));

@@ -237,3 +237,32 @@ proptest! {
         prop_assert!(at_least(end, last), "the last done at {} s, bound {} s: {:?}", end, last, s);
     }
 }
+
+#[test]
+fn each_site_draws_its_own_wan() {
+    // 40 sites of 10 devices, central, 1 MB each: a quarter of the sites sit behind a
+    // 2 Mb/s link (a satellite), where 10 MB take 40 s; the others have 1,000 Mb/s
+    // (0.08 s). Every site is one or the other, as a whole.
+    let r = simulate(
+        &strings(&[
+            "fleet.devices=400",
+            "fleet.sites=40",
+            "network.mode=\"central\"",
+            "class.0.downlink_mbps=1000",
+            "release.bytes=1_000_000",
+            "release.piece_bytes=1_000_000",
+            "network.site_wan_mix=[{share=25, mbps=2}]",
+        ]),
+        5,
+    );
+    assert_eq!(r.committed, 400);
+    let slow = r.commit_s.iter().filter(|&&t| t > 1.0).count();
+    for &t in &r.commit_s {
+        assert!(
+            t <= 0.1 || (t - 40.0).abs() < 1e-3,
+            "a device done at {t} s: neither a fast nor a slow site"
+        );
+    }
+    assert_eq!(slow % 10, 0, "whole sites are slow: {slow} devices");
+    assert!((40..=200).contains(&slow), "about a quarter of 400: {slow}");
+}
