@@ -1506,12 +1506,17 @@ impl<'a> World<'a> {
         let (down, cap) = self.receiver_bound(dst);
         let i = dst as usize;
         let s = self.site[i];
+        // Its LAN or origin download and the WAN pieces it owns: at most 1 + 64 flows.
+        let mut mine = [NONE; 65];
+        let mut count = 0;
         let own = (0..self.k).map(|p| self.wan_flow[(s * self.k + p) as usize]);
-        let mine: Vec<FlowId> = std::iter::once(self.download[i])
-            .chain(own)
-            .filter(|&f| f != NONE && self.flow_meta[f as usize].dst == dst)
-            .collect();
-        for f in mine {
+        for f in std::iter::once(self.download[i]).chain(own) {
+            if f != NONE && self.flow_meta[f as usize].dst == dst {
+                mine[count] = f;
+                count += 1;
+            }
+        }
+        for &f in &mine[..count] {
             let m = self.flow_meta[f as usize];
             let (_, mut path, _) = self.route(m.kind, dst, m.src);
             path[2] = down;

@@ -875,6 +875,19 @@ mod tests {
     }
 
     #[test]
+    fn a_parking_lot_gives_every_flow_half() {
+        // Three links of 10 in a row; one flow crosses all three, one flow each crosses
+        // one. Every link carries two flows: each gets 5 (the parking lot's closed
+        // form, C/2). Not laminar, so progressive filling solves it.
+        let mut net = Net::new(vec![10.0; 3], 1);
+        let long = net.start(0, 0, [0, 1, 2], f64::INFINITY, 1e9, false);
+        let short: Vec<_> =
+            (0..3).map(|l| net.start(0, 0, [l, NO_LINK, NO_LINK], f64::INFINITY, 1e9, false)).collect();
+        net.flush(0, &mut Vec::new());
+        assert_eq!(rates(&net, &[long, short[0], short[1], short[2]]), vec![5.0; 4]);
+    }
+
+    #[test]
     fn unlimited_link_leaves_flows_at_their_ceiling() {
         let mut net = Net::new(vec![f64::INFINITY], 1);
         let a = net.start(0, 0, [0, NO_LINK, NO_LINK], 7.0, 70.0, false);
