@@ -469,7 +469,10 @@ impl<'a> World<'a> {
         // them.
         let net = Net::new(caps, sites as usize + 1);
         let spread = match sc.announce.mode {
-            AnnounceMode::Gossip => gossip::push(seed, n, sc.announce.fanout),
+            AnnounceMode::Gossip => {
+                let lan = gossip::Sites { site: &site, start: &site_start };
+                gossip::push(seed, n, sc.announce.fanout, sc.announce.site_relay.then_some(lan))
+            }
             AnnounceMode::Poll => Spread::default(),
         };
 

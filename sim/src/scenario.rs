@@ -277,11 +277,21 @@ pub struct Announce {
     /// Polling: each device polls the origin at this interval, seconds.
     #[serde(default = "hour")]
     pub poll_interval_s: f64,
+    /// Gossip: the first device of a site to hear tells its whole site on the LAN,
+    /// one round later.
+    #[serde(default)]
+    pub site_relay: bool,
 }
 
 impl Default for Announce {
     fn default() -> Self {
-        Self { mode: AnnounceMode::Gossip, hop_delay_s: 1.0, fanout: 4, poll_interval_s: 3600.0 }
+        Self {
+            mode: AnnounceMode::Gossip,
+            hop_delay_s: 1.0,
+            fanout: 4,
+            poll_interval_s: 3600.0,
+            site_relay: false,
+        }
     }
 }
 

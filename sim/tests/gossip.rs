@@ -46,7 +46,7 @@ fn reference_rounds(n: usize, seed: u64) -> u32 {
 /// The simulator's rounds to all from one informed device (its round 1 is the
 /// publisher telling the first device).
 fn simulated_rounds(n: u32, seed: u64) -> u32 {
-    let spread = gossip::push(seed, n, 1);
+    let spread = gossip::push(seed, n, 1, None);
     assert_eq!(spread.order.len(), n as usize, "everyone hears");
     u32::from(spread.last_round()) - 1
 }
@@ -85,7 +85,7 @@ fn rounds_to_all_at_fanout_1_for_a_million_devices() {
 fn a_larger_fanout_spreads_faster() {
     let one = simulated_rounds(100_000, 1);
     let six = simulated_rounds(100_000, 1);
-    let six_fanout = u32::from(gossip::push(1, 100_000, 6).last_round()) - 1;
+    let six_fanout = u32::from(gossip::push(1, 100_000, 6, None).last_round()) - 1;
     assert_eq!(one, six, "pure for a seed");
     assert!(six_fanout * 2 < one, "fanout 6: {six_fanout} rounds, fanout 1: {one}");
 }
