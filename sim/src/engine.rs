@@ -267,6 +267,7 @@ struct World<'a> {
     /// Per site, its online holders with a free upload slot.
     servers: Vec<Vec<u32>>,
     slots: u16,
+    /// Per class, the downlink in bytes per second.
     downlink: Vec<f64>,
     /// Whether a site's WAN flows share its group (the origin is unlimited), so every
     /// flow a device receives is in one group and its downlink is one shared link.
@@ -1307,7 +1308,7 @@ impl<'a> World<'a> {
         }
     }
 
-    /// Device `d` (online, of site `s`) now holds piece `p`; returns whether it is the
+    /// An online device of site `s` now holds piece `p`; returns whether it is the
     /// site's first online holder.
     fn add_holder(&mut self, s: u32, p: u32) -> bool {
         let slot = (s * self.k + p) as usize;
