@@ -25,7 +25,8 @@ use otamesh_core::lifecycle::{Phase, Reason, State};
 use otamesh_core::rollout::{ReleaseInfo, RolloutPolicy};
 use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, SecretKey, TrustRoot, fetch};
 
-use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, Net, Timer};
+use crate::gossip::{self, Spread};
+use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, NO_LINK, Net, Path, Timer};
 use crate::queue::RadixQueue;
 use crate::rng::{self, Purpose};
 use crate::scenario::{AnnounceMode, Mode, Scenario, SiteSize};
@@ -70,9 +71,9 @@ pub struct Sample {
     pub states: [u64; 10],
     /// Devices offline.
     pub offline: u64,
-    /// Cumulative bytes over site WAN links (completed and aborted transfers).
+    /// Cumulative bytes over site WAN links, counted as they flow.
     pub wan_bytes: f64,
-    /// Cumulative bytes over site LANs.
+    /// Cumulative bytes over site LANs, counted as they flow.
     pub lan_bytes: f64,
 }
 
@@ -103,10 +104,12 @@ pub struct RunResult {
     pub rolled_back: u64,
     /// Devices that never started fetching.
     pub never_started: u64,
-    /// Bytes over site WAN links.
+    /// Bytes over site WAN links (finished, aborted and, at the end, in flight).
     pub wan_bytes: f64,
-    /// Bytes over site LANs.
+    /// Bytes over site LANs (the same).
     pub lan_bytes: f64,
+    /// Every commit, seconds since publication, in time order.
+    pub commit_s: Vec<f64>,
     /// Peak origin egress, bytes per second.
     pub origin_peak: f64,
     /// When the release was first halted (health gate or operator).
@@ -160,7 +163,7 @@ pub fn run_traced(sc: &Scenario, seed: u64, setup: &TraceSetup) -> (RunResult, V
 
 #[derive(Debug, Clone, Copy)]
 enum Ev {
-    Announce(u32),
+    Announce(u8),
     Admit(u32),
     Wake,
     Net(Timer),
@@ -196,6 +199,8 @@ enum FlowKind {
 struct FlowMeta {
     kind: FlowKind,
     dst: u32,
+    /// The serving peer of a LAN flow (`NONE` for the origin).
+    src: u32,
     piece: u8,
 }
 
@@ -237,8 +242,18 @@ struct World<'a> {
     churn_n: Vec<u32>,
     have: Vec<u64>,
     download: Vec<FlowId>,
+    /// Flows the device receives (its LAN or origin download, and WAN pieces it owns).
+    receiving: Vec<u16>,
+    /// Flows the device serves to site peers.
+    uploads: Vec<u16>,
+    /// Its place in its site's `servers`, or `NONE`.
+    server_pos: Vec<u32>,
+    /// Central mode: bytes of the release a device already has from an interrupted
+    /// download (HTTP range requests resume there). Empty in the other modes.
+    got: Vec<f64>,
+    /// Who hears the release in which gossip round.
+    spread: Spread,
     requesting: Vec<bool>,
-    uplink: Vec<u64>,
     report_seq: Vec<u32>,
     in_blocked: Vec<bool>,
     in_waiters: Vec<bool>,
@@ -248,11 +263,14 @@ struct World<'a> {
     site_start: Vec<u32>,
     site_zone: Vec<i16>,
     holders: Vec<u32>,
-    downloading: Vec<u32>,
+    /// Per site, its online holders with a free upload slot.
+    servers: Vec<Vec<u32>>,
     slots: u16,
-    pool: Vec<u64>,
-    site_upload: Vec<u64>,
-    lan_cap: f64,
+    /// Per class, the downlink in bytes per second.
+    downlink: Vec<f64>,
+    /// Whether a site's WAN flows share its group (the origin is unlimited), so every
+    /// flow a device receives is in one group and its downlink is one shared link.
+    merged: bool,
     inflight: Vec<u64>,
     wan_count: Vec<u32>,
     wan_flow: Vec<FlowId>,
@@ -290,7 +308,12 @@ struct World<'a> {
     commit_times: Vec<Micros>,
     wan_bytes: f64,
     lan_bytes: f64,
+    /// Bytes moved so far by the flows' rates (the time series), and when last updated.
+    wan_flowed: f64,
+    lan_flowed: f64,
+    flowed_at: Micros,
     origin_rate: f64,
+    lan_rate: f64,
     origin_peak: f64,
     last_rollback: Option<Micros>,
     events: u64,
@@ -428,20 +451,30 @@ impl<'a> World<'a> {
             }
         }
 
-        // Links: per (site, piece) upload pools, site LANs, site WANs, the origin. A
-        // pool's capacity is the sum of the uplinks of the site's online holders of the
-        // piece, and a LAN's is at most the sum of its online holders' uplinks: peers
-        // stripe requests over every holder, as the fetch planner does chunk by chunk.
+        // Links (see `World::lan_link` and the others): site LANs, site WANs, the
+        // origin, then every device's downlink and uplink. All of a device's flows
+        // share its two links, so nothing moves faster than a device can send or take.
         let mbps = |x: f64| x * 1e6 / 8.0;
-        let pools = sites as usize * k as usize;
-        let mut caps = Vec::with_capacity(pools + 2 * sites as usize + 1);
-        caps.resize(pools, 0.0);
-        caps.extend((0..sites).map(|_| 0.0));
-        caps.extend((0..sites).map(|_| mbps(sc.network.site_wan_mbps)));
         let origin = sc.network.origin_egress_mbps;
+        let mut caps = Vec::with_capacity(2 * sites as usize + 1 + 2 * n as usize);
+        caps.extend((0..sites).map(|_| mbps(sc.network.site_lan_mbps)));
+        caps.extend((0..sites).map(|s| {
+            let u = rng::unit(seed, u64::from(s), Purpose::SiteWan, 0);
+            mbps(sc.network.site_wan_at(u))
+        }));
         caps.push(if origin > 0.0 { mbps(origin) } else { f64::INFINITY });
-        let wan_groups = if origin > 0.0 { 1 } else { sites as usize };
-        let net = Net::new(caps, sites as usize + wan_groups);
+        caps.extend(class.iter().map(|&c| mbps(sc.classes[c as usize].downlink_mbps)));
+        caps.extend(class.iter().map(|&c| mbps(sc.classes[c as usize].uplink_mbps)));
+        // One group per site, and one for every WAN flow when a finite origin couples
+        // them.
+        let net = Net::new(caps, sites as usize + 1);
+        let spread = match sc.announce.mode {
+            AnnounceMode::Gossip => {
+                let lan = gossip::Sites { site: &site, start: &site_start };
+                gossip::push(seed, n, sc.announce.fanout, sc.announce.site_relay.then_some(lan))
+            }
+            AnnounceMode::Poll => Spread::default(),
+        };
 
         let sample_s = sc.sim.sample_s.unwrap_or((sc.sim.duration_s / 5000.0).max(1.0));
         Self {
@@ -476,8 +509,12 @@ impl<'a> World<'a> {
             churn_n: vec![0; n as usize],
             have: vec![0; n as usize],
             download: vec![NONE; n as usize],
+            receiving: vec![0; n as usize],
+            uploads: vec![0; n as usize],
+            server_pos: vec![NONE; n as usize],
+            got: if sc.network.mode == Mode::Central { vec![0.0; n as usize] } else { Vec::new() },
+            spread,
             requesting: vec![false; n as usize],
-            uplink: sc.classes.iter().map(|c| mbps(c.uplink_mbps).round() as u64).collect(),
             report_seq: vec![0; n as usize],
             in_blocked: vec![false; n as usize],
             in_waiters: vec![false; n as usize],
@@ -485,11 +522,10 @@ impl<'a> World<'a> {
             site_start,
             site_zone,
             holders: vec![0; sites as usize * k as usize],
-            pool: vec![0; sites as usize * k as usize],
-            downloading: vec![0; sites as usize * k as usize],
+            servers: vec![Vec::new(); sites as usize],
+            downlink: sc.classes.iter().map(|c| mbps(c.downlink_mbps)).collect(),
+            merged: origin <= 0.0,
             slots: sc.network.upload_slots.min(u32::from(u16::MAX)) as u16,
-            site_upload: vec![0; sites as usize],
-            lan_cap: mbps(sc.network.site_lan_mbps),
             inflight: vec![0; sites as usize],
             wan_count: vec![0; sites as usize],
             wan_flow: vec![NONE; sites as usize * k as usize],
@@ -519,7 +555,11 @@ impl<'a> World<'a> {
             commit_times: Vec::new(),
             wan_bytes: 0.0,
             lan_bytes: 0.0,
+            wan_flowed: 0.0,
+            lan_flowed: 0.0,
+            flowed_at: 0,
             origin_rate: 0.0,
+            lan_rate: 0.0,
             origin_peak: 0.0,
             last_rollback: None,
             events: 0,
@@ -609,13 +649,11 @@ impl<'a> World<'a> {
         }
         match sc.announce.mode {
             AnnounceMode::Gossip => {
-                let mut max_hop = 0;
-                for d in 0..self.n {
-                    max_hop = max_hop.max(self.hop(d));
-                }
-                for hop in 1..=max_hop {
-                    let t = self.secs(f64::from(hop) * sc.announce.hop_delay_s);
-                    self.push(t, Ev::Announce(hop), true);
+                for round in 1..=self.spread.last_round() {
+                    if !self.spread.heard_in(round).is_empty() {
+                        let t = self.secs(f64::from(round) * sc.announce.hop_delay_s);
+                        self.push(t, Ev::Announce(round), true);
+                    }
                 }
             }
             AnnounceMode::Poll => {
@@ -636,24 +674,13 @@ impl<'a> World<'a> {
         self.push(0, Ev::Sample, false);
     }
 
-    /// The gossip hop at which device `d` hears of the release: devices are ranked by
-    /// a random draw, and after `h` hops `(fanout + 1)^h - 1` devices know.
-    fn hop(&self, d: u32) -> u32 {
-        let rank = rng::unit(self.seed, u64::from(d), Purpose::Announce, 0) * f64::from(self.n);
-        let f = f64::from(self.sc.announce.fanout) + 1.0;
-        let mut h = 1;
-        let mut informed = f - 1.0;
-        while rank >= informed && h < 64 {
-            h += 1;
-            informed = f.powi(h as i32) - 1.0;
-        }
-        h
-    }
-
     fn announce_at(&self, d: u32) -> Micros {
         let a = &self.sc.announce;
         match a.mode {
-            AnnounceMode::Gossip => self.secs(f64::from(self.hop(d)) * a.hop_delay_s),
+            AnnounceMode::Gossip => match self.spread.round[d as usize] {
+                gossip::UNHEARD => Micros::MAX,
+                round => self.secs(f64::from(round) * a.hop_delay_s),
+            },
             AnnounceMode::Poll => {
                 self.secs(rng::unit(self.seed, u64::from(d), Purpose::Announce, 0) * a.poll_interval_s)
             }
@@ -678,10 +705,13 @@ impl<'a> World<'a> {
 
     fn handle(&mut self, ev: Ev) {
         match ev {
-            Ev::Announce(hop) => {
-                for d in 0..self.n {
-                    if self.online[d as usize] && self.state[d as usize] == UNANNOUNCED && self.hop(d) == hop
-                    {
+            Ev::Announce(round) => {
+                // Only this round's devices: the work follows the gossip, not the fleet.
+                let (a, b) =
+                    (self.spread.starts[usize::from(round)], self.spread.starts[usize::from(round) + 1]);
+                for at in a..b {
+                    let d = self.spread.order[at as usize];
+                    if self.online[d as usize] && self.state[d as usize] == UNANNOUNCED {
                         self.admit(d);
                     }
                 }
@@ -849,12 +879,17 @@ impl<'a> World<'a> {
         }
         let mut timers = std::mem::take(&mut self.timers);
         self.net.flush(self.now, &mut timers);
+        // Rates change only here: count what flowed at the old rates up to now first.
+        let dt = (self.now - self.flowed_at) as f64 / 1e6;
+        self.wan_flowed += self.origin_rate * dt;
+        self.lan_flowed += self.lan_rate * dt;
+        self.flowed_at = self.now;
         for f in timers.drain(..) {
-            if f.group >= self.sites {
-                self.origin_rate += f.delta;
-                if self.origin_rate > self.origin_peak {
-                    self.origin_peak = self.origin_rate;
-                }
+            // Every WAN flow comes from the origin: the metered rates are its egress.
+            self.origin_rate = (self.origin_rate + f.metered_delta).max(0.0);
+            self.lan_rate = (self.lan_rate + f.delta - f.metered_delta).max(0.0);
+            if self.origin_rate > self.origin_peak {
+                self.origin_peak = self.origin_rate;
             }
             if let Some(timer) = f.timer
                 && timer.at != Micros::MAX
@@ -870,12 +905,13 @@ impl<'a> World<'a> {
         if self.series.last().is_some_and(|s| s.t_s == t_s) {
             self.series.pop();
         }
+        let dt = (self.now - self.flowed_at) as f64 / 1e6;
         self.series.push(Sample {
             t_s,
             states: self.counts,
             offline: self.offline_count,
-            wan_bytes: self.wan_bytes,
-            lan_bytes: self.lan_bytes,
+            wan_bytes: self.wan_flowed + self.origin_rate * dt,
+            lan_bytes: self.lan_flowed + self.lan_rate * dt,
         });
     }
 
@@ -1198,75 +1234,98 @@ impl<'a> World<'a> {
                 }
             }
         }
-        // Its pieces leave the site's pools; a piece nobody online holds any more
-        // cannot be striped from anyone: its transfers stop and their receivers choose
-        // again.
-        let have = self.have[i];
-        let up = self.uplink[self.class[i] as usize];
-        let mut orphaned = 0u64;
-        for p in bits(have) {
-            let slot = (s * self.k + p) as usize;
-            self.holders[slot] -= 1;
-            self.pool[slot] -= up;
-            self.net.set_cap(self.now, slot as LinkId, self.pool[slot] as f64, s);
-            if self.holders[slot] == 0 {
-                orphaned |= 1 << p;
-            }
+        // What it was serving stops; its receivers choose again (another holder, or
+        // they wait).
+        let serving: Vec<FlowId> = self
+            .net
+            .group_flows(s)
+            .iter()
+            .copied()
+            .filter(|&f| {
+                let m = self.flow_meta[f as usize];
+                m.kind == FlowKind::Lan && m.src == d
+            })
+            .collect();
+        let mut receivers = Vec::with_capacity(serving.len());
+        for f in serving {
+            receivers.push(self.flow_meta[f as usize].dst);
+            self.abort_flow(f);
         }
-        if have != 0 {
-            self.site_upload[s as usize] -= up;
-            self.set_lan_cap(s);
+        for p in bits(self.have[i]) {
+            self.holders[(s * self.k + p) as usize] -= 1;
         }
-        if orphaned != 0 {
-            let stalled: Vec<FlowId> = self
-                .net
-                .group_flows(s)
-                .iter()
-                .copied()
-                .filter(|&f| orphaned & (1 << self.flow_meta[f as usize].piece) != 0)
-                .collect();
-            let mut receivers = Vec::new();
-            for f in stalled {
-                receivers.push(self.flow_meta[f as usize].dst);
-                self.abort_flow(f);
-            }
-            for r in receivers {
-                if self.online[r as usize] && self.state[r as usize] == FETCHING {
-                    self.fetch_step(r);
-                }
+        self.update_server(d);
+        for r in receivers {
+            if self.online[r as usize]
+                && self.state[r as usize] == FETCHING
+                && self.download[r as usize] == NONE
+            {
+                self.fetch_step(r);
             }
         }
     }
 
-    fn set_lan_cap(&mut self, s: u32) {
-        let cap = self.lan_cap.min(self.site_upload[s as usize] as f64);
-        let link = self.sites * self.k + s;
-        self.net.set_cap(self.now, link, cap, s);
+    /// The site LAN link of site `s`.
+    fn lan_link(&self, s: u32) -> LinkId {
+        s
     }
 
-    /// Device `d` (online, of site `s`) now holds piece `p`; returns whether it is the
+    /// The WAN link of site `s`.
+    fn wan_link(&self, s: u32) -> LinkId {
+        self.sites + s
+    }
+
+    /// The origin's egress link.
+    fn origin_link(&self) -> LinkId {
+        2 * self.sites
+    }
+
+    /// Device `d`'s downlink.
+    fn down_link(&self, d: u32) -> LinkId {
+        2 * self.sites + 1 + d
+    }
+
+    /// Device `d`'s uplink.
+    fn up_link(&self, d: u32) -> LinkId {
+        2 * self.sites + 1 + self.n + d
+    }
+
+    /// Keeps device `d` in its site's list of servers exactly when it is online, holds
+    /// a piece and has a free upload slot.
+    fn update_server(&mut self, d: u32) {
+        let i = d as usize;
+        let s = self.site[i] as usize;
+        let serves = self.online[i] && self.have[i] != 0 && self.uploads[i] < self.slots;
+        let pos = self.server_pos[i];
+        if serves && pos == NONE {
+            self.server_pos[i] = self.servers[s].len() as u32;
+            self.servers[s].push(d);
+        } else if !serves && pos != NONE {
+            self.servers[s].swap_remove(pos as usize);
+            if let Some(&moved) = self.servers[s].get(pos as usize) {
+                self.server_pos[moved as usize] = pos;
+            }
+            self.server_pos[i] = NONE;
+        }
+    }
+
+    /// An online device of site `s` now holds piece `p`; returns whether it is the
     /// site's first online holder.
-    fn add_holder(&mut self, d: u32, s: u32, p: u32) -> bool {
+    fn add_holder(&mut self, s: u32, p: u32) -> bool {
         let slot = (s * self.k + p) as usize;
-        let up = self.uplink[self.class[d as usize] as usize];
         self.holders[slot] += 1;
-        self.pool[slot] += up;
-        self.net.set_cap(self.now, slot as LinkId, self.pool[slot] as f64, s);
         self.holders[slot] == 1
     }
 
     fn add_holdings(&mut self, d: u32, s: u32) {
-        let mut appeared = false;
         let have = self.have[d as usize];
         for p in bits(have) {
-            appeared |= self.add_holder(d, s, p);
+            self.add_holder(s, p);
         }
+        self.update_server(d);
         if have != 0 {
-            self.site_upload[s as usize] += self.uplink[self.class[d as usize] as usize];
-            self.set_lan_cap(s);
-        }
-        if appeared {
-            self.wake_waiters(s, usize::MAX);
+            // A server is back: up to `slots` waiting peers may fetch from it.
+            self.wake_waiters(s, usize::from(self.slots));
         }
     }
 
@@ -1310,23 +1369,37 @@ impl<'a> World<'a> {
             return;
         }
         if self.mode == Mode::Central {
-            let bytes = bits(need).map(|p| self.piece_len[p as usize]).sum();
-            self.start_flow(FlowMeta { kind: FlowKind::Central, dst: d, piece: u8::MAX }, bytes);
+            // An interrupted download resumes where it stopped (an HTTP range request).
+            let total: f64 = bits(need).map(|p| self.piece_len[p as usize]).sum();
+            let bytes = (total - self.got[i]).max(0.0);
+            self.start_flow(FlowMeta { kind: FlowKind::Central, dst: d, src: NONE, piece: u8::MAX }, bytes);
             return;
         }
         let rot = (rng::draw(self.seed, u64::from(d), Purpose::PieceOrder, 0) % u64::from(self.k)) as u32;
-        // Rarest first among pieces some online site peer holds and can serve (each
-        // holder serves `upload_slots` peers at once, as swarming clients do).
-        let mut best: Option<(u32, u32, u32)> = None;
+        // Pieces a site peer with a free upload slot can serve now (each holder serves
+        // `upload_slots` peers at once, whatever pieces they ask for, as swarming
+        // clients do).
         let mut unheld = 0u64;
         for p in bits(need) {
-            let slot = (s * self.k + p) as usize;
-            let h = self.holders[slot];
-            if h == 0 {
+            if self.holders[(s * self.k + p) as usize] == 0 {
                 unheld |= 1 << p;
-                continue;
             }
-            if u64::from(self.downloading[slot]) >= u64::from(h) * u64::from(self.slots) {
+        }
+        let wanted = need & !unheld;
+        let mut servable = 0u64;
+        if wanted != 0 {
+            for &e in &self.servers[s as usize] {
+                servable |= self.have[e as usize];
+                if servable & wanted == wanted {
+                    break;
+                }
+            }
+        }
+        // Rarest first among them.
+        let mut best: Option<(u32, u32, u32)> = None;
+        for p in bits(wanted) {
+            let h = self.holders[(s * self.k + p) as usize];
+            if servable & (1 << p) == 0 {
                 continue;
             }
             let key = (h, (p + self.k - rot) % self.k, p);
@@ -1335,7 +1408,8 @@ impl<'a> World<'a> {
             }
         }
         if let Some((_, _, p)) = best {
-            let meta = FlowMeta { kind: FlowKind::Lan, dst: d, piece: p as u8 };
+            let src = self.server_of(s, p);
+            let meta = FlowMeta { kind: FlowKind::Lan, dst: d, src, piece: p as u8 };
             self.start_flow(meta, self.piece_len[p as usize]);
             return;
         }
@@ -1344,7 +1418,7 @@ impl<'a> World<'a> {
             // A piece nobody on the site holds comes from the origin; one that peers
             // hold but cannot serve yet is worth waiting for.
             if let Some(p) = first_in(unheld) {
-                let meta = FlowMeta { kind: FlowKind::Wan, dst: d, piece: p as u8 };
+                let meta = FlowMeta { kind: FlowKind::Wan, dst: d, src: NONE, piece: p as u8 };
                 self.start_flow(meta, self.piece_len[p as usize]);
                 return;
             }
@@ -1358,13 +1432,32 @@ impl<'a> World<'a> {
             && let Some(p) = first_in(absent)
         {
             let owner = self.wan_owner(s, p);
-            let meta = FlowMeta { kind: FlowKind::WanPiece, dst: owner, piece: p as u8 };
+            let meta = FlowMeta { kind: FlowKind::WanPiece, dst: owner, src: NONE, piece: p as u8 };
             self.start_flow(meta, self.piece_len[p as usize]);
         }
         if !self.in_waiters[i] {
             self.in_waiters[i] = true;
             self.waiters[s as usize].push(d);
         }
+    }
+
+    /// The server of site `s` that holds piece `p` and serves the fewest peers (the
+    /// first in the list on a tie). The caller saw one.
+    fn server_of(&self, s: u32, p: u32) -> u32 {
+        let mut best = NONE;
+        for &e in &self.servers[s as usize] {
+            if self.have[e as usize] & (1 << p) == 0 {
+                continue;
+            }
+            if best == NONE || self.uploads[e as usize] < self.uploads[best as usize] {
+                best = e;
+                if self.uploads[e as usize] == 0 {
+                    break;
+                }
+            }
+        }
+        debug_assert_ne!(best, NONE, "a server of the piece was seen");
+        best
     }
 
     fn wan_owner(&self, s: u32, p: u32) -> u32 {
@@ -1379,18 +1472,69 @@ impl<'a> World<'a> {
         range.into_iter().find(|&e| self.ids[e as usize] == owner).expect("the owner is a site member")
     }
 
+    /// A flow's group, path and ceiling. A receiver's downlink is its flow's ceiling
+    /// while it receives one flow; with more, they share it as a link when all of them
+    /// are in one group, or else each gets an equal share of it as its ceiling (the
+    /// origin couples the WAN flows of every site, and a p2p-dedup owner also fetches on
+    /// its LAN: splitting keeps the sum at the downlink without merging every site into
+    /// one group).
+    fn route(&self, kind: FlowKind, dst: u32, src: u32) -> (u32, Path, f64) {
+        let s = self.site[dst as usize];
+        let (down, cap) = self.receiver_bound(dst);
+        match kind {
+            FlowKind::Lan => (s, [self.up_link(src), self.lan_link(s), down], cap),
+            _ => {
+                let group = if self.merged { s } else { self.sites };
+                (group, [self.wan_link(s), self.origin_link(), down], cap)
+            }
+        }
+    }
+
+    /// The downlink as a link (or none) and the ceiling of each of `dst`'s flows.
+    fn receiver_bound(&self, dst: u32) -> (LinkId, f64) {
+        let i = dst as usize;
+        let downlink = self.downlink[self.class[i] as usize];
+        let rx = self.receiving[i].max(1);
+        match (rx, self.merged) {
+            (1, _) => (NO_LINK, downlink),
+            (_, true) => (self.down_link(dst), downlink),
+            (_, false) => (NO_LINK, downlink / f64::from(rx)),
+        }
+    }
+
+    /// After the number of flows `dst` receives changed: share its downlink among them
+    /// anew (only a p2p-dedup owner receives more than one).
+    fn retune(&mut self, dst: u32) {
+        if self.mode != Mode::P2pDedup {
+            return;
+        }
+        let (down, cap) = self.receiver_bound(dst);
+        let i = dst as usize;
+        let s = self.site[i];
+        // Its LAN or origin download and the WAN pieces it owns: at most 1 + 64 flows.
+        let mut mine = [NONE; 65];
+        let mut count = 0;
+        let own = (0..self.k).map(|p| self.wan_flow[(s * self.k + p) as usize]);
+        for f in std::iter::once(self.download[i]).chain(own) {
+            if f != NONE && self.flow_meta[f as usize].dst == dst {
+                mine[count] = f;
+                count += 1;
+            }
+        }
+        for &f in &mine[..count] {
+            let m = self.flow_meta[f as usize];
+            let (_, mut path, _) = self.route(m.kind, dst, m.src);
+            path[2] = down;
+            self.net.set_path(self.now, f, path);
+            self.net.set_flow_cap(self.now, f, cap);
+        }
+    }
+
     fn start_flow(&mut self, meta: FlowMeta, bytes: f64) {
         let s = self.site[meta.dst as usize];
-        let dst_class = &self.sc.classes[self.class[meta.dst as usize] as usize];
-        let cap = dst_class.downlink_mbps * 1e6 / 8.0;
-        let (group, path) = match meta.kind {
-            FlowKind::Lan => (s, [s * self.k + u32::from(meta.piece), self.sites * self.k + s]),
-            _ => {
-                let base = self.sites * self.k + self.sites;
-                (self.wan_group(s), [base + s, base + self.sites])
-            }
-        };
-        let id = self.net.start(self.now, group, path, cap, bytes);
+        self.receiving[meta.dst as usize] += 1;
+        let (group, path, cap) = self.route(meta.kind, meta.dst, meta.src);
+        let id = self.net.start(self.now, group, path, cap, bytes, meta.kind != FlowKind::Lan);
         if self.flow_meta.len() <= id as usize {
             self.flow_meta.resize(id as usize + 1, meta);
         }
@@ -1405,14 +1549,14 @@ impl<'a> World<'a> {
             }
             FlowKind::Lan => {
                 self.download[meta.dst as usize] = id;
-                self.downloading[(s * self.k + u32::from(meta.piece)) as usize] += 1;
+                self.uploads[meta.src as usize] += 1;
+                self.update_server(meta.src);
             }
             FlowKind::Central | FlowKind::Wan => self.download[meta.dst as usize] = id,
         }
-    }
-
-    fn wan_group(&self, s: u32) -> u32 {
-        if self.sc.network.origin_egress_mbps > 0.0 { self.sites } else { self.sites + s }
+        if self.receiving[meta.dst as usize] > 1 {
+            self.retune(meta.dst);
+        }
     }
 
     /// Bookkeeping common to a completed and an aborted flow.
@@ -1424,7 +1568,8 @@ impl<'a> World<'a> {
             FlowKind::Lan => {
                 self.lan_bytes += bytes;
                 self.download[meta.dst as usize] = NONE;
-                self.downloading[(s * self.k + u32::from(meta.piece)) as usize] -= 1;
+                self.uploads[meta.src as usize] -= 1;
+                self.update_server(meta.src);
             }
             FlowKind::WanPiece => {
                 self.wan_bytes += bytes;
@@ -1437,15 +1582,22 @@ impl<'a> World<'a> {
                 self.download[meta.dst as usize] = NONE;
             }
         }
+        self.receiving[meta.dst as usize] -= 1;
+        if self.receiving[meta.dst as usize] > 0 {
+            self.retune(meta.dst);
+        }
         meta
     }
 
     fn abort_flow(&mut self, id: FlowId) {
         let bytes = self.net.stop(self.now, id);
         let meta = self.release_flow(id, bytes);
-        if matches!(meta.kind, FlowKind::WanPiece | FlowKind::Lan) {
+        match meta.kind {
+            // The origin serves ranges: the bytes it got are kept.
+            FlowKind::Central => self.got[meta.dst as usize] += bytes,
             // Someone else must bring this piece now, or a serving slot is free.
-            self.wake_waiters(self.site[meta.dst as usize], 1);
+            FlowKind::WanPiece | FlowKind::Lan => self.wake_waiters(self.site[meta.dst as usize], 1),
+            FlowKind::Wan => {}
         }
     }
 
@@ -1456,15 +1608,15 @@ impl<'a> World<'a> {
         let s = self.site[i];
         if meta.kind == FlowKind::Central {
             self.have[i] |= self.need_mask;
+            self.got[i] = 0.0;
         } else {
             let bit = 1u64 << meta.piece;
             if self.have[i] & bit == 0 {
-                if self.have[i] == 0 {
-                    self.site_upload[s as usize] += self.uplink[self.class[i] as usize];
-                    self.set_lan_cap(s);
-                }
                 self.have[i] |= bit;
-                let _first = self.add_holder(d, s, u32::from(meta.piece));
+                if self.online[i] {
+                    self.add_holder(s, u32::from(meta.piece));
+                    self.update_server(d);
+                }
                 // A new holder serves `slots` more peers; a LAN transfer also freed its
                 // slot, a WAN one a WAN fetch.
                 self.wake_waiters(s, usize::from(self.slots) + 1);
@@ -1533,6 +1685,13 @@ impl<'a> World<'a> {
                 first_wave += 1;
             }
         }
+        // Transfers cut by the end of the run count what they moved.
+        let mut in_flight = [0.0; 2];
+        for (f, meta) in self.flow_meta.iter().enumerate() {
+            if self.net.is_live(f as FlowId) {
+                in_flight[usize::from(meta.kind == FlowKind::Lan)] += self.net.moved(self.now, f as FlowId);
+            }
+        }
         let wave_starts_s = if self.policy.skip_waves.contains(&self.release.kind) {
             Vec::new()
         } else {
@@ -1551,8 +1710,9 @@ impl<'a> World<'a> {
             failed,
             rolled_back,
             never_started,
-            wan_bytes: self.wan_bytes,
-            lan_bytes: self.lan_bytes,
+            wan_bytes: self.wan_bytes + in_flight[0],
+            lan_bytes: self.lan_bytes + in_flight[1],
+            commit_s: self.commit_times.iter().map(|&t| t as f64 / 1e6).collect(),
             origin_peak: self.origin_peak,
             halted_at_s: self.halted_at.map(|t| t as f64 / 1e6),
             revoked_at_s: self.revoked_at.map(|t| t as f64 / 1e6),

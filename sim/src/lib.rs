@@ -3,7 +3,8 @@
 //! It drives the same [`otamesh_core`] device machine
 //! ([`Device`](otamesh_core::device::Device)) that the real node runs, so what
 //! it says about a rollout strategy is said about the code devices run. The network is
-//! flow-level with max-min fair sharing ([`net`]); the fleet is struct-of-arrays
+//! flow-level with max-min fair sharing ([`net`]); announcements spread by random push
+//! gossip ([`gossip`]); the fleet is struct-of-arrays
 //! ([`engine`]); scenarios are TOML ([`scenario`]); outputs are JSON, CSV and plots
 //! ([`report`], [`plot`]); [`sweep`] runs many seeds and parameter grids in parallel
 //! and summarises them ([`stats`]); [`trace`] records what chosen devices were fed and
@@ -14,6 +15,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod gossip;
 pub mod net;
 pub mod plot;
 pub mod queue;

@@ -36,6 +36,8 @@ pub enum Purpose {
     PieceOrder,
     /// Device identities.
     Identity,
+    /// Which WAN a site has (`network.site_wan_mix`).
+    SiteWan,
 }
 
 /// The splitmix64 finalizer: a bijective, well-mixed map of u64.

@@ -190,8 +190,12 @@ pub struct Network {
     pub mode: Mode,
     /// Origin egress, Mbit/s; 0 means unlimited (a CDN).
     pub origin_egress_mbps: f64,
-    /// Each site's WAN downlink, Mbit/s.
+    /// Each site's WAN downlink, Mbit/s (unless `site_wan_mix` draws another).
     pub site_wan_mbps: f64,
+    /// Sites with other WAN links: each site draws one entry by `share` (percent of
+    /// sites); the sites left over by shares below 100 keep `site_wan_mbps`.
+    #[serde(default)]
+    pub site_wan_mix: Vec<SiteWan>,
     /// Each site's LAN capacity, Mbit/s.
     pub site_lan_mbps: f64,
     /// Delay before each transfer starts (a request round trip), milliseconds.
@@ -207,6 +211,31 @@ pub struct Network {
 
 fn four() -> u32 {
     4
+}
+
+/// One entry of `network.site_wan_mix`: this share of sites has this WAN.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteWan {
+    /// Percent of sites.
+    pub share: f64,
+    /// Their WAN downlink, Mbit/s.
+    pub mbps: f64,
+}
+
+impl Network {
+    /// The WAN of a site that drew `u`, uniform in [0, 1), by the shares of
+    /// `site_wan_mix`.
+    pub fn site_wan_at(&self, u: f64) -> f64 {
+        let mut acc = 0.0;
+        for w in &self.site_wan_mix {
+            acc += w.share / 100.0;
+            if u < acc {
+                return w.mbps;
+            }
+        }
+        self.site_wan_mbps
+    }
 }
 
 /// Where devices get their bytes.
@@ -248,11 +277,21 @@ pub struct Announce {
     /// Polling: each device polls the origin at this interval, seconds.
     #[serde(default = "hour")]
     pub poll_interval_s: f64,
+    /// Gossip: the first device of a site to hear tells its whole site on the LAN,
+    /// one round later.
+    #[serde(default)]
+    pub site_relay: bool,
 }
 
 impl Default for Announce {
     fn default() -> Self {
-        Self { mode: AnnounceMode::Gossip, hop_delay_s: 1.0, fanout: 4, poll_interval_s: 3600.0 }
+        Self {
+            mode: AnnounceMode::Gossip,
+            hop_delay_s: 1.0,
+            fanout: 4,
+            poll_interval_s: 3600.0,
+            site_relay: false,
+        }
     }
 }
 
@@ -485,6 +524,18 @@ impl Scenario {
         let n = &self.network;
         non_negative("network.origin_egress_mbps", n.origin_egress_mbps)?;
         positive("network.site_wan_mbps", n.site_wan_mbps)?;
+        let mut shares = 0.0;
+        for (i, w) in n.site_wan_mix.iter().enumerate() {
+            positive(&format!("network.site_wan_mix[{i}].share"), w.share)?;
+            positive(&format!("network.site_wan_mix[{i}].mbps"), w.mbps)?;
+            shares += w.share;
+        }
+        if shares > 100.0 + 1e-6 {
+            return bad(
+                "network.site_wan_mix",
+                &format!("shares add up to {shares}% of sites: they must add up to 100 at most"),
+            );
+        }
         positive("network.site_lan_mbps", n.site_lan_mbps)?;
         time("network.latency_ms", n.latency_ms / 1000.0)?;
         if n.wan_parallel == 0 {
@@ -654,6 +705,10 @@ site_lan_mbps = 1000
             ("network.site_wan_mbps=-1", "network.site_wan_mbps", "positive"),
             // Class shares that do not add up.
             ("class.0.share=60", "class.share", "100"),
+            // More than every site.
+            ("network.site_wan_mix=[{share=60, mbps=2}, {share=50, mbps=5}]", "network.site_wan_mix", "100"),
+            // A site WAN of nothing.
+            ("network.site_wan_mix=[{share=10, mbps=0}]", "network.site_wan_mix[0].mbps", "positive"),
             // Waves out of order.
             (
                 "rollout.waves=[{percent=10, after_s=600}, {percent=100, after_s=60}]",
