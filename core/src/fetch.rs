@@ -865,7 +865,9 @@ impl Planner {
                 if peer_capacity {
                     lan.push((self.holders[slot], slot));
                 }
-            } else if origin_room > 0 && !self.claimed.contains_key(&slot) && self.origin_at(slot, since) <= now
+            } else if origin_room > 0
+                && !self.claimed.contains_key(&slot)
+                && self.origin_at(slot, since) <= now
             {
                 wan.push((self.rank[slot], std::cmp::Reverse(self.my_weight[slot]), slot));
             }
@@ -1465,7 +1467,13 @@ mod tests {
 
     impl Site {
         /// `starts[i]` is when member `i` starts fetching, after T0.
-        fn new(chunks: u32, behaviours: &[Behaviour], starts: &[Millis], seed: u64, config: PlannerConfig) -> Self {
+        fn new(
+            chunks: u32,
+            behaviours: &[Behaviour],
+            starts: &[Millis],
+            seed: u64,
+            config: PlannerConfig,
+        ) -> Self {
             let mut site = Site {
                 now: T0,
                 chunks: ids(chunks),
@@ -1520,8 +1528,7 @@ mod tests {
         fn run(mut self, limit: Millis) -> SiteRun {
             while !self.honest_done() {
                 let next_event = self.events.keys().next().map(|k| k.0);
-                let next_timer =
-                    self.members.iter().filter_map(|m| m.planner.as_ref()?.poll_timeout()).min();
+                let next_timer = self.members.iter().filter_map(|m| m.planner.as_ref()?.poll_timeout()).min();
                 let Some(t) = [next_event, next_timer].into_iter().flatten().min() else {
                     panic!("site stuck at {} with nothing pending", self.now - T0);
                 };
@@ -1541,7 +1548,8 @@ mod tests {
                     }
                 }
             }
-            self.run.duration = self.members.iter().filter_map(|m| m.completed).max().unwrap_or(T0) - self.started;
+            self.run.duration =
+                self.members.iter().filter_map(|m| m.completed).max().unwrap_or(T0) - self.started;
             self.run
         }
 
@@ -1550,7 +1558,13 @@ mod tests {
             match event {
                 Event::Start(i) => {
                     if matches!(self.members[i].behaviour, Behaviour::Honest | Behaviour::Corrupt) {
-                        let p = Planner::new(self.members[i].id, self.chunks.clone(), |_| false, now, self.config.clone());
+                        let p = Planner::new(
+                            self.members[i].id,
+                            self.chunks.clone(),
+                            |_| false,
+                            now,
+                            self.config.clone(),
+                        );
                         self.members[i].planner = Some(p);
                         self.drain(i);
                     }
@@ -1619,7 +1633,8 @@ mod tests {
                             Behaviour::Corrupt => Outcome::Bad,
                             Behaviour::Honest => {
                                 let has = self.members[j].planner.as_ref().is_some_and(|q| {
-                                    let index = self.chunks.iter().position(|c| *c == chunk).expect("a chunk");
+                                    let index =
+                                        self.chunks.iter().position(|c| *c == chunk).expect("a chunk");
                                     q.bitfield()[index / 8] & (1 << (index % 8)) != 0
                                 });
                                 if has { Outcome::Verified } else { Outcome::Failed }
@@ -1632,7 +1647,15 @@ mod tests {
                         self.run.origin_fetches += 1;
                         *self.run.origin_by.entry(me).or_default() += 1;
                         let at = self.now + self.origin_ms.0 + self.rand(self.origin_ms.1);
-                        self.push(at, Event::Answer { to: i, source: Source::Origin, chunk, outcome: Outcome::Verified });
+                        self.push(
+                            at,
+                            Event::Answer {
+                                to: i,
+                                source: Source::Origin,
+                                chunk,
+                                outcome: Outcome::Verified,
+                            },
+                        );
                     }
                     Output::Stalled { peer, reason, .. } => self.run.stalls.push((me, peer, reason)),
                     Output::Banned { peer, reason } => self.run.bans.push((me, peer, reason)),
@@ -1744,8 +1767,9 @@ mod tests {
     #[test]
     fn a_liar_answering_not_found_is_backed_off_then_banned_for_the_release() {
         let config = PlannerConfig { strike_backoff: 500, ..PlannerConfig::default() };
-        let run = Site::new(RELEASE_CHUNKS, &with_one(3, Behaviour::RefusingLiar), &[0; 4], 2, config.clone())
-            .run(600_000);
+        let run =
+            Site::new(RELEASE_CHUNKS, &with_one(3, Behaviour::RefusingLiar), &[0; 4], 2, config.clone())
+                .run(600_000);
         let liar = DeviceId::of_public_key(&[4; 32]);
         for reporter in (1..=3u8).map(|i| DeviceId::of_public_key(&[i; 32])) {
             let strikes = run.stalls.iter().filter(|s| **s == (reporter, liar, Stall::Refused)).count();
@@ -1760,8 +1784,8 @@ mod tests {
     #[test]
     fn a_member_that_holds_nothing_delays_its_chunks_by_one_owner_timeout_and_costs_no_wan() {
         let config = PlannerConfig::default();
-        let run =
-            Site::new(RELEASE_CHUNKS, &with_one(3, Behaviour::Empty), &[0; 4], 3, config.clone()).run(600_000);
+        let run = Site::new(RELEASE_CHUNKS, &with_one(3, Behaviour::Empty), &[0; 4], 3, config.clone())
+            .run(600_000);
         let empty = DeviceId::of_public_key(&[4; 32]);
         eprintln!("empty member: {} ms", run.duration);
         // Its chunks go to the member ranked second for each, one owner timeout after
