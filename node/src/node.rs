@@ -608,11 +608,11 @@ impl Node {
         let (entry, changed) = self.site.heard(device, peer, now, msg.installing);
         let connected = self.connected.contains(&peer);
         let mut unknown = Vec::new();
-        for Have { release, bits } in &msg.haves {
+        for Have { release, bits, fetching } in &msg.haves {
             match self.releases.get_mut(release) {
                 // Only directly connected peers can be asked for chunks.
                 Some(r) if connected => {
-                    if let Err(e) = r.planner.handle_peer_have(now, device, bits) {
+                    if let Err(e) = r.planner.handle_peer_have(now, device, bits, fetching) {
                         tracing::debug!(%peer, error = %e, "ignored a have-bitfield");
                         continue;
                     }
@@ -666,8 +666,15 @@ impl Node {
     }
 
     fn publish_have(&mut self) {
-        let haves =
-            self.releases.iter().map(|(id, r)| Have { release: *id, bits: r.planner.bitfield() }).collect();
+        let haves = self
+            .releases
+            .iter()
+            .map(|(id, r)| Have {
+                release: *id,
+                bits: r.planner.bitfield(),
+                fetching: r.planner.fetching_bitfield(),
+            })
+            .collect();
         let installing = self.device.holds_site_slot();
         let msg = SiteMessage { sent_at: now_ms(), class: self.config.class.clone(), haves, installing };
         let topic = self.site_topic.clone();
@@ -839,10 +846,21 @@ impl Node {
                         self.request_chunks(peer, full);
                     }
                 }
-                Output::FetchFromOrigin { chunk } => self.fetch_from_origin(release, chunk),
-                Output::Ban { peer } => {
+                Output::FetchFromOrigin { chunk } => {
+                    // The site learns of the claim with the next have-set.
+                    self.have_dirty = true;
+                    self.fetch_from_origin(release, chunk)
+                }
+                Output::Stalled { peer, chunks, reason } => {
+                    let first: Vec<String> = chunks.iter().take(4).map(|c| c.to_string()).collect();
+                    tracing::warn!(
+                        %release, %peer, reason = reason.label(), chunks = chunks.len(), first = ?first,
+                        "site peer did not deliver what it claimed; its chunks are fetched elsewhere"
+                    );
+                }
+                Output::Banned { peer, reason } => {
                     self.metrics.bans.inc();
-                    tracing::warn!(%release, %peer, "peer served a bad chunk: banned for this release");
+                    tracing::warn!(%release, %peer, reason = reason.label(), "site peer banned for this release");
                 }
                 Output::Complete => self.on_complete(release),
             }

@@ -70,13 +70,17 @@ pub struct SiteMessage {
     pub installing: bool,
 }
 
-/// Which chunks of a release the sender holds.
+/// Which chunks of a release the sender holds, and which it is fetching from the origin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Have {
     /// The release.
     pub release: ReleaseId,
     /// Bit `i` of byte `i / 8` (least significant first) is manifest chunk `i`.
     pub bits: Vec<u8>,
+    /// The chunks the sender is downloading from the origin now, in the same layout
+    /// (empty for none): other members leave them to it. A claim, not a fact: the
+    /// planner honours a few per peer, for a bounded time.
+    pub fetching: Vec<u8>,
 }
 
 /// What a request asks for.
@@ -298,7 +302,11 @@ mod tests {
         let m = SiteMessage {
             sent_at: 5,
             class: "gw".into(),
-            haves: vec![Have { release: ReleaseId::from_bytes([1; 32]), bits: vec![0b101] }],
+            haves: vec![Have {
+                release: ReleaseId::from_bytes([1; 32]),
+                bits: vec![0b101],
+                fetching: vec![0b010],
+            }],
             installing: true,
         };
         assert_eq!(codec::decode::<SiteMessage>(&codec::encode(&m)).unwrap(), m);
