@@ -10,6 +10,8 @@
 //! outputs. A driver that filtered, reordered or decided an input by itself, or
 //! recovered differently after a crash, shows up as a difference.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -26,6 +28,8 @@ use otamesh_node::store::Store;
 use otamesh_sim::Scenario;
 use otamesh_sim::engine::run_traced;
 use otamesh_sim::trace::{Input, Trace, TraceSetup};
+
+use common::noise;
 
 /// The simulator's virtual time zero (a midnight UTC): the releases' `created_at`.
 const T0: Millis = 1_700_006_400_000;
@@ -73,18 +77,6 @@ fn device_key(d: u32) -> SecretKey {
 
 fn device_id(d: u32) -> DeviceId {
     DeviceId::of_public_key(&device_key(d).public().to_bytes())
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A real release of `data`, signed by [`publisher`], for class `gw`.
