@@ -507,7 +507,7 @@ impl Device {
             let started_install =
                 !matches!(c.machine.state(), State::Idle | State::Waiting | State::Fetching | State::Staged);
             let newer = heard.release(c.release).is_none_or(|cur| r.sequence > cur.sequence);
-            let ordered = heard.directives().is_revoke_target(release);
+            let ordered = self.ordered(heard, release);
             if started_install || !(newer || ordered) {
                 // It waits: picked up when the release in progress ends.
                 return;
@@ -635,6 +635,14 @@ impl Device {
         }
     }
 
+    /// Whether a revoke orders this device to `release`: the device runs a release whose
+    /// revoke names `release` as the one to go back to. Only then is `release` taken up
+    /// below the anti-rollback floor and past its waves; a device that has moved on to a
+    /// newer release since the revoke is not sent back by it.
+    fn ordered(&self, heard: &Heard, release: ReleaseId) -> bool {
+        self.slots.active.is_some_and(|a| heard.standing(a.release).revoked_to == Some(release))
+    }
+
     fn memory_mut(&mut self) -> &mut Memory {
         self.memory.get_or_insert_with(Box::default)
     }
@@ -653,7 +661,7 @@ impl Device {
     /// to go back to may have a lower sequence than the installed one.
     fn admit(&self, now: Millis, heard: &Heard, r: &Release) -> Result<(), Refusal> {
         let id = r.id();
-        let ordered = heard.directives().is_revoke_target(id);
+        let ordered = self.ordered(heard, id);
         if heard.standing(id).revoked_to.is_some() {
             return Err(Refusal::Revoked);
         }
@@ -697,6 +705,7 @@ impl Device {
 
     /// Feeds the release in progress with the context its decisions need, then drains.
     fn step(&mut self, now: Millis, heard: &Heard, f: impl FnOnce(&mut Lifecycle, Context<'_>)) {
+        let ordered = self.current.as_ref().is_some_and(|c| self.ordered(heard, c.release));
         let Some(c) = &mut self.current else { return };
         let Some(r) = heard.release(c.release) else { return };
         let ctx = Context {
@@ -704,7 +713,7 @@ impl Device {
             policy: &r.policy,
             tally: heard.tally(c.release),
             site_installing: self.site_others,
-            ordered: heard.directives().is_revoke_target(c.release),
+            ordered,
             expires_at: r.expires_at,
         };
         f(&mut c.machine, ctx);
@@ -957,6 +966,36 @@ mod tests {
         // v1 is not taken up again.
         d.handle_release(T0, &heard, v1.id());
         assert!(!drain(&mut d).iter().any(|o| matches!(o, Output::Fetch(_) | Output::Install(_))));
+    }
+
+    #[test]
+    fn a_revoke_target_is_not_taken_up_again_once_the_device_moved_past_it() {
+        let (v1, v2, v3) = (release(1, 1), release(2, 2), release(3, 3));
+        let mut heard = heard_with(&[v1.clone()]);
+        let mut d = device();
+        d.handle_release(T0, &heard, v1.id());
+        settle(&mut d, &heard, T0, Ok(()));
+        heard.add_release(v2.clone()).unwrap();
+        d.handle_release(T0, &heard, v2.id());
+        settle(&mut d, &heard, T0, Ok(()));
+        let revoke = directive(v2.id(), Order::Revoke { to: v1.id() }, 1);
+        heard.apply_directive(&revoke).unwrap();
+        d.handle_directive(T0, &heard, &revoke);
+        settle(&mut d, &heard, T0, Ok(()));
+        assert_eq!(d.slots().active.map(|a| a.release), Some(v1.id()));
+        // A newer release goes in; the old revoke's target must not follow it.
+        heard.add_release(v3.clone()).unwrap();
+        d.handle_release(T0, &heard, v3.id());
+        let seen = settle(&mut d, &heard, T0, Ok(()));
+        assert_eq!(d.slots().active.map(|a| a.release), Some(v3.id()));
+        assert!(!seen.contains(&Output::Install(v1.id())), "v1 was not installed over v3: {seen:?}");
+        // A revoke of v3 back to v1 rolls back to the other slot.
+        let revoke = directive(v3.id(), Order::Revoke { to: v1.id() }, 1);
+        heard.apply_directive(&revoke).unwrap();
+        d.handle_directive(T0, &heard, &revoke);
+        let seen = settle(&mut d, &heard, T0, Ok(()));
+        assert!(seen.contains(&Output::Rollback(v3.id())));
+        assert_eq!(d.slots().active.map(|a| a.release), Some(v1.id()));
     }
 
     #[test]
