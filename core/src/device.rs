@@ -971,7 +971,7 @@ mod tests {
     #[test]
     fn a_revoke_target_is_not_taken_up_again_once_the_device_moved_past_it() {
         let (v1, v2, v3) = (release(1, 1), release(2, 2), release(3, 3));
-        let mut heard = heard_with(&[v1.clone()]);
+        let mut heard = heard_with(std::slice::from_ref(&v1));
         let mut d = device();
         d.handle_release(T0, &heard, v1.id());
         settle(&mut d, &heard, T0, Ok(()));
