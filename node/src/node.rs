@@ -1240,18 +1240,19 @@ async fn ingest(store: Store, source: Source, chunks: Vec<(ChunkId, Vec<u8>)>) -
     let ids: Vec<ChunkId> = chunks.iter().map(|(c, _)| *c).collect();
     let work = tokio::task::spawn_blocking(move || {
         let mut batch = Ingested::new(source);
+        let mut verified = Vec::with_capacity(chunks.len());
         for (chunk, bytes) in chunks {
-            let len = bytes.len();
-            let Ok(verified) = VerifiedChunk::new(chunk, bytes) else {
-                batch.bad.push(chunk);
-                continue;
-            };
-            match store.put_chunk(&verified) {
-                Ok(_) => batch.stored.push((chunk, len)),
-                Err(e) => {
-                    tracing::error!(%chunk, error = %e, "cannot store a verified chunk (disk full?)");
-                    batch.failed.push((chunk, e.to_string()));
-                }
+            match VerifiedChunk::new(chunk, bytes) {
+                Ok(v) => verified.push(v),
+                Err(_) => batch.bad.push(chunk),
+            }
+        }
+        // One flush for the batch; none of it counts as stored before that returns.
+        match store.put_chunks(&verified) {
+            Ok(_) => batch.stored = verified.iter().map(|v| (v.id(), v.bytes().len())).collect(),
+            Err(e) => {
+                tracing::error!(chunks = verified.len(), error = %e, "cannot store verified chunks (disk full?)");
+                batch.failed = verified.iter().map(|v| (v.id(), e.to_string())).collect();
             }
         }
         batch
