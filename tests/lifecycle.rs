@@ -509,3 +509,49 @@ fn a_deleted_state_db_does_not_reset_the_anti_rollback_floor() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("history before row 1 was lost") && text.contains("missing"), "{text}");
 }
+
+/// A release published with `--expires-in 20s` whose only wave opens after 40 s is never
+/// fetched nor installed: the device re-checks expiry when its wave comes.
+#[test]
+fn a_release_that_expires_before_its_wave_opens_is_never_fetched_nor_installed() {
+    let World { dir, key: _, trust, store, origin } = World::new();
+    let d = dir.path();
+    std::fs::write(d.join("fw.bin"), noise(61, 200_000)).unwrap();
+    std::fs::write(d.join("rollout.toml"), "[[waves]]\npercent = 100\nafter_s = 40\n").unwrap();
+    let args = vec!["--origin".to_string(), origin.url.clone()];
+    let node = Node::start(d, "n", "s", &trust, &args);
+    let key = trust.with_extension("key");
+    let (code, out, err) = otamesh(&[
+        "publish",
+        "--key",
+        key.to_str().unwrap(),
+        "--artifact",
+        d.join("fw.bin").to_str().unwrap(),
+        "--class",
+        "gw",
+        "--version",
+        "1.0",
+        "--sequence",
+        "1",
+        "--kind",
+        "firmware",
+        "--rollout",
+        d.join("rollout.toml").to_str().unwrap(),
+        "--expires-in",
+        "20s",
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let release: ReleaseId = out.split_whitespace().next().unwrap().parse().unwrap();
+    wait_for(Duration::from_secs(20), "the node hears of the release", || release_entry(&node, release).is_some());
+    // Past the wave's opening (40 s after publication) and the expiry (20 s).
+    wait_for(Duration::from_secs(60), "the device gives the expired release up", || {
+        node.status().is_some_and(|s| s["state"] == "rolled_back" && s["reason"] == "expired")
+    });
+    let entry = release_entry(&node, release).unwrap();
+    assert_eq!(entry["chunks_have"], 0, "never fetched: {entry}");
+    assert!(node.status().unwrap()["active"].is_null(), "never installed");
+    assert!(!audit_has(&node, "transition", release, "fetching"), "never fetched");
+    assert!(!audit_has(&node, "transition", release, "installing"), "never installed");
+}
