@@ -544,7 +544,9 @@ fn a_release_that_expires_before_its_wave_opens_is_never_fetched_nor_installed()
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let release: ReleaseId = out.split_whitespace().next().unwrap().parse().unwrap();
-    wait_for(Duration::from_secs(20), "the node hears of the release", || release_entry(&node, release).is_some());
+    wait_for(Duration::from_secs(20), "the node hears of the release", || {
+        release_entry(&node, release).is_some()
+    });
     // Past the wave's opening (40 s after publication) and the expiry (20 s).
     wait_for(Duration::from_secs(60), "the device gives the expired release up", || {
         node.status().is_some_and(|s| s["state"] == "rolled_back" && s["reason"] == "expired")
@@ -554,4 +556,70 @@ fn a_release_that_expires_before_its_wave_opens_is_never_fetched_nor_installed()
     assert!(node.status().unwrap()["active"].is_null(), "never installed");
     assert!(!audit_has(&node, "transition", release, "fetching"), "never fetched");
     assert!(!audit_has(&node, "transition", release, "installing"), "never installed");
+}
+
+/// A data directory on a small filesystem, unmounted (lazily) when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes` at `dir`; `None` where that is not allowed (not root).
+    fn mount(dir: &Path, bytes: u64) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_path_buf()))
+    }
+
+    fn free(&self) -> u64 {
+        let out =
+            std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(&self.0).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The data directory fills up while the release is being installed: the install is
+/// deferred, not failed (nothing reported, the release not refused later), and once
+/// space is freed the release installs. Needs root (a small tmpfs); skipped elsewhere.
+#[test]
+fn an_install_that_finds_the_disk_full_is_retried_once_space_returns() {
+    let World { dir, key, trust, store, origin } = World::new();
+    let d = dir.path();
+    let Some(disk) = SmallDisk::mount(&d.join("n"), 8 << 20) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let args = vec!["--origin".to_string(), origin.url.clone()];
+    let mut node = Node::start(d, "n", "s", &trust, &args);
+    let payload = noise(71, 1_500_000);
+    // Room for the chunks in the store, not for the assembled payload beside them.
+    let filler = d.join("n/filler");
+    let keep = payload.len() as u64 + payload.len() as u64 / 2;
+    std::fs::write(&filler, vec![0u8; disk.free().saturating_sub(keep) as usize]).unwrap();
+    let (release, _) = publish(&store, &key, &payload, "gw", 1);
+    wait_for(Duration::from_secs(40), "the install deferred for lack of space", || {
+        audit_has(&node, "deferred", release, "install deferred")
+    });
+    assert_eq!(active_seq(&node), None, "nothing installed yet");
+    assert!(!audit_has(&node, "transition", release, "rolled_back"), "the release was not failed");
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(Duration::from_secs(60), "the release installs once space is back", || {
+        active_seq(&node) == Some(1)
+    });
+    let chunks_from_origin = node.metric("otamesh_chunk_bytes_total{source=\"wan\"}");
+    node.kill9();
+    assert!(
+        chunks_from_origin > 0.0 && chunks_from_origin <= payload.len() as f64,
+        "the chunks came once from the origin and were not fetched again: {chunks_from_origin} bytes"
+    );
+    drop(node);
+    drop(disk);
 }
