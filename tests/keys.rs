@@ -134,3 +134,51 @@ fn a_running_node_adopts_root_v2_and_trusts_only_its_keys_after() {
     drop(node);
     drop(origin);
 }
+
+/// Roots travel on gossip too: a node with no origin, connected only to a node that
+/// has one, adopts root v2 from its peer (which passes it on once it adopted it).
+#[test]
+fn a_node_without_an_origin_adopts_the_next_root_from_its_peers() {
+    let dir = TestDir::new();
+    let d = dir.path();
+    let v1 = root(1, &[1, 2, 3], &[1, 2]);
+    let trust = d.join("v1.root");
+    std::fs::write(&trust, v1.to_bytes()).unwrap();
+    let store = d.join("origin");
+    Store::create(&store).unwrap();
+    let origin = serve(&store, None);
+    for (k, n) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
+        otamesh_node::keys::write_keypair(&d.join(k), &key(n)).unwrap();
+    }
+    for name in ["near", "far"] {
+        // Co-signed by B and C, who stay in root 2.
+        let (code, out, err) = otamesh(&[
+            "enroll",
+            "--key",
+            d.join("b.key").to_str().unwrap(),
+            "--key",
+            d.join("c.key").to_str().unwrap(),
+            "--data",
+            d.join(name).to_str().unwrap(),
+            "--site",
+            "s",
+            "--class",
+            "gw",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let near = Node::start(d, "near", "s", &trust, &["--origin".into(), origin.url.clone()]);
+    let far = Node::start(d, "far", "s", &trust, &["--peer".into(), near.addr()]);
+    wait_for(Duration::from_secs(20), "both on root 1", || {
+        near.metric("otamesh_root_version") == 1.0 && far.metric("otamesh_root_version") == 1.0
+    });
+    let v2 = VerifiedRoot::anchor(v1.clone())
+        .unwrap()
+        .next(root(2, &[2, 3, 4], &[2, 3, 4]), otamesh_node::clock::now_ms())
+        .unwrap();
+    Store::create(&store).unwrap().put_root(&v2).unwrap();
+    wait_for(Duration::from_secs(30), "the node without an origin adopts root 2 from its peer", || {
+        far.metric("otamesh_root_version") == 2.0
+    });
+    assert!(d.join("far/roots/2.root").is_file(), "the adopted root is saved");
+}

@@ -48,8 +48,8 @@ use crate::origin::{Origin, OriginError};
 use crate::site::Site;
 use crate::store::Store;
 use crate::wire::{
-    self, CHUNK_PROTOCOL, ChunkCodec, DIRECTIVES_TOPIC, Have, Item, RELEASES_TOPIC, REPORTS_TOPIC, Request,
-    Response, SiteMessage, Want,
+    self, CHUNK_PROTOCOL, ChunkCodec, DIRECTIVES_TOPIC, Have, Item, RELEASES_TOPIC, REPORTS_TOPIC,
+    ROOTS_TOPIC, Request, Response, SiteMessage, Want,
 };
 
 /// How often a node gossips its have-bitfields even when nothing changed.
@@ -66,6 +66,8 @@ const REDIAL: Duration = Duration::from_secs(3);
 const INTERNAL_QUEUE: usize = 1024;
 /// How long a release announcement is retried while nobody is subscribed.
 const ANNOUNCE_RETRY_FOR: Millis = 120_000;
+/// Roots heard from peers waiting for the task that follows the chain, at most.
+const ROOTS_HEARD_QUEUE: usize = 16;
 /// Capacity of the channel from the loop to the disk worker (more wait in the device).
 const DISK_QUEUE: usize = 64;
 
@@ -184,10 +186,10 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         Some(url) => Some(Origin::new(url, config.wan_rate, metrics.clone())?),
         None => None,
     };
-    let trust_updates = match &origin {
-        Some(o) => crate::roots::follow(roots, o.clone(), metrics.clone(), config.poll_interval),
-        None => watch::channel(trust.clone()).1,
-    };
+    let (roots_heard, heard_rx) = mpsc::channel(ROOTS_HEARD_QUEUE);
+    let trust_updates =
+        crate::roots::follow(roots, origin.clone(), metrics.clone(), config.poll_interval, heard_rx);
+    let root_version = trust_updates.borrow().version;
     let api_listener =
         crate::api::bind(config.api).await.map_err(|source| NodeError::Api { addr: config.api, source })?;
     let secret = device_secret(&keypair);
@@ -233,6 +235,9 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         me,
         trust,
         trust_updates,
+        roots_heard,
+        root_version,
+        roots_topic: IdentTopic::new(ROOTS_TOPIC),
         data,
         origin,
         metrics: metrics.clone(),
@@ -332,7 +337,7 @@ fn peer_score(site: &str) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreTh
         invalid_message_deliveries_decay: 0.9,
         ..Default::default()
     };
-    let topics = [RELEASES_TOPIC, REPORTS_TOPIC, DIRECTIVES_TOPIC, &wire::site_topic(site)]
+    let topics = [RELEASES_TOPIC, REPORTS_TOPIC, DIRECTIVES_TOPIC, ROOTS_TOPIC, &wire::site_topic(site)]
         .map(|t| (IdentTopic::new(t).hash(), topic.clone()))
         .into();
     let params =
@@ -358,8 +363,13 @@ struct Node {
     swarm: Swarm<Behaviour>,
     me: DeviceId,
     trust: TrustRoot,
-    /// Newer roots of trust adopted from the origin ([`crate::roots::follow`]).
-    trust_updates: watch::Receiver<TrustRoot>,
+    /// Newer roots of trust adopted from the origin or from peers ([`crate::roots::follow`]).
+    trust_updates: watch::Receiver<crate::roots::Adopted>,
+    /// Roots peers gossiped, to the task that follows the chain.
+    roots_heard: mpsc::Sender<Vec<u8>>,
+    /// The version of the root in force.
+    root_version: u64,
+    roots_topic: IdentTopic,
     data: DataDir,
     store: Store,
     origin: Option<Origin>,
@@ -389,7 +399,13 @@ struct Node {
 impl Node {
     fn start(&mut self) -> Result<(), NodeError> {
         let gs = &mut self.swarm.behaviour_mut().gossipsub;
-        for topic in [&self.releases_topic, &self.site_topic, &self.reports_topic, &self.directives_topic] {
+        for topic in [
+            &self.releases_topic,
+            &self.site_topic,
+            &self.reports_topic,
+            &self.directives_topic,
+            &self.roots_topic,
+        ] {
             gs.subscribe(topic).map_err(|e| NodeError::Network(e.to_string()))?;
         }
         for addr in self.config.listen.clone() {
@@ -441,9 +457,15 @@ impl Node {
                 _ = redial.tick() => self.dial_static_peers(),
                 _ = poll.tick() => self.poll_origin(),
                 Ok(()) = self.trust_updates.changed() => {
-                    // A new root: what the old one refused may verify now.
-                    self.trust = self.trust_updates.borrow_and_update().clone();
+                    // A new root: what the old one refused may verify now; peers hear it.
+                    let adopted = self.trust_updates.borrow_and_update().clone();
+                    self.trust = adopted.trust;
+                    self.root_version = adopted.version;
                     self.rejected_from_origin.clear();
+                    if let Some(bytes) = adopted.signed {
+                        self.announce_queue.push_back((self.roots_topic.clone(), bytes, now_ms()));
+                        self.flush_announcements();
+                    }
                 }
                 _ = &mut ctrl_c => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
@@ -547,6 +569,8 @@ impl Node {
             ("reports", self.on_report_message(&message.data, propagation_source))
         } else if message.topic == self.directives_topic.hash() {
             ("directives", self.on_directive_message(&message.data, propagation_source))
+        } else if message.topic == self.roots_topic.hash() {
+            ("roots", self.on_root_message(&message.data))
         } else {
             ("other", MessageAcceptance::Ignore)
         };
@@ -636,6 +660,23 @@ impl Node {
             }
         }
         MessageAcceptance::Accept
+    }
+
+    /// A root of trust from gossip: malformed is rejected; one not newer than the root
+    /// in force is ignored; a newer one goes to the task that follows the chain, which
+    /// adopts it only if it is the next version, validly signed. It is not forwarded
+    /// now: once adopted, this node announces it itself.
+    fn on_root_message(&mut self, data: &[u8]) -> MessageAcceptance {
+        let Ok(root) = otamesh_core::root::SignedRoot::from_bytes(data) else {
+            return MessageAcceptance::Reject;
+        };
+        if root.root.version <= self.root_version {
+            return MessageAcceptance::Ignore;
+        }
+        if self.roots_heard.try_send(data.to_vec()).is_err() {
+            self.metrics.refused("roots", Refusal::Busy);
+        }
+        MessageAcceptance::Ignore
     }
 
     fn on_heartbeat(&mut self) {

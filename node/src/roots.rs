@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use otamesh_core::TrustRoot;
 use otamesh_core::root::{RootError, SignedRoot, VerifiedRoot};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::clock::now_ms;
 use crate::keys::{self, KeyFileError};
@@ -151,27 +151,73 @@ impl Roots {
     }
 }
 
-/// Polls `origin` every `every` for roots newer than `roots`' and adopts them in order;
-/// the receiver sees each newly adopted trust. Runs until the receiver is dropped.
+/// A root of trust the node adopted, for the event loop: the trust to verify against
+/// from now on, and the signed root to pass on to peers (none for the start anchor).
+#[derive(Debug, Clone)]
+pub struct Adopted {
+    /// The keys and threshold now in force.
+    pub trust: TrustRoot,
+    /// Its version.
+    pub version: u64,
+    /// The signed root, to gossip.
+    pub signed: Option<Vec<u8>>,
+}
+
+/// Follows the chain of roots from two sources: `origin` (polled every `every`, when
+/// there is one) and `heard` (roots peers gossiped, handed over by the event loop).
+/// Each next root is adopted in order and saved before the receiver sees it; refusals
+/// are counted once per content. Runs until the receiver is dropped.
 pub fn follow(
     mut roots: Roots,
-    origin: Origin,
+    origin: Option<Origin>,
     metrics: Metrics,
     every: Duration,
-) -> watch::Receiver<TrustRoot> {
-    let (tx, rx) = watch::channel(roots.trust().clone());
+    mut heard: mpsc::Receiver<Vec<u8>>,
+) -> watch::Receiver<Adopted> {
+    let first = Adopted { trust: roots.trust().clone(), version: roots.version(), signed: None };
+    let (tx, rx) = watch::channel(first);
     metrics.root_version.set(roots.version() as i64);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Refusals already counted, by content, so a refused file is counted once
-        // however often it is polled (and counted again if it is re-signed).
+        // however often it is polled or gossiped (and again if it is re-signed).
         let mut refused: BTreeSet<[u8; 32]> = BTreeSet::new();
-        loop {
-            tick.tick().await;
-            if tx.is_closed() {
-                return;
+        let mut offer = |what: &str, bytes: &[u8], roots: &mut Roots| -> bool {
+            match roots.adopt(what, bytes, now_ms()) {
+                Ok(_) => {
+                    tracing::info!(version = roots.version(), from = what, "adopted a new root of trust");
+                    metrics.root_version.set(roots.version() as i64);
+                    let adopted = Adopted {
+                        trust: roots.trust().clone(),
+                        version: roots.version(),
+                        signed: Some(bytes.to_vec()),
+                    };
+                    let _ = tx.send(adopted);
+                    true
+                }
+                Err(e) => {
+                    if refused.insert(*blake3::hash(bytes).as_bytes()) {
+                        tracing::warn!(error = %e, from = what, "refused a root of trust");
+                        metrics.roots_refused.get_or_create(&vec![("reason", e.label())]).inc();
+                    }
+                    false
+                }
             }
+        };
+        loop {
+            tokio::select! {
+                _ = tick.tick(), if origin.is_some() => {}
+                bytes = heard.recv() => match bytes {
+                    Some(bytes) => {
+                        offer("gossip", &bytes, &mut roots);
+                        continue;
+                    }
+                    // The node is gone.
+                    None => return,
+                },
+            }
+            let Some(origin) = &origin else { continue };
             let index = match origin.index().await {
                 Ok(i) => i,
                 Err(e) => {
@@ -189,19 +235,8 @@ pub fn follow(
                         break;
                     }
                 };
-                match roots.adopt(&entry.path, &bytes, now_ms()) {
-                    Ok(_) => {
-                        tracing::info!(version = roots.version(), "adopted a new root of trust");
-                        metrics.root_version.set(roots.version() as i64);
-                        let _ = tx.send(roots.trust().clone());
-                    }
-                    Err(e) => {
-                        if refused.insert(*blake3::hash(&bytes).as_bytes()) {
-                            tracing::warn!(error = %e, "refused a root of trust from the origin");
-                            metrics.roots_refused.get_or_create(&vec![("reason", e.label())]).inc();
-                        }
-                        break;
-                    }
+                if !offer(&entry.path, &bytes, &mut roots) {
+                    break;
                 }
             }
         }

@@ -34,6 +34,10 @@ pub const REPORTS_TOPIC: &str = "otamesh/reports/1";
 /// The gossip topic of signed directives ([`otamesh_core::directive::SignedDirective`]).
 pub const DIRECTIVES_TOPIC: &str = "otamesh/directives/1";
 
+/// Gossip topic of signed roots of trust (`otamesh_core::root::SignedRoot`), each passed
+/// on by a node only after it adopted it.
+pub const ROOTS_TOPIC: &str = "otamesh/roots/1";
+
 /// The chunk exchange protocol.
 pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/otamesh/chunk/1");
 
