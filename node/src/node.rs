@@ -316,9 +316,23 @@ pub fn gossip_config() -> Result<gossipsub::Config, gossipsub::ConfigBuilderErro
         .max_transmit_size(codec::MAX_MESSAGE_BYTES + (64 << 10))
         .heartbeat_initial_delay(Duration::from_millis(500))
         .heartbeat_interval(Duration::from_secs(1))
-        // Content-addressed ids: the same manifest announced twice is one message.
-        .message_id_fn(|m| MessageId::from(blake3::hash(&m.data).to_hex().to_string()))
+        .message_id_fn(message_id)
         .build()
+}
+
+/// Gossip message ids. Releases, reports, directives and roots are content-addressed:
+/// the same signed message announced by many nodes is one message. A site message also
+/// names its author: two members in the same state (say, both holding nothing at a cold
+/// start) send identical bytes, and must not collapse into one, or each loses the other.
+fn message_id(m: &gossipsub::Message) -> MessageId {
+    let mut h = blake3::Hasher::new();
+    if m.topic.as_str().starts_with(wire::SITE_TOPIC_PREFIX)
+        && let Some(author) = &m.source
+    {
+        h.update(&author.to_bytes());
+    }
+    h.update(&m.data);
+    MessageId::from(h.finalize().to_hex().to_string())
 }
 
 /// Gossipsub peer scoring. Only invalid messages count against a peer (P4, squared):
@@ -1368,4 +1382,32 @@ fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
 pub fn run_blocking(config: NodeConfig) -> Result<(), NodeError> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, source: PeerId, data: &[u8]) -> gossipsub::Message {
+        gossipsub::Message {
+            source: Some(source),
+            data: data.to_vec(),
+            sequence_number: Some(1),
+            topic: IdentTopic::new(topic).hash(),
+        }
+    }
+
+    #[test]
+    fn identical_site_messages_of_two_members_stay_two_messages_and_a_release_stays_one() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let site = wire::site_topic("plant-7");
+        let same = b"the same bitfield";
+        assert_ne!(message_id(&message(&site, a, same)), message_id(&message(&site, b, same)));
+        assert_eq!(message_id(&message(&site, a, same)), message_id(&message(&site, a, same)));
+        assert_eq!(
+            message_id(&message(RELEASES_TOPIC, a, same)),
+            message_id(&message(RELEASES_TOPIC, b, same)),
+            "a manifest announced by two nodes is one message"
+        );
+    }
 }

@@ -56,8 +56,11 @@ pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// The gossipsub topic of one site.
 pub fn site_topic(site: &str) -> String {
-    format!("otamesh/site/{site}/1")
+    format!("{SITE_TOPIC_PREFIX}{site}/1")
 }
+
+/// What every site topic's name starts with.
+pub const SITE_TOPIC_PREFIX: &str = "otamesh/site/";
 
 /// What a node tells its site, every heartbeat and whenever it gains chunks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
