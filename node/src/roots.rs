@@ -151,6 +151,9 @@ impl Roots {
     }
 }
 
+/// Refused roots remembered (by content) so each is counted once, at most.
+const MAX_REFUSED_REMEMBERED: usize = 1024;
+
 /// A root of trust the node adopted, for the event loop: the trust to verify against
 /// from now on, and the signed root to pass on to peers (none for the start anchor).
 #[derive(Debug, Clone)]
@@ -197,7 +200,10 @@ pub fn follow(
                     true
                 }
                 Err(e) => {
-                    if refused.insert(*blake3::hash(bytes).as_bytes()) {
+                    // A flood of distinct forgeries is counted each, not remembered.
+                    let new = refused.len() >= MAX_REFUSED_REMEMBERED
+                        || refused.insert(*blake3::hash(bytes).as_bytes());
+                    if new {
                         tracing::warn!(error = %e, from = what, "refused a root of trust");
                         metrics.roots_refused.get_or_create(&vec![("reason", e.label())]).inc();
                     }
