@@ -137,19 +137,7 @@ pub(crate) fn scratch(options: &Options, name: &str) -> Result<PathBuf, String> 
     Ok(dir)
 }
 
-/// Deterministic incompressible bytes (xorshift), like firmware.
-pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+pub(crate) use otamesh_fleet::release::noise;
 
 /// Polls `cond` every `every` until it holds (true) or `limit` passes (false).
 pub(crate) async fn until(limit: Duration, every: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {

@@ -17,6 +17,21 @@ use otamesh_core::trust::VerifyError;
 use otamesh_core::{ReleaseId, SecretKey, TrustRoot, UpdateKind, VerifiedManifest};
 use otamesh_node::store::{Store, StoreError};
 
+/// Deterministic incompressible bytes (xorshift), like a firmware image: what the demo,
+/// the benchmarks and the tests publish.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// Why a release or directive could not be published.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -283,7 +283,7 @@ impl Demo {
 
     async fn play(&mut self, failing_site: &str) -> anyhow::Result<Played> {
         let size = u64::from(self.args.size_mib) << 20;
-        let v1 = sample_image(1, size as usize);
+        let v1 = release::noise(1, size as usize);
         let v2 = patched(&v1);
         let n = self.devices.len();
         let failing: Vec<bool> = self.fleet.nodes.iter().map(|node| node.site == failing_site).collect();
@@ -1256,26 +1256,12 @@ exit 0
     )
 }
 
-/// A deterministic pseudo-random image (xorshift): incompressible like firmware.
-fn sample_image(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// The next version: a twentieth of the image rewritten in the middle, so only the
 /// chunks around the change are new.
 fn patched(v1: &[u8]) -> Vec<u8> {
     let mut v2 = v1.to_vec();
     let (start, len) = (v1.len() / 2, (v1.len() / 20).max(1));
-    let patch = sample_image(2, len);
+    let patch = release::noise(2, len);
     let end = (start + len).min(v2.len());
     v2[start..end].copy_from_slice(&patch[..end - start]);
     v2
@@ -1304,7 +1290,7 @@ mod tests {
 
     #[test]
     fn the_patch_changes_few_chunks() {
-        let v1 = sample_image(1, 4 << 20);
+        let v1 = release::noise(1, 4 << 20);
         let v2 = patched(&v1);
         let a: BTreeSet<_> =
             chunk(&v1, ChunkerConfig::default()).unwrap().into_iter().map(|c| c.id).collect();

@@ -19,19 +19,7 @@ use otamesh_node::store::Store;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_otamesh");
 
-/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+pub use otamesh_fleet::release::noise;
 
 pub fn publisher() -> SecretKey {
     SecretKey::from_seed([42; 32])
