@@ -1,7 +1,6 @@
 //! The release CLI as a user drives it: keygen, publish, verify, inspect, and every bad
 //! input of the Foundation issue, each with its exit code and a one-line message.
 
-use otamesh_fleet::release::noise;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +20,19 @@ fn otamesh(dir: &Path, args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Deterministic incompressible bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// A temp dir with a key pair `pub1` and a published 4 MiB release (sequence 1).
