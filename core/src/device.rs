@@ -180,11 +180,6 @@ impl Heard {
         Self { class: class.into(), directives, ..Self::default() }
     }
 
-    /// The device class whose releases this holds.
-    pub fn class(&self) -> &str {
-        &self.class
-    }
-
     /// Takes a verified release. `Ok(false)`: already known. A release of another class
     /// is refused: it is no business of this device.
     pub fn add_release(&mut self, release: Release) -> Result<bool, Refusal> {
@@ -588,9 +583,7 @@ impl Device {
 
     /// Every chunk of `release` is here and verified.
     pub fn handle_fetched(&mut self, now: Millis, heard: &Heard, release: ReleaseId) {
-        if self.is_current(release) {
-            self.step(now, heard, |m, ctx| m.handle_fetched(now, ctx));
-        }
+        self.step_on(release, now, heard, |m, ctx| m.handle_fetched(now, ctx));
     }
 
     /// The install of `release` into the inactive slot finished.
@@ -601,9 +594,7 @@ impl Device {
         release: ReleaseId,
         result: Result<(), String>,
     ) {
-        if self.is_current(release) {
-            self.step(now, heard, |m, _| m.handle_installed(now, result));
-        }
+        self.step_on(release, now, heard, |m, _| m.handle_installed(now, result));
     }
 
     /// The device could not install `release` now for a reason of its own (a full disk,
@@ -617,9 +608,7 @@ impl Device {
 
     /// The active slot now holds `release`.
     pub fn handle_activated(&mut self, now: Millis, heard: &Heard, release: ReleaseId) {
-        if self.is_current(release) {
-            self.step(now, heard, |m, _| m.handle_activated(now));
-        }
+        self.step_on(release, now, heard, |m, _| m.handle_activated(now));
     }
 
     /// The health check of `release` finished.
@@ -630,9 +619,7 @@ impl Device {
         release: ReleaseId,
         result: Result<(), String>,
     ) {
-        if self.is_current(release) {
-            self.step(now, heard, |m, ctx| m.handle_health(now, result, ctx.expires_at));
-        }
+        self.step_on(release, now, heard, |m, ctx| m.handle_health(now, result, ctx.expires_at));
     }
 
     /// Whether a revoke orders this device to `release`: the device runs a release whose
@@ -665,9 +652,7 @@ impl Device {
         if heard.standing(id).revoked_to.is_some() {
             return Err(Refusal::Revoked);
         }
-        if let Some(expires_at) = r.expires_at
-            && now >= expires_at
-        {
+        if let Some(expires_at) = r.expires_at.filter(|_| r.is_expired(now)) {
             return Err(Refusal::Expired { expires_at });
         }
         if self.memory.as_ref().is_some_and(|m| m.tried.contains(&id)) && !ordered {
@@ -701,6 +686,20 @@ impl Device {
         }
         self.current = Some(Current { release, machine, persisted: None });
         self.handle_timeout(now, heard);
+    }
+
+    /// [`Device::step`] if `release` is the one in progress: a result for a release no
+    /// longer in progress is ignored.
+    fn step_on(
+        &mut self,
+        release: ReleaseId,
+        now: Millis,
+        heard: &Heard,
+        f: impl FnOnce(&mut Lifecycle, Context<'_>),
+    ) {
+        if self.is_current(release) {
+            self.step(now, heard, f);
+        }
     }
 
     /// Feeds the release in progress with the context its decisions need, then drains.

@@ -216,11 +216,6 @@ impl Phase {
     pub fn holds_site_slot(self) -> bool {
         matches!(self, Self::Installing | Self::Activated | Self::Checking)
     }
-
-    /// Committed or rolled back.
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Committed | Self::RolledBack)
-    }
 }
 
 impl State {

@@ -299,7 +299,7 @@ impl Db {
     ) -> Result<AuditRow, DbError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| classify(&path, e))?;
-        let (state, reason) = state_to_text(&record.state);
+        let (state, reason) = record.state.parts();
         tx.execute(
             "INSERT INTO releases(release_id, sequence, version, state, reason, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -414,7 +414,7 @@ impl Db {
         for row in rows {
             let (id, sequence, version, state, reason, updated_at) = row.map_err(self.sql())?;
             let release = self.release_id("release id", id)?;
-            let state = state_from_text(&state, reason.as_deref()).ok_or_else(|| DbError::Value {
+            let state = State::from_parts(&state, reason.as_deref()).map_err(|_| DbError::Value {
                 path: self.path.clone(),
                 what: "state",
                 value: state.clone(),
@@ -561,16 +561,6 @@ pub fn verify_chain(rows: &[AuditRow]) -> Result<(), ChainBreak> {
     Ok(())
 }
 
-/// The (state, reason) columns of a lifecycle state ([`State::parts`]).
-pub fn state_to_text(state: &State) -> (&'static str, Option<String>) {
-    state.parts()
-}
-
-/// The inverse of [`state_to_text`].
-pub fn state_from_text(state: &str, reason: Option<&str>) -> Option<State> {
-    State::from_parts(state, reason).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,8 +592,8 @@ mod tests {
             State::RolledBack(otamesh_core::lifecycle::Reason::Revoked),
             State::RolledBack(otamesh_core::lifecycle::Reason::Expired),
         ] {
-            let (name, reason) = state_to_text(&s);
-            assert_eq!(state_from_text(name, reason.as_deref()), Some(s));
+            let (name, reason) = s.parts();
+            assert_eq!(State::from_parts(name, reason.as_deref()), Ok(s));
         }
     }
 
