@@ -49,6 +49,18 @@ fn publish_by(store: &Path, data: &[u8], sequence: u64, by: &[u8]) -> ReleaseId 
     verified.id()
 }
 
+/// Enrols the node whose data directory is `data`, co-signed by B and C (key files in
+/// `d`), who stay in root 2: an enrolment signed by a replaced key would stop counting
+/// under v2 (docs/keys.md).
+fn enroll_by_b_and_c(d: &Path, data: &Path) {
+    let key = |k: &str| d.join(k).to_str().unwrap().to_owned();
+    let (b, c) = (key("b.key"), key("c.key"));
+    let data = data.to_str().unwrap();
+    let args = ["enroll", "--key", &b, "--key", &c, "--data", data, "--site", "s", "--class", "gw"];
+    let (code, out, err) = otamesh(&args);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 fn active_seq(n: &Node) -> Option<u64> {
     n.status()?["active"]["sequence"].as_u64()
 }
@@ -68,22 +80,7 @@ fn a_running_node_adopts_root_v2_and_trusts_only_its_keys_after() {
     Store::create(&store).unwrap();
     let origin = serve(&store, None);
     let data = d.join("n1");
-    // Enrolled by B and C, who stay: an enrolment signed by a replaced key would stop
-    // counting under v2 (docs/keys.md).
-    let (code, out, err) = otamesh(&[
-        "enroll",
-        "--key",
-        d.join("b.key").to_str().unwrap(),
-        "--key",
-        d.join("c.key").to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--site",
-        "s",
-        "--class",
-        "gw",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
+    enroll_by_b_and_c(d, &data);
     let mut node = Node::start(d, "n1", "s", &trust, &["--origin".into(), origin.url.clone()]);
     wait_for(Duration::from_secs(20), "root version 1 in use", || node.metric("otamesh_root_version") == 1.0);
 
@@ -151,21 +148,7 @@ fn a_node_without_an_origin_adopts_the_next_root_from_its_peers() {
         otamesh_node::keys::write_keypair(&d.join(k), &key(n)).unwrap();
     }
     for name in ["near", "far"] {
-        // Co-signed by B and C, who stay in root 2.
-        let (code, out, err) = otamesh(&[
-            "enroll",
-            "--key",
-            d.join("b.key").to_str().unwrap(),
-            "--key",
-            d.join("c.key").to_str().unwrap(),
-            "--data",
-            d.join(name).to_str().unwrap(),
-            "--site",
-            "s",
-            "--class",
-            "gw",
-        ]);
-        assert_eq!(code, 0, "{out}{err}");
+        enroll_by_b_and_c(d, &d.join(name));
     }
     let near = Node::start(d, "near", "s", &trust, &["--origin".into(), origin.url.clone()]);
     let far = Node::start(d, "far", "s", &trust, &["--peer".into(), near.addr()]);
