@@ -681,16 +681,17 @@ impl Node {
     /// adopts it only if it is the next version, validly signed. It is not forwarded
     /// now: once adopted, this node announces it itself.
     fn on_root_message(&mut self, data: &[u8]) -> MessageAcceptance {
-        let Ok(root) = otamesh_core::root::SignedRoot::from_bytes(data) else {
-            return MessageAcceptance::Reject;
-        };
-        if root.root.version <= self.root_version {
-            return MessageAcceptance::Ignore;
+        use crate::roots::{Gossiped, judge_gossip};
+        match judge_gossip(data, self.root_version) {
+            Gossiped::Malformed => MessageAcceptance::Reject,
+            Gossiped::NotNewer => MessageAcceptance::Ignore,
+            Gossiped::Newer => {
+                if self.roots_heard.try_send(data.to_vec()).is_err() {
+                    self.metrics.refused("roots", Refusal::Busy);
+                }
+                MessageAcceptance::Ignore
+            }
         }
-        if self.roots_heard.try_send(data.to_vec()).is_err() {
-            self.metrics.refused("roots", Refusal::Busy);
-        }
-        MessageAcceptance::Ignore
     }
 
     fn on_heartbeat(&mut self) {

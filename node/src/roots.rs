@@ -151,6 +151,29 @@ impl Roots {
     }
 }
 
+/// What a root heard on gossip is worth, before any signature is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gossiped {
+    /// Not a root in its canonical encoding (a stranger's bytes, a re-encoded copy):
+    /// rejected, and its sender scored down.
+    Malformed,
+    /// Not newer than the root in force: ignored.
+    NotNewer,
+    /// Newer: handed to [`follow`], which adopts it only if it is the next version,
+    /// validly signed; passed on only once adopted.
+    Newer,
+}
+
+/// Judges `bytes` heard on gossip while root `current` is in force. Cheap, so a flood
+/// costs a decode each; signatures are checked only for newer roots, off the event loop.
+pub fn judge_gossip(bytes: &[u8], current: u64) -> Gossiped {
+    match SignedRoot::from_bytes(bytes) {
+        Err(_) => Gossiped::Malformed,
+        Ok(root) if root.root.version <= current => Gossiped::NotNewer,
+        Ok(_) => Gossiped::Newer,
+    }
+}
+
 /// Refused roots remembered (by content) so each is counted once, at most.
 const MAX_REFUSED_REMEMBERED: usize = 1024;
 
@@ -299,6 +322,26 @@ mod tests {
         let again = Roots::open(&trust, &data).unwrap();
         assert_eq!(again.version(), 2);
         assert!(!again.trust().keys().any(|k| *k == key(1).public()), "A stays removed");
+    }
+
+    #[test]
+    fn gossiped_roots_are_judged_before_any_signature_is_checked() {
+        let v2 = root(2, &[2, 3, 4], &[2, 3, 4]);
+        // A stranger's bytes, and a genuine root re-encoded (the format field as a
+        // longer varint: same root, same signatures, other bytes).
+        assert_eq!(judge_gossip(b"not a root", 1), Gossiped::Malformed);
+        let mut re_encoded = v2.clone();
+        assert!(re_encoded[0] < 251, "a one-byte varint to widen");
+        let first = re_encoded[0];
+        re_encoded.splice(0..1, [251, first, 0]);
+        assert_eq!(judge_gossip(&re_encoded, 1), Gossiped::Malformed);
+        // The root in force, or an older one, heard again: ignored.
+        assert_eq!(judge_gossip(&v2, 2), Gossiped::NotNewer);
+        assert_eq!(judge_gossip(&root(1, &[1, 2, 3], &[1, 2]), 2), Gossiped::NotNewer);
+        // A newer root goes on to be verified, even one a liar signed alone: the chain
+        // rules refuse it there (see the test above), and it is never passed on.
+        assert_eq!(judge_gossip(&v2, 1), Gossiped::Newer);
+        assert_eq!(judge_gossip(&root(2, &[2, 3, 4], &[4]), 1), Gossiped::Newer);
     }
 
     #[test]
