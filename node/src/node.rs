@@ -189,7 +189,6 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let (roots_heard, heard_rx) = mpsc::channel(ROOTS_HEARD_QUEUE);
     let trust_updates =
         crate::roots::follow(roots, origin.clone(), metrics.clone(), config.poll_interval, heard_rx);
-    let root_version = trust_updates.borrow().version;
     let api_listener =
         crate::api::bind(config.api).await.map_err(|source| NodeError::Api { addr: config.api, source })?;
     let secret = device_secret(&keypair);
@@ -236,7 +235,6 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         trust,
         trust_updates,
         roots_heard,
-        root_version,
         roots_topic: IdentTopic::new(ROOTS_TOPIC),
         data,
         origin,
@@ -381,8 +379,6 @@ struct Node {
     trust_updates: watch::Receiver<crate::roots::Adopted>,
     /// Roots peers gossiped, to the task that follows the chain.
     roots_heard: mpsc::Sender<Vec<u8>>,
-    /// The version of the root in force.
-    root_version: u64,
     roots_topic: IdentTopic,
     data: DataDir,
     store: Store,
@@ -474,7 +470,6 @@ impl Node {
                     // A new root: what the old one refused may verify now; peers hear it.
                     let adopted = self.trust_updates.borrow_and_update().clone();
                     self.trust = adopted.trust;
-                    self.root_version = adopted.version;
                     self.rejected_from_origin.clear();
                     if let Some(bytes) = adopted.signed {
                         self.announce_queue.push_back((self.roots_topic.clone(), bytes, now_ms()));
@@ -682,7 +677,8 @@ impl Node {
     /// now: once adopted, this node announces it itself.
     fn on_root_message(&mut self, data: &[u8]) -> MessageAcceptance {
         use crate::roots::{Gossiped, judge_gossip};
-        match judge_gossip(data, self.root_version) {
+        let current = self.trust_updates.borrow().version;
+        match judge_gossip(data, current) {
             Gossiped::Malformed => MessageAcceptance::Reject,
             Gossiped::NotNewer => MessageAcceptance::Ignore,
             Gossiped::Newer => {
