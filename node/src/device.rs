@@ -152,11 +152,6 @@ impl Device {
         }
     }
 
-    /// This device's id.
-    pub fn id(&self) -> DeviceId {
-        self.machine.id()
-    }
-
     /// What the device heard (releases, directives, tallies).
     pub fn heard(&self) -> &Heard {
         &self.heard
