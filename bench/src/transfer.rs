@@ -7,8 +7,12 @@
 //! baseline is an HTTPS GET of the same bytes over loopback, timed by a rustls client
 //! from the request to the last body byte, against nginx when `nginx` is on the PATH
 //! and otherwise a small rustls server in this harness (which one is written into the
-//! notes). Both sides encrypt; both sides store nothing for HTTPS, while the leech
-//! verifies, writes and fsyncs every chunk: the ratio is the price of the LAN path.
+//! notes). Two baselines: the body discarded (`lan/https_download`: the transport
+//! alone, nothing stored), and the body written to a file beside the nodes' data dirs
+//! and fsynced at the end (`lan/https_download_stored`: what a device downloading the
+//! release from an HTTPS origin does). The leech verifies, writes and flushes every
+//! chunk before counting it. The seed has installed the release before a leech starts,
+//! so that its slot assembly does not share the cores with the transfer.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -72,8 +76,12 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
     progress.step("lan", &format!("seed node fetching {mib} MiB from the origin"));
     let origin_flag = ["--origin".to_string(), origin.url.clone()];
     let (mut seed, seed_api, seed_addr) = start_node(options, &dir, &key, &trust, "seed", &origin_flag)?;
+    // The seed has the whole release and has installed it: its slot assembly would
+    // otherwise compete with the transfer for the same cores.
     let complete = |api: Client| async move {
-        api.metrics().await.is_ok_and(|m| m.sum("otamesh_chunk_bytes_total", &[]) as usize >= mib * MIB)
+        api.metrics().await.is_ok_and(|m| {
+            m.sum("otamesh_chunk_bytes_total", &[]) as usize >= mib * MIB && m.sum("otamesh_installs_total", &[]) >= 1.0
+        })
     };
     let limit = Duration::from_secs(120 + mib as u64);
     let ok = until(limit, Duration::from_millis(100), async || {
@@ -124,11 +132,14 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
     let artifact = dir.join("artifact.bin");
     std::fs::write(&artifact, &data).map_err(|e| format!("{}: {e}", artifact.display()))?;
     drop(data);
-    let (server, https) = https_baseline(&dir, &artifact, mib, runs, progress).await?;
+    let (server, https, stored) = https_baseline(&dir, &artifact, mib, runs, progress).await?;
     let ratios: Vec<f64> = lan.iter().zip(&https).map(|(l, h)| l / h).collect();
+    let ratios_stored: Vec<f64> = lan.iter().zip(&stored).map(|(l, h)| l / h).collect();
     outcome.results.record("lan/two_node_transfer", Measure::Throughput, &lan);
     outcome.results.record("lan/https_download", Measure::Throughput, &https);
     outcome.results.record("lan/ratio_to_https", Measure::Ratio, &ratios);
+    outcome.results.record("lan/https_download_stored", Measure::Throughput, &stored);
+    outcome.results.record("lan/ratio_to_https_stored", Measure::Ratio, &ratios_stored);
     outcome.notes.push(format!(
         "lan: {mib} MiB, {runs} run(s), data dirs in {}; HTTPS baseline served by {server}",
         options.work.display()
@@ -168,14 +179,16 @@ fn start_node(
     Ok((node, client, listen))
 }
 
-/// Times `runs` HTTPS downloads of `artifact`; returns the server's name and MiB/s.
+/// Times `runs` HTTPS downloads of `artifact` whose body is discarded, then `runs`
+/// whose body is written to a file in `dir` and fsynced (what a device downloading a
+/// release does); returns the server's name and both sets of MiB/s.
 async fn https_baseline(
     dir: &Path,
     artifact: &Path,
     mib: usize,
     runs: usize,
     progress: &mut dyn Progress,
-) -> Result<(String, Vec<f64>), String> {
+) -> Result<(String, Vec<f64>, Vec<f64>), String> {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).map_err(|e| e.to_string())?;
     let cert_der = cert.cert.der().to_vec();
     let key_der = cert.key_pair.serialize_der();
@@ -199,21 +212,40 @@ async fn https_baseline(
         .no_proxy()
         .build()
         .map_err(|e| e.to_string())?;
-    let mut speeds = Vec::new();
-    for run in 0..runs {
-        progress.step("lan", &format!("run {}/{runs}: HTTPS download of the same {mib} MiB", run + 1));
+    let mut discarded = Vec::new();
+    let mut stored = Vec::new();
+    for run in 0..2 * runs {
+        let to_file = (run >= runs).then(|| dir.join(format!("https-{run}.bin")));
+        let what = if to_file.is_some() { "stored to a file" } else { "discarded" };
+        progress.step("lan", &format!("run {}/{runs}: HTTPS download of the same {mib} MiB, {what}", run % runs + 1));
         let t0 = Instant::now();
+        let mut file = match &to_file {
+            Some(path) => Some(tokio::fs::File::create(path).await.map_err(|e| format!("{}: {e}", path.display()))?),
+            None => None,
+        };
         let mut response = client.get(&url).send().await.map_err(|e| format!("HTTPS GET {url}: {e}"))?;
         let mut got = 0usize;
         while let Some(piece) = response.chunk().await.map_err(|e| format!("HTTPS body: {e}"))? {
             got += piece.len();
+            if let Some(f) = file.as_mut() {
+                f.write_all(&piece).await.map_err(|e| format!("writing the HTTPS download: {e}"))?;
+            }
+        }
+        if let Some(f) = file.as_mut() {
+            f.sync_all().await.map_err(|e| format!("syncing the HTTPS download: {e}"))?;
         }
         if got != mib * MIB {
             return Err(format!("HTTPS download of {url} returned {got} bytes, expected {}", mib * MIB));
         }
-        speeds.push(mib as f64 / t0.elapsed().as_secs_f64());
+        let speed = mib as f64 / t0.elapsed().as_secs_f64();
+        if let Some(path) = &to_file {
+            let _ = std::fs::remove_file(path);
+            stored.push(speed);
+        } else {
+            discarded.push(speed);
+        }
     }
-    Ok((name, speeds))
+    Ok((name, discarded, stored))
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {

@@ -36,6 +36,7 @@ pub mod device;
 pub mod disk;
 pub mod feedback;
 pub mod hooks;
+pub mod ingest;
 pub mod intake;
 pub mod keys;
 pub mod metrics;

@@ -42,6 +42,7 @@ use crate::datadir::{DataDir, DataDirError, Expected, device_id, device_secret, 
 use crate::device::{Device, Event as DeviceEvent, Shown};
 use crate::disk::{Disk, Done, Effect, Hooks};
 use crate::feedback::Refusal;
+use crate::ingest::{Stored, Writer};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginError};
@@ -218,6 +219,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         crate::disk::spawn(disk, disk_rx, move |done| disk_out.blocking_send(Internal::Disk(done)).is_ok());
     let mut device = Device::new(now_ms(), device_config, secret, restored, saved, disk_tx);
     device.resume(now_ms());
+    let (writer, writer_thread) = Writer::start(data.store().clone())
+        .map_err(|e| NodeError::Network(format!("cannot start the chunk writer: {e}")))?;
     let mut node = Node {
         site_topic: IdentTopic::new(wire::site_topic(&config.site)),
         releases_topic: IdentTopic::new(RELEASES_TOPIC),
@@ -229,6 +232,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         enrolled,
         site: Site::default(),
         store: data.store().clone(),
+        writer,
         config,
         swarm,
         me,
@@ -262,6 +266,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     // in progress is not interrupted half-way (its state is persisted).
     drop(node);
     let _ = tokio::task::spawn_blocking(move || disk_thread.join()).await;
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     tracing::info!("node stopped");
     result
 }
@@ -382,6 +387,8 @@ struct Node {
     roots_topic: IdentTopic,
     data: DataDir,
     store: Store,
+    /// Stores fetched chunks durably, in group commits.
+    writer: Writer,
     origin: Option<Origin>,
     metrics: Metrics,
     tx: mpsc::Sender<Internal>,
@@ -965,10 +972,10 @@ impl Node {
         };
         let max_len = self.releases.get(&release).and_then(|r| r.lengths.get(&chunk)).copied().unwrap_or(0);
         let tx = self.tx.clone();
-        let store = self.store.clone();
+        let writer = self.writer.clone();
         tokio::spawn(async move {
             let msg = match origin.chunk(chunk, max_len as usize).await {
-                Ok(bytes) => ingest(store, Source::Origin, vec![(chunk, bytes)]).await,
+                Ok(bytes) => ingest(writer, Source::Origin, vec![(chunk, bytes)]).await,
                 Err(e) => Internal::Ingested(Ingested {
                     failed: vec![(chunk, e.to_string())],
                     ..Ingested::new(Source::Origin)
@@ -1092,10 +1099,10 @@ impl Node {
                 if found.is_empty() {
                     return;
                 }
-                let store = self.store.clone();
+                let writer = self.writer.clone();
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
-                    let msg = ingest(store, source, found).await;
+                    let msg = ingest(writer, source, found).await;
                     let _ = tx.send(msg).await;
                 });
             }
@@ -1287,33 +1294,37 @@ impl Node {
     }
 }
 
-/// Verifies each chunk's bytes against its id and stores it, on the blocking pool.
-async fn ingest(store: Store, source: Source, chunks: Vec<(ChunkId, Vec<u8>)>) -> Internal {
+/// Verifies each chunk's bytes against its id on the blocking pool, then stores the
+/// good ones through the chunk writer (acknowledged once flushed).
+async fn ingest(writer: Writer, source: Source, chunks: Vec<(ChunkId, Vec<u8>)>) -> Internal {
     let ids: Vec<ChunkId> = chunks.iter().map(|(c, _)| *c).collect();
-    let work = tokio::task::spawn_blocking(move || {
-        let mut batch = Ingested::new(source);
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut bad = Vec::new();
         let mut verified = Vec::with_capacity(chunks.len());
         for (chunk, bytes) in chunks {
             match VerifiedChunk::new(chunk, bytes) {
                 Ok(v) => verified.push(v),
-                Err(_) => batch.bad.push(chunk),
+                Err(_) => bad.push(chunk),
             }
         }
-        // One flush for the batch; none of it counts as stored before that returns.
-        match store.put_chunks(&verified) {
-            Ok(_) => batch.stored = verified.iter().map(|v| (v.id(), v.bytes().len())).collect(),
-            Err(e) => {
-                tracing::error!(chunks = verified.len(), error = %e, "cannot store verified chunks (disk full?)");
-                batch.failed = verified.iter().map(|v| (v.id(), e.to_string())).collect();
-            }
+        (verified, bad)
+    })
+    .await;
+    let (verified, bad) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            let reason = format!("verify task failed: {e}");
+            let failed = ids.into_iter().map(|chunk| (chunk, reason.clone())).collect();
+            return Internal::Ingested(Ingested { failed, ..Ingested::new(source) });
         }
-        batch
-    });
-    let batch = work.await.unwrap_or_else(|e| {
-        let reason = format!("store task failed: {e}");
-        let failed = ids.into_iter().map(|chunk| (chunk, reason.clone())).collect();
-        Ingested { failed, ..Ingested::new(source) }
-    });
+    };
+    let mut batch = Ingested { bad, ..Ingested::new(source) };
+    if !verified.is_empty() {
+        match writer.store(verified).await {
+            Stored::Stored(stored) => batch.stored = stored,
+            Stored::Failed(failed) => batch.failed = failed,
+        }
+    }
     Internal::Ingested(batch)
 }
 

@@ -225,11 +225,10 @@ pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Res
     if len > max {
         return Err(invalid(format!("frame of {len} bytes exceeds the {max}-byte limit")));
     }
-    let mut buf = Vec::with_capacity(len);
-    io.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "frame cut short"));
-    }
+    // Read into a buffer of exactly the frame's size: `read_to_end` would grow a full
+    // buffer (a copy of the whole chunk) just to learn that the frame ended.
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
     Ok(buf)
 }
 
