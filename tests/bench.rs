@@ -25,6 +25,25 @@ fn assert_metric(r: &serde_json::Value, benchmark: &str, measure: &str) -> f64 {
 }
 
 #[test]
+fn calibration_plays_one_rollout_on_real_nodes_and_in_the_simulator_and_writes_the_errors() {
+    let dir = TestDir::new();
+    let out = dir.path().join("out");
+    let (code, stdout, stderr) =
+        otamesh(&["bench", "--tiny", "--filter", "calibrate", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let r = results(&out.join("results.json"));
+    for figure in ["t50", "t90", "t100", "rollback"] {
+        assert!(assert_metric(&r, &format!("calibrate/{figure}"), "error-percent") >= 0.0);
+    }
+    // Each chunk crosses each site's WAN once on both sides, whatever the machine's load.
+    let wan = assert_metric(&r, "calibrate/wan_bytes", "error-percent");
+    assert!(wan <= 15.0, "WAN bytes differ by {wan}% between the real fleet and the simulator");
+    assert_eq!(&std::fs::read(out.join("calibration.png")).unwrap()[..4], b"\x89PNG");
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("calibrate: ") && summary.contains("t50 real"), "{summary}");
+}
+
+#[test]
 fn bench_writes_bencher_metrics_a_summary_and_plots_and_names_regressions() {
     let dir = TestDir::new();
     let out = dir.path().join("out");

@@ -11,6 +11,7 @@
 //! and range.
 
 pub mod bmf;
+mod calibrate;
 mod micro;
 pub mod report;
 mod rollout;

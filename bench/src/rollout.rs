@@ -25,7 +25,8 @@ use otamesh_node::store::Store;
 use crate::bmf::Measure;
 use crate::suite::{Options, Outcome, Progress, Size, noise, publisher, scratch};
 
-const CLASS: &str = "bench-gw";
+/// The device class of the benchmark fleets.
+pub(crate) const CLASS: &str = "bench-gw";
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 /// The fleet's shape for a size: (sites, nodes per site, MiB, rounds).
@@ -109,9 +110,10 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
             image = patched(&image, round as u64);
         }
         let before = fleet.bytes(origin.served().chunk_bytes()).await;
-        let hex = publish(&store, &key, &image, &version, round as u64 + 1)?;
+        let hex = publish(&store, &key, &image, &version, round as u64 + 1, RolloutPolicy::default())?;
         let published_s = started.elapsed().as_secs_f64();
-        let converged = watch(&mut fleet, &mut timeline, started, limit, |s| all_on(s, &hex)).await?;
+        let converged =
+            watch(&mut fleet, &mut timeline, started, limit, SAMPLE_EVERY, |s| all_on(s, &hex)).await?;
         let after = fleet.bytes(origin.served().chunk_bytes()).await;
         let mut r = Round {
             version,
@@ -135,7 +137,8 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
             let base = played[0].hex.clone();
             let revoke_s = started.elapsed().as_secs_f64();
             revoke(&store, &key, &hex, &base)?;
-            let back = watch(&mut fleet, &mut timeline, started, limit, |s| all_on(s, &base)).await?;
+            let back =
+                watch(&mut fleet, &mut timeline, started, limit, SAMPLE_EVERY, |s| all_on(s, &base)).await?;
             if !back {
                 return Err(format!(
                     "the revoke of {} did not bring every device back in {} s",
@@ -170,16 +173,19 @@ fn loopback() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn all_on(s: &otamesh_fleet::Sample, hex: &str) -> bool {
+/// Every node runs `hex`.
+pub(crate) fn all_on(s: &otamesh_fleet::Sample, hex: &str) -> bool {
     !s.nodes.is_empty() && (0..s.nodes.len()).all(|i| s.active(i) == Some(hex))
 }
 
-/// Samples the fleet into `timeline` until `done` or `limit`; false on timeout.
-async fn watch(
+/// Samples the fleet into `timeline` every `every` until `done` or `limit`; false on
+/// timeout.
+pub(crate) async fn watch(
     fleet: &mut Fleet,
     timeline: &mut Timeline,
     started: Instant,
     limit: Duration,
+    every: Duration,
     done: impl Fn(&otamesh_fleet::Sample) -> bool,
 ) -> Result<bool, String> {
     let deadline = Instant::now() + limit;
@@ -194,16 +200,18 @@ async fn watch(
         if Instant::now() > deadline {
             return Ok(false);
         }
-        tokio::time::sleep(SAMPLE_EVERY).await;
+        tokio::time::sleep(every).await;
     }
 }
 
-fn publish(
+/// Publishes `image` as `version` of [`CLASS`] into `store`; returns its release id.
+pub(crate) fn publish(
     store: &Store,
     key: &SecretKey,
     image: &[u8],
     version: &str,
     sequence: u64,
+    rollout: RolloutPolicy,
 ) -> Result<String, String> {
     let now = clock::now_ms();
     let describe = Describe {
@@ -215,14 +223,15 @@ fn publish(
         kind: UpdateKind::Firmware,
         created_at: now,
         expires_at: Some(now + 86_400_000),
-        rollout: RolloutPolicy::default(),
+        rollout,
     };
     let manifest = release::manifest(image, describe).map_err(|e| e.to_string())?;
     let published = release::publish(store, key, image, manifest, now).map_err(|e| e.to_string())?;
     Ok(published.id().to_hex())
 }
 
-fn revoke(store: &Store, key: &SecretKey, bad: &str, to: &str) -> Result<(), String> {
+/// Signs a revoke of `bad` back to `to` into `store`.
+pub(crate) fn revoke(store: &Store, key: &SecretKey, bad: &str, to: &str) -> Result<(), String> {
     let (bad, to) = (bad.parse().map_err(|e| format!("{e}"))?, to.parse().map_err(|e| format!("{e}"))?);
     release::direct(store, key, bad, Order::Revoke { to }, clock::now_ms()).map_err(|e| e.to_string())?;
     Ok(())

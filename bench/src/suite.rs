@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::bmf::Results;
-use crate::{micro, rollout, simulation, transfer};
+use crate::{calibrate, micro, rollout, simulation, transfer};
 
 /// How big a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ impl Options {
 }
 
 /// The parts of the suite, in the order they run.
-pub const PARTS: [&str; 4] = ["core", "sim", "fleet", "lan"];
+pub const PARTS: [&str; 5] = ["core", "sim", "fleet", "lan", "calibrate"];
 
 /// What a run produced besides its metrics.
 #[derive(Debug, Default)]
@@ -82,7 +82,7 @@ pub enum SuiteError {
         reason: String,
     },
     /// Nothing matched `--filter`; see docs/benchmarks.md for the names.
-    #[error("--filter {0:?} matches no part of the suite (core, sim, sim/SCENARIO, fleet, lan)")]
+    #[error("--filter {0:?} matches no part of the suite (core, sim, sim/SCENARIO, fleet, lan, calibrate)")]
     NothingSelected(String),
 }
 
@@ -112,6 +112,7 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Result<Outcome, Su
             "sim" => simulation::run(options, &mut outcome, progress).map_err(part("sim"))?,
             "fleet" => rollout::run(options, &mut outcome, progress).map_err(part("fleet"))?,
             "lan" => transfer::run(options, &mut outcome, progress).map_err(part("lan"))?,
+            "calibrate" => calibrate::run(options, &mut outcome, progress).map_err(part("calibrate"))?,
             _ => {}
         }
     }

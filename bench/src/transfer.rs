@@ -80,7 +80,8 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
     // otherwise compete with the transfer for the same cores.
     let complete = |api: Client| async move {
         api.metrics().await.is_ok_and(|m| {
-            m.sum("otamesh_chunk_bytes_total", &[]) as usize >= mib * MIB && m.sum("otamesh_installs_total", &[]) >= 1.0
+            m.sum("otamesh_chunk_bytes_total", &[]) as usize >= mib * MIB
+                && m.sum("otamesh_installs_total", &[]) >= 1.0
         })
     };
     let limit = Duration::from_secs(120 + mib as u64);
@@ -217,10 +218,15 @@ async fn https_baseline(
     for run in 0..2 * runs {
         let to_file = (run >= runs).then(|| dir.join(format!("https-{run}.bin")));
         let what = if to_file.is_some() { "stored to a file" } else { "discarded" };
-        progress.step("lan", &format!("run {}/{runs}: HTTPS download of the same {mib} MiB, {what}", run % runs + 1));
+        progress.step(
+            "lan",
+            &format!("run {}/{runs}: HTTPS download of the same {mib} MiB, {what}", run % runs + 1),
+        );
         let t0 = Instant::now();
         let mut file = match &to_file {
-            Some(path) => Some(tokio::fs::File::create(path).await.map_err(|e| format!("{}: {e}", path.display()))?),
+            Some(path) => {
+                Some(tokio::fs::File::create(path).await.map_err(|e| format!("{}: {e}", path.display()))?)
+            }
             None => None,
         };
         let mut response = client.get(&url).send().await.map_err(|e| format!("HTTPS GET {url}: {e}"))?;
