@@ -170,6 +170,11 @@ impl Metrics {
         self.feedback_refused.get_or_create(&vec![("topic", topic), ("reason", refusal.label())]).inc();
     }
 
+    /// Counts a site message refused for `reason` ([`otamesh_core::site::SiteRefusal::label`]).
+    pub fn refused_site(&self, reason: &'static str) {
+        self.feedback_refused.get_or_create(&vec![("topic", "site"), ("reason", reason)]).inc();
+    }
+
     /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
