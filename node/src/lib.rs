@@ -21,6 +21,7 @@
 //! - [`intake`]: reports and directives from the fleet, verified and handed to the device;
 //!   the fleet view behind `/fleet` and `/report`.
 //! - [`site`]: the site's enrolled members and install-slot claims, as site gossip tells them.
+//! - `hostile` (feature `testkit`): a lying site peer for the tests.
 //! - [`guard`]: per-topic size limits and the admission of site messages.
 //! - [`serve`]: a static HTTP origin over a store (`otamesh serve`, the demo).
 //! - [`client`]: a client of the node API (`otamesh status`, `fleet`, `report`).
@@ -38,6 +39,8 @@ pub mod disk;
 pub mod feedback;
 pub mod guard;
 pub mod hooks;
+#[cfg(feature = "testkit")]
+pub mod hostile;
 pub mod intake;
 pub mod keys;
 pub mod metrics;

@@ -119,10 +119,12 @@ pub enum NodeError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    gossipsub: gossipsub::Behaviour,
+    gossipsub: crate::guard::Graylisted,
     chunks: request_response::Behaviour<ChunkCodec>,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    limits: libp2p::connection_limits::Behaviour,
+    ip_limit: crate::guard::IpLimit,
 }
 
 /// What became of a batch of chunks from one source.
@@ -231,6 +233,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         intake: Intake::new(config.class.clone(), fleet_tx),
         enrolled,
         enrolment,
+        guard: crate::guard::Topics::default(),
         site: Site::new(&config.site, me),
         store: data.store().clone(),
         config,
@@ -286,6 +289,7 @@ fn build_swarm(
                 gossip_config().map_err(|e| e.to_string())?,
             )?;
             let (params, thresholds) = peer_score(site);
+            let graylist = thresholds.graylist_threshold;
             gossipsub.with_peer_score(params, thresholds)?;
             let rr = request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(60))
@@ -301,7 +305,14 @@ fn build_swarm(
             } else {
                 None
             };
-            Ok(Behaviour { gossipsub, chunks, identify, mdns: Toggle::from(mdns) })
+            Ok(Behaviour {
+                gossipsub: crate::guard::Graylisted::new(gossipsub, graylist),
+                chunks,
+                identify,
+                mdns: Toggle::from(mdns),
+                limits: crate::guard::connection_limits(),
+                ip_limit: crate::guard::IpLimit::default(),
+            })
         })
         .map_err(|e| net(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
@@ -378,6 +389,8 @@ struct Node {
     site: Site,
     /// This device's enrolment, carried by its site messages (none: it sends none).
     enrolment: Option<otamesh_core::enrolment::SignedEnrolment>,
+    /// Size limits and per-peer budgets of gossip topics.
+    guard: crate::guard::Topics,
     swarm: Swarm<Behaviour>,
     me: DeviceId,
     trust: TrustRoot,
@@ -414,6 +427,10 @@ struct Node {
 
 impl Node {
     fn start(&mut self) -> Result<(), NodeError> {
+        self.swarm.behaviour_mut().gossipsub.count_into(self.metrics.gossip_graylisted.clone());
+        if let Some(warning) = crate::guard::file_limit_warning() {
+            tracing::warn!("{warning}");
+        }
         let gs = &mut self.swarm.behaviour_mut().gossipsub;
         for topic in [
             &self.releases_topic,
@@ -578,18 +595,29 @@ impl Node {
             }
             return;
         };
-        let (topic_name, acceptance) = if message.topic == self.releases_topic.hash() {
-            ("releases", self.on_release_message(&message.data, propagation_source))
-        } else if message.topic == self.site_topic.hash() {
-            ("site", self.on_site_message(message.source, &message.data))
-        } else if message.topic == self.reports_topic.hash() {
-            ("reports", self.on_report_message(&message.data, propagation_source))
-        } else if message.topic == self.directives_topic.hash() {
-            ("directives", self.on_directive_message(&message.data, propagation_source))
-        } else if message.topic == self.roots_topic.hash() {
-            ("roots", self.on_root_message(&message.data))
+        let topic_name = [
+            (&self.releases_topic, "releases"),
+            (&self.site_topic, "site"),
+            (&self.reports_topic, "reports"),
+            (&self.directives_topic, "directives"),
+            (&self.roots_topic, "roots"),
+        ]
+        .into_iter()
+        .find_map(|(t, name)| (t.hash() == message.topic).then_some(name))
+        .unwrap_or("other");
+        let refused = self.guard.refuse(now_ms(), topic_name, propagation_source, &message.data);
+        let acceptance = if let Some(refusal) = refused {
+            self.metrics.refused_because(topic_name, refusal);
+            if refusal == "oversize" { MessageAcceptance::Reject } else { MessageAcceptance::Ignore }
         } else {
-            ("other", MessageAcceptance::Ignore)
+            match topic_name {
+                "releases" => self.on_release_message(&message.data, propagation_source),
+                "site" => self.on_site_message(message.source, &message.data),
+                "reports" => self.on_report_message(&message.data, propagation_source),
+                "directives" => self.on_directive_message(&message.data, propagation_source),
+                "roots" => self.on_root_message(&message.data),
+                _ => MessageAcceptance::Ignore,
+            }
         };
         self.metrics.gossip(
             topic_name,
@@ -637,7 +665,7 @@ impl Node {
         let (peer, device, msg) = match crate::guard::site_message(&mut self.site, now, source, data, &self.trust) {
             Ok(admitted) => admitted,
             Err(refusal) => {
-                self.metrics.refused_site(refusal.label());
+                self.metrics.refused_because("site", refusal.label());
                 tracing::debug!(author = ?source, reason = refusal.label(), "site message refused; not forwarded");
                 return if refusal.is_invalid() { MessageAcceptance::Reject } else { MessageAcceptance::Ignore };
             }

@@ -14,7 +14,7 @@
 //! **Non-goals:** transport, scoring (the loop tells gossipsub what to do with a
 //! refusal), revoking an enrolment.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use libp2p::PeerId;
 use otamesh_core::enrolment::SignedEnrolment;
@@ -22,6 +22,7 @@ use otamesh_core::site::{Claimed, InstallSlots, SiteRefusal, SlotClaim, enrolmen
 use otamesh_core::{DeviceId, Millis, ReleaseId, TrustRoot};
 
 use crate::datadir::peer_device;
+pub use crate::guard::Budget;
 
 /// A site peer not heard for this long is no longer a member.
 pub const MEMBER_TTL: Millis = 10_000;
@@ -52,7 +53,7 @@ pub struct Site {
     name: String,
     members: BTreeMap<DeviceId, Member>,
     verified: BTreeMap<DeviceId, [u8; 32]>,
-    budget: Budget,
+    budget: Budget<DeviceId>,
     /// The site's install-slot claims and this device's own.
     pub slots: InstallSlots,
 }
@@ -139,50 +140,6 @@ impl Site {
     /// Every member, by device id.
     pub fn members(&self) -> impl Iterator<Item = &DeviceId> {
         self.members.keys()
-    }
-}
-
-/// A token bucket per author: `burst` messages at once, then one per `refill_ms`.
-/// Tracks at most [`MAX_VERIFIED`] authors; beyond that, the full (idle) ones are
-/// forgotten first.
-#[derive(Debug)]
-pub struct Budget {
-    burst: u32,
-    refill_ms: Millis,
-    authors: HashMap<DeviceId, (u32, Millis)>,
-}
-
-impl Budget {
-    /// `burst` at once, one more per `refill_ms`.
-    pub fn new(burst: u32, refill_ms: Millis) -> Self {
-        Self { burst, refill_ms: refill_ms.max(1), authors: HashMap::new() }
-    }
-
-    /// Spends one of `author`'s messages at `now`; false when it has none left.
-    pub fn spend(&mut self, author: DeviceId, now: Millis) -> bool {
-        if self.authors.len() >= MAX_VERIFIED && !self.authors.contains_key(&author) {
-            let (burst, refill) = (self.burst, self.refill_ms);
-            self.authors.retain(|_, b| Self::refill(b, now, burst, refill) < burst);
-            if self.authors.len() >= MAX_VERIFIED {
-                return false;
-            }
-        }
-        let (burst, refill) = (self.burst, self.refill_ms);
-        let bucket = self.authors.entry(author).or_insert((burst, now));
-        if Self::refill(bucket, now, burst, refill) == 0 {
-            return false;
-        }
-        bucket.0 -= 1;
-        true
-    }
-
-    fn refill(bucket: &mut (u32, Millis), now: Millis, burst: u32, refill_ms: Millis) -> u32 {
-        let earned = now.saturating_sub(bucket.1) / refill_ms;
-        if earned > 0 {
-            bucket.0 = (u64::from(bucket.0) + earned).min(u64::from(burst)) as u32;
-            bucket.1 = if bucket.0 == burst { now } else { bucket.1 + earned * refill_ms };
-        }
-        bucket.0
     }
 }
 
