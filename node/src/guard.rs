@@ -68,9 +68,10 @@ pub fn file_limit_warning() -> Option<String> {
 }
 
 /// The largest site message: [`otamesh_core::site::MAX_RELEASES_PER_MESSAGE`] releases,
-/// each two bitfields of a bit per chunk (a 64 GiB release of 64 KiB chunks is 128 KiB
-/// of bits), and an enrolment.
-pub const MAX_SITE_MESSAGE_BYTES: usize = 1 << 20;
+/// each two bitfields of a bit per chunk (a 4 GiB release of 64 KiB chunks is 8 KiB of
+/// bits each), and an enrolment. A message naming 20,000 releases is refused on its
+/// size alone, before it is decoded.
+pub const MAX_SITE_MESSAGE_BYTES: usize = 256 << 10;
 
 /// The largest report (a report, a signature and an enrolment are well under 4 KiB).
 pub const MAX_REPORT_BYTES: usize = 64 << 10;
@@ -132,8 +133,8 @@ impl Topics {
     }
 }
 
-/// A site message: size, canonical decoding, then admission of its author. Returns the
-/// author's peer id, device id and the message.
+/// A site message: its author's budget, its size, canonical decoding, then admission of
+/// its author. Returns the author's peer id, device id and the message.
 pub fn site_message(
     site: &mut Site,
     now: Millis,
@@ -142,11 +143,12 @@ pub fn site_message(
     trust: &TrustRoot,
 ) -> Result<(PeerId, otamesh_core::DeviceId, SiteMessage), SiteRefusal> {
     let peer = source.ok_or(SiteRefusal::NoAuthor)?;
+    site.spend(now, source)?;
     if data.len() > MAX_SITE_MESSAGE_BYTES {
         return Err(SiteRefusal::Malformed);
     }
     let msg: SiteMessage = codec::decode(data).map_err(|_| SiteRefusal::Malformed)?;
-    let device = site.admit(now, Some(peer), &msg.enrolment, &msg.class, msg.haves.len(), trust)?;
+    let device = site.admit(Some(peer), &msg.enrolment, &msg.class, msg.haves.len(), trust)?;
     Ok((peer, device, msg))
 }
 
@@ -379,5 +381,120 @@ impl NetworkBehaviour for Graylisted {
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         self.inner.poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use otamesh_core::SignedManifest;
+    use otamesh_core::rollout::RolloutPolicy;
+    use otamesh_core::site::SlotClaim;
+
+    use super::*;
+    use crate::testkit;
+    use crate::wire::Have;
+
+    /// Mean microseconds per call of `f` over `n` calls.
+    fn micros(n: u32, mut f: impl FnMut()) -> f64 {
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    }
+
+    fn site_bytes(releases: usize, bits: usize) -> Vec<u8> {
+        let haves = (0..releases)
+            .map(|i| Have {
+                release: otamesh_core::ReleaseId::from_bytes(*blake3::hash(&i.to_le_bytes()).as_bytes()),
+                bits: vec![0xff; bits],
+                fetching: vec![0xff; bits],
+            })
+            .collect();
+        let stranger = otamesh_core::SecretKey::from_seed([5; 32]);
+        codec::encode(&SiteMessage {
+            sent_at: 1,
+            class: "gw".into(),
+            haves,
+            slot: Some(SlotClaim { since: 0, holding: true }),
+            enrolment: testkit::enrol(&stranger, "s1"),
+        })
+    }
+
+    /// The attacks of issue 11 that cost a receiver CPU, each refused the way the loop
+    /// refuses it, with the cost printed (`cargo test -p otamesh-node --lib
+    /// guard::tests::refusal_costs -- --nocapture`; debug build of our crates,
+    /// dependencies at opt-level 2). No timing is asserted: the machine is shared.
+    #[test]
+    fn refusal_costs_of_bombs_re_encodings_and_huge_site_messages() {
+        let trust = testkit::trust();
+        let genuine = testkit::publisher().sign_manifest(testkit::manifest(b"firmware", 1, RolloutPolicy::default()));
+        let genuine_bytes = genuine.to_bytes();
+
+        // A signature bomb: 50,000 copies of the publisher's signature (5 MB, under the
+        // gossip size limit), so that every signature names a trusted key.
+        let mut bomb = genuine.clone();
+        bomb.signatures = vec![genuine.signatures[0].clone(); 50_000];
+        let bomb_bytes = bomb.to_bytes();
+        assert!(bomb_bytes.len() < codec::MAX_MESSAGE_BYTES);
+        let refuse_bomb = || {
+            assert!(SignedManifest::from_bytes(&bomb_bytes).is_err(), "refused at the signature count");
+        };
+        let bomb_us = micros(200, refuse_bomb);
+
+        // A re-encoding: the format field (2) as a non-minimal varint (0xfb, u16).
+        assert_eq!(genuine_bytes[0], 2);
+        let mut re = vec![0xfb, 2, 0];
+        re.extend_from_slice(&genuine_bytes[1..]);
+        assert!(matches!(SignedManifest::from_bytes(&re), Err(codec::DecodeError::NonCanonical)));
+        let re_us = micros(200, || assert!(SignedManifest::from_bytes(&re).is_err()));
+
+        // A site message naming 20,000 releases: refused on its size before decoding.
+        let huge = site_bytes(20_000, 1);
+        let mut topics = Topics::default();
+        let peer = PeerId::random();
+        assert_eq!(topics.refuse(0, "site", peer, &huge), Some("oversize"));
+        let huge_us = micros(200, || assert!(topics.refuse(0, "site", peer, &huge).is_some()));
+
+        // One just over the release cap, under the size limit: refused at the length
+        // prefix of its release list.
+        let over = site_bytes(otamesh_core::site::MAX_RELEASES_PER_MESSAGE + 1, 2048);
+        assert!(over.len() <= MAX_SITE_MESSAGE_BYTES);
+        let stranger = otamesh_core::SecretKey::from_seed([5; 32]);
+        let author = libp2p::identity::Keypair::ed25519_from_bytes(stranger.to_seed()).expect("32 bytes");
+        let author = author.public().to_peer_id();
+        let mut site = Site::new("s1", otamesh_core::DeviceId::from_bytes([0; 32]));
+        let mut now = 0;
+        let over_us = micros(200, || {
+            now += 1_000;
+            let r = site_message(&mut site, now, Some(author), &over, &trust);
+            assert_eq!(r.err(), Some(SiteRefusal::Malformed));
+        });
+
+        // A stranger's self-signed enrolment: one signature check, refused.
+        let forged = {
+            let mut m: SiteMessage = codec::decode(&site_bytes(1, 8)).expect("decodes");
+            m.enrolment.signatures = vec![stranger.sign(
+                otamesh_core::trust::Domain::Enrolment,
+                &codec::encode(&m.enrolment.enrolment),
+            )];
+            codec::encode(&m)
+        };
+        let mut site = Site::new("s1", otamesh_core::DeviceId::from_bytes([0; 32]));
+        let mut now = 0;
+        let forged_us = micros(200, || {
+            now += 1_000;
+            assert_eq!(site_message(&mut site, now, Some(author), &forged, &trust).err(), Some(SiteRefusal::Forged));
+        });
+        eprintln!(
+            "refusal costs (mean us): signature bomb of 50,000 ({} bytes) {bomb_us:.0}; re-encoded manifest {re_us:.1}; \
+             20,000-release site message ({} bytes) {huge_us:.2}; 17-release site message ({} bytes) {over_us:.1}; \
+             self-enrolled site message {forged_us:.1}",
+            bomb_bytes.len(),
+            huge.len(),
+            over.len()
+        );
     }
 }

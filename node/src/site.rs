@@ -70,11 +70,20 @@ impl Site {
         }
     }
 
-    /// Whether a site message signed by `author` counts: the author's budget first, then
-    /// [`judge`]. Returns the author's device id.
+    /// Spends one of `author`'s site messages at `now` (before it is decoded). Returns
+    /// the author's device id.
+    pub fn spend(&mut self, now: Millis, author: Option<PeerId>) -> Result<DeviceId, SiteRefusal> {
+        let device = author.as_ref().and_then(peer_device).ok_or(SiteRefusal::NoAuthor)?;
+        if !self.budget.spend(device, now) {
+            return Err(SiteRefusal::Flood);
+        }
+        Ok(device)
+    }
+
+    /// Whether a decoded site message signed by `author` counts ([`judge`]). Returns the
+    /// author's device id.
     pub fn admit(
         &mut self,
-        now: Millis,
         author: Option<PeerId>,
         enrolment: &SignedEnrolment,
         class: &str,
@@ -82,9 +91,6 @@ impl Site {
         trust: &TrustRoot,
     ) -> Result<DeviceId, SiteRefusal> {
         let device = author.as_ref().and_then(peer_device).ok_or(SiteRefusal::NoAuthor)?;
-        if !self.budget.spend(device, now) {
-            return Err(SiteRefusal::Flood);
-        }
         let fingerprint = enrolment_fingerprint(enrolment);
         let before = self.verified.get(&device) == Some(&fingerprint);
         judge(Claimed { author: device, enrolment, class, releases }, &self.name, trust, before)?;
@@ -161,13 +167,14 @@ mod tests {
         let mut site = Site::new("s1", me);
         let trust = testkit::trust();
         let ea = testkit::enrol(&a, "s1");
-        let device = site.admit(0, Some(peer_of(&a)), &ea, "gw", 1, &trust).expect("enrolled");
+        let device = site.admit(Some(peer_of(&a)), &ea, "gw", 1, &trust).expect("enrolled");
+        assert_eq!(site.spend(0, Some(peer_of(&a))), Ok(device));
         assert_eq!(site.verified.get(&device), Some(&enrolment_fingerprint(&ea)));
         // b holds up a's enrolment: refused, whatever it was verified as.
-        assert_eq!(site.admit(0, Some(peer_of(&b)), &ea, "gw", 1, &trust), Err(SiteRefusal::NotItsKey));
-        assert_eq!(site.admit(0, None, &ea, "gw", 1, &trust), Err(SiteRefusal::NoAuthor));
+        assert_eq!(site.admit(Some(peer_of(&b)), &ea, "gw", 1, &trust), Err(SiteRefusal::NotItsKey));
+        assert_eq!(site.admit(None, &ea, "gw", 1, &trust), Err(SiteRefusal::NoAuthor));
         let other_site = testkit::enrol(&b, "s2");
-        assert_eq!(site.admit(0, Some(peer_of(&b)), &other_site, "gw", 1, &trust), Err(SiteRefusal::OtherSite));
+        assert_eq!(site.admit(Some(peer_of(&b)), &other_site, "gw", 1, &trust), Err(SiteRefusal::OtherSite));
     }
 
     #[test]
