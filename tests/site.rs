@@ -226,3 +226,69 @@ fn an_enrolled_device_that_claims_chunks_and_serves_none_is_banned_and_the_site_
     assert!(served <= 1.1, "origin served {served:.3}x the release");
     hostile.stop();
 }
+
+/// Milliseconds one `GET /status` takes, over a fresh connection.
+fn status_ms(api: &str) -> f64 {
+    use std::io::{Read, Write};
+    let t = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /status HTTP/1.0\r\nHost: node\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(out.starts_with(b"HTTP/1."), "an answer");
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn rss_kib(n: &Node) -> u64 {
+    let pid = n.process.pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A stranger floods node `a` with 1,000 well-formed site messages a second for ten
+/// seconds: they are refused (counted), its later messages are dropped unread once
+/// gossipsub graylists it (counted too), none reaches `b` (peered only with `a`), and
+/// `a` keeps answering `/status` (p99 and RSS printed; only a generous bound asserted).
+#[test]
+fn a_flood_of_a_strangers_site_messages_is_refused_counted_and_never_forwarded() {
+    let World { dir, trust, origin, .. } = World::new();
+    let a = Node::start(dir.path(), "a", "s", &trust, &["--origin".into(), origin.url.clone()]);
+    let b = Node::start(dir.path(), "b", "s", &trust, &["--peer".into(), a.addr()]);
+    let nodes = vec![a, b];
+    wait_members(&nodes, 1);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let data = noise(51, MIB);
+    let m = manifest_for(&data, "gw", 1);
+    let mut plan = hostile_plan(79, &m, &nodes[..1], None);
+    plan.rate = 1000;
+    let rss_before = rss_kib(a);
+    let hostile = otamesh_node::hostile::Hostile::start(plan);
+    wait_for(Duration::from_secs(30), "the flood refused", || refused(a, "not_enrolled") >= 1.0);
+    let mut latencies = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        latencies.push(status_ms(&a.api));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = hostile.stop();
+    latencies.sort_by(f64::total_cmp);
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let graylisted = a.metric("otamesh_gossip_graylisted_dropped_total");
+    let refusals: f64 = ["not_enrolled", "flood"].iter().map(|r| refused(a, r)).sum();
+    eprintln!(
+        "flood: {sent} messages published; a refused {refusals} and dropped {graylisted} from the graylisted stranger; \
+         /status p99 {p99:.1} ms over {} requests; RSS {rss_before} -> {} KiB",
+        latencies.len(),
+        rss_kib(a)
+    );
+    assert!(sent >= 1000, "the stranger flooded ({sent})");
+    assert!(graylisted >= 1.0, "messages dropped for a graylisted peer are counted");
+    assert_eq!(b.metric("otamesh_feedback_refused_total{topic=\"site\"}"), 0.0, "nothing refused reached b");
+    assert!(b.status().is_some_and(|s| s["site_members"].as_array().map(|m| m.len()) == Some(1)));
+    assert!(p99 < 2_000.0, "/status answered within 2 s at p99 under the flood ({p99:.1} ms)");
+}
