@@ -292,3 +292,68 @@ fn a_flood_of_a_strangers_site_messages_is_refused_counted_and_never_forwarded()
     assert!(b.status().is_some_and(|s| s["site_members"].as_array().map(|m| m.len()) == Some(1)));
     assert!(p99 < 2_000.0, "/status answered within 2 s at p99 under the flood ({p99:.1} ms)");
 }
+
+/// The origin's bytes over the release for `n` devices of one site started one by one
+/// (each peered with every earlier one), the release (16 MiB) published once they are
+/// all members.
+fn one_site_started_one_by_one(n: usize) -> f64 {
+    let World { dir, key, trust, store, origin } = World::new();
+    let nodes = site(dir.path(), "s", n, &trust, |_| vec!["--origin".into(), origin.url.clone()]);
+    wait_members(&nodes, n - 1);
+    let data = noise(61 + n as u64, 16 * MIB);
+    publish(&store, &key, &data, "gw", 1);
+    wait_for(Duration::from_secs(60 + 15 * n as u64), "every node complete", || nodes.iter().all(|n| n.complete()));
+    let ratio = origin.bytes_served() as f64 / data.len() as f64;
+    eprintln!("{n} devices on one site, started one by one: origin served {ratio:.4}x the release");
+    ratio
+}
+
+#[test]
+fn four_devices_started_one_by_one_fetch_each_chunk_over_the_wan_about_once() {
+    let ratio = one_site_started_one_by_one(4);
+    assert!(ratio <= 1.05, "origin served {ratio:.4}x the release");
+}
+
+#[test]
+fn ten_devices_started_one_by_one_fetch_each_chunk_over_the_wan_about_once() {
+    let ratio = one_site_started_one_by_one(10);
+    assert!(ratio <= 1.05, "origin served {ratio:.4}x the release");
+}
+
+/// Over two minutes in debug on a loaded 2-core machine: run by hand.
+#[test]
+#[ignore]
+fn stress_twenty_five_devices_started_one_by_one_fetch_each_chunk_over_the_wan_about_once() {
+    let ratio = one_site_started_one_by_one(25);
+    assert!(ratio <= 1.05, "origin served {ratio:.4}x the release");
+}
+
+/// A power cut: 12 nodes in 3 sites all start in the same moment, the release (16 MiB)
+/// already published; each site's origin bytes are at most 1.05x the release.
+#[test]
+fn twelve_nodes_in_three_sites_started_together_after_the_release_fetch_each_chunk_about_once_per_site() {
+    let World { dir, key, trust, store, origin } = World::new();
+    let data = noise(71, 16 * MIB);
+    publish(&store, &key, &data, "gw", 1);
+    let specs: Vec<(String, String)> =
+        ["a", "b", "c"].iter().flat_map(|s| (0..4).map(move |i| (format!("{s}{i}"), s.to_string()))).collect();
+    let nodes = Node::start_together(dir.path(), &trust, &specs, |_| vec!["--origin".into(), origin.url.clone()]);
+    wait_for(Duration::from_secs(180), "all 12 nodes complete", || nodes.iter().all(|n| n.complete()));
+    let wan: Vec<f64> = ["a", "b", "c"]
+        .iter()
+        .map(|s| {
+            nodes
+                .iter()
+                .filter(|n| n.name.starts_with(s))
+                .map(|n| n.metric("otamesh_chunk_bytes_total{source=\"wan\"}"))
+                .sum::<f64>()
+                / data.len() as f64
+        })
+        .collect();
+    let ratio = origin.bytes_served() as f64 / (3 * data.len()) as f64;
+    eprintln!("12 nodes in 3 sites started together: origin served {ratio:.4}x per site; per site (node counters) {wan:?}");
+    for (s, w) in ["a", "b", "c"].iter().zip(&wan) {
+        assert!(*w <= 1.05, "site {s} fetched {w:.4}x the release over its WAN");
+    }
+    assert!(ratio <= 1.05, "origin served {ratio:.4}x the release per site");
+}
