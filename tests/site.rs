@@ -35,11 +35,7 @@ fn wait_members(nodes: &[Node], members: usize) {
 
 /// Nanosecond timestamps, one a line, that a hook appended to `path`.
 fn stamps(path: &Path) -> Vec<u128> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 /// `max_concurrent_per_site = 1` and three devices that become staged in the same
@@ -74,7 +70,8 @@ fn devices_staged_together_install_one_at_a_time_under_a_limit_of_one() {
     });
     let mut intervals: Vec<(u128, u128, usize)> = (0..3)
         .map(|i| {
-            let (start, end) = (stamps(&marks.join(format!("{i}.start"))), stamps(&marks.join(format!("{i}.end"))));
+            let (start, end) =
+                (stamps(&marks.join(format!("{i}.start"))), stamps(&marks.join(format!("{i}.end"))));
             assert_eq!((start.len(), end.len()), (1, 1), "node {i} installed and checked once");
             (start[0], end[0], i)
         })
@@ -107,7 +104,12 @@ fn hostile_plan(
     use otamesh_core::enrolment::{Enrolment, SignedEnrolment};
     let own = otamesh_core::SecretKey::from_seed([seed; 32]);
     let self_signed = || {
-        let e = Enrolment { device_key: own.public().to_bytes(), site: "s".into(), class: "gw".into(), issued_at: 1 };
+        let e = Enrolment {
+            device_key: own.public().to_bytes(),
+            site: "s".into(),
+            class: "gw".into(),
+            issued_at: 1,
+        };
         SignedEnrolment::sign(e, &own)
     };
     otamesh_node::hostile::Plan {
@@ -127,7 +129,8 @@ fn hostile_plan(
 fn enrolment_of(seed: u8) -> otamesh_core::enrolment::SignedEnrolment {
     use otamesh_core::enrolment::{Enrolment, SignedEnrolment};
     let own = otamesh_core::SecretKey::from_seed([seed; 32]);
-    let e = Enrolment { device_key: own.public().to_bytes(), site: "s".into(), class: "gw".into(), issued_at: 1 };
+    let e =
+        Enrolment { device_key: own.public().to_bytes(), site: "s".into(), class: "gw".into(), issued_at: 1 };
     SignedEnrolment::sign(e, &publisher())
 }
 
@@ -165,7 +168,8 @@ fn three_nodes_with(stranger: bool) -> (f64, u64) {
         .to_string();
         for n in &nodes {
             let s = n.status().unwrap();
-            let members: Vec<&str> = s["site_members"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
+            let members: Vec<&str> =
+                s["site_members"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
             assert!(!members.contains(&stranger.as_str()), "{}: the stranger is no member", n.name);
         }
         assert!(h.stop() >= 1, "the stranger published its lies");
@@ -302,7 +306,9 @@ fn one_site_started_one_by_one(n: usize) -> f64 {
     wait_members(&nodes, n - 1);
     let data = noise(61 + n as u64, 16 * MIB);
     publish(&store, &key, &data, "gw", 1);
-    wait_for(Duration::from_secs(60 + 15 * n as u64), "every node complete", || nodes.iter().all(|n| n.complete()));
+    wait_for(Duration::from_secs(60 + 15 * n as u64), "every node complete", || {
+        nodes.iter().all(|n| n.complete())
+    });
     let ratio = origin.bytes_served() as f64 / data.len() as f64;
     eprintln!("{n} devices on one site, started one by one: origin served {ratio:.4}x the release");
     ratio
@@ -335,9 +341,12 @@ fn twelve_nodes_in_three_sites_started_together_after_the_release_fetch_each_chu
     let World { dir, key, trust, store, origin } = World::new();
     let data = noise(71, 16 * MIB);
     publish(&store, &key, &data, "gw", 1);
-    let specs: Vec<(String, String)> =
-        ["a", "b", "c"].iter().flat_map(|s| (0..4).map(move |i| (format!("{s}{i}"), s.to_string()))).collect();
-    let nodes = Node::start_together(dir.path(), &trust, &specs, |_| vec!["--origin".into(), origin.url.clone()]);
+    let specs: Vec<(String, String)> = ["a", "b", "c"]
+        .iter()
+        .flat_map(|s| (0..4).map(move |i| (format!("{s}{i}"), s.to_string())))
+        .collect();
+    let nodes =
+        Node::start_together(dir.path(), &trust, &specs, |_| vec!["--origin".into(), origin.url.clone()]);
     wait_for(Duration::from_secs(180), "all 12 nodes complete", || nodes.iter().all(|n| n.complete()));
     let wan: Vec<f64> = ["a", "b", "c"]
         .iter()
@@ -351,7 +360,9 @@ fn twelve_nodes_in_three_sites_started_together_after_the_release_fetch_each_chu
         })
         .collect();
     let ratio = origin.bytes_served() as f64 / (3 * data.len()) as f64;
-    eprintln!("12 nodes in 3 sites started together: origin served {ratio:.4}x per site; per site (node counters) {wan:?}");
+    eprintln!(
+        "12 nodes in 3 sites started together: origin served {ratio:.4}x per site; per site (node counters) {wan:?}"
+    );
     for (s, w) in ["a", "b", "c"].iter().zip(&wan) {
         assert!(*w <= 1.05, "site {s} fetched {w:.4}x the release over its WAN");
     }

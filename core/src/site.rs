@@ -95,7 +95,12 @@ pub struct Claimed<'a> {
 
 /// Whether a site message counts on `site`. `verified_before` says this exact enrolment
 /// was verified under `trust` before (the signatures are then not checked again).
-pub fn judge(claimed: Claimed<'_>, site: &str, trust: &TrustRoot, verified_before: bool) -> Result<(), SiteRefusal> {
+pub fn judge(
+    claimed: Claimed<'_>,
+    site: &str,
+    trust: &TrustRoot,
+    verified_before: bool,
+) -> Result<(), SiteRefusal> {
     if claimed.releases > MAX_RELEASES_PER_MESSAGE {
         return Err(SiteRefusal::TooManyReleases);
     }
@@ -221,7 +226,8 @@ impl InstallSlots {
     /// lease runs out.
     pub fn poll_timeout(&self) -> Option<Millis> {
         let settle = self.mine.map(|m| m.saturating_add(SETTLE));
-        let lease = self.others.values().filter_map(|h| h.holding_since).map(|s| s.saturating_add(LEASE)).min();
+        let lease =
+            self.others.values().filter_map(|h| h.holding_since).map(|s| s.saturating_add(LEASE)).min();
         settle.into_iter().chain(lease).min()
     }
 

@@ -215,7 +215,9 @@ impl IpLimit {
         let Some(ip) = Self::ip(remote).filter(|ip| !ip.is_loopback()) else { return Ok(()) };
         let n = self.established.get(&ip).copied().unwrap_or(0);
         if n >= MAX_CONNECTIONS_PER_IP {
-            return Err(ConnectionDenied::new(format!("{n} connections from {ip} already (the most per address)")));
+            return Err(ConnectionDenied::new(format!(
+                "{n} connections from {ip} already (the most per address)"
+            )));
         }
         Ok(())
     }
@@ -430,7 +432,8 @@ mod tests {
     #[test]
     fn refusal_costs_of_bombs_re_encodings_and_huge_site_messages() {
         let trust = testkit::trust();
-        let genuine = testkit::publisher().sign_manifest(testkit::manifest(b"firmware", 1, RolloutPolicy::default()));
+        let genuine =
+            testkit::publisher().sign_manifest(testkit::manifest(b"firmware", 1, RolloutPolicy::default()));
         let genuine_bytes = genuine.to_bytes();
 
         // A signature bomb: 50,000 copies of the publisher's signature (5 MB, under the
@@ -476,17 +479,19 @@ mod tests {
         // A stranger's self-signed enrolment: one signature check, refused.
         let forged = {
             let mut m: SiteMessage = codec::decode(&site_bytes(1, 8)).expect("decodes");
-            m.enrolment.signatures = vec![stranger.sign(
-                otamesh_core::trust::Domain::Enrolment,
-                &codec::encode(&m.enrolment.enrolment),
-            )];
+            m.enrolment.signatures = vec![
+                stranger.sign(otamesh_core::trust::Domain::Enrolment, &codec::encode(&m.enrolment.enrolment)),
+            ];
             codec::encode(&m)
         };
         let mut site = Site::new("s1", otamesh_core::DeviceId::from_bytes([0; 32]));
         let mut now = 0;
         let forged_us = micros(200, || {
             now += 1_000;
-            assert_eq!(site_message(&mut site, now, Some(author), &forged, &trust).err(), Some(SiteRefusal::Forged));
+            assert_eq!(
+                site_message(&mut site, now, Some(author), &forged, &trust).err(),
+                Some(SiteRefusal::Forged)
+            );
         });
         eprintln!(
             "refusal costs (mean us): signature bomb of 50,000 ({} bytes) {bomb_us:.0}; re-encoded manifest {re_us:.1}; \

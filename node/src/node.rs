@@ -662,12 +662,22 @@ impl Node {
 
     fn on_site_message(&mut self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
         let now = now_ms();
-        let (peer, device, msg) = match crate::guard::site_message(&mut self.site, now, source, data, &self.trust) {
+        let (peer, device, msg) = match crate::guard::site_message(
+            &mut self.site,
+            now,
+            source,
+            data,
+            &self.trust,
+        ) {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 self.metrics.refused_because("site", refusal.label());
                 tracing::debug!(author = ?source, reason = refusal.label(), "site message refused; not forwarded");
-                return if refusal.is_invalid() { MessageAcceptance::Reject } else { MessageAcceptance::Ignore };
+                return if refusal.is_invalid() {
+                    MessageAcceptance::Reject
+                } else {
+                    MessageAcceptance::Ignore
+                };
             }
         };
         if device == self.me {

@@ -110,7 +110,13 @@ impl Site {
 
     /// An admitted site message from `device` (via `peer`) was heard at `now`, with its
     /// install-slot claim. Returns the member.
-    pub fn heard(&mut self, device: DeviceId, peer: PeerId, now: Millis, claim: Option<SlotClaim>) -> &mut Member {
+    pub fn heard(
+        &mut self,
+        device: DeviceId,
+        peer: PeerId,
+        now: Millis,
+        claim: Option<SlotClaim>,
+    ) -> &mut Member {
         self.slots.handle_claim(now, device, claim);
         let member = self.members.entry(device).or_insert_with(|| Member {
             peer,
