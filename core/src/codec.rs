@@ -12,12 +12,49 @@
 //! bincode 2 is marked unmaintained (RUSTSEC-2025-0141). It is used here and nowhere
 //! else, so swapping it means changing this file only.
 
+use std::fmt;
+use std::marker::PhantomData;
+
 use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, SeqAccess, Visitor};
 
 /// The largest message the decoder accepts: 8 MiB. A manifest for a 4 GiB payload at
 /// the default 64 KiB average chunk size is about 2.6 MB, well under this.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+/// A `deserialize_with` for a sequence of at most `N` elements: a longer one is refused
+/// at its length prefix, before any element is decoded, so a list of 50,000 signatures
+/// or releases costs a receiver nothing to refuse.
+pub fn bounded<'de, D, T, const N: usize>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Bounded<T, const N: usize>(PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>, const N: usize> Visitor<'de> for Bounded<T, N> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a sequence of at most {N} elements")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let hint = seq.size_hint().unwrap_or(0);
+            if hint > N {
+                return Err(de::Error::invalid_length(hint, &self));
+            }
+            let mut out = Vec::with_capacity(hint);
+            while let Some(x) = seq.next_element()? {
+                if out.len() == N {
+                    return Err(de::Error::invalid_length(N + 1, &self));
+                }
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded::<T, N>(PhantomData))
+}
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard()

@@ -53,6 +53,7 @@ pub struct SignedDirective {
     /// The signed body.
     pub directive: Directive,
     /// Verified against the same trust root as manifests.
+    #[serde(deserialize_with = "crate::trust::bounded_signatures")]
     pub signatures: Vec<Signature>,
 }
 

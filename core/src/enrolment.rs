@@ -74,6 +74,7 @@ pub struct SignedEnrolment {
     /// The signed body.
     pub enrolment: Enrolment,
     /// Verified against the same trust root as manifests.
+    #[serde(deserialize_with = "crate::trust::bounded_signatures")]
     pub signatures: Vec<Signature>,
 }
 

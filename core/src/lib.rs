@@ -24,6 +24,7 @@
 //! - [`device`]: everything one device decides, with a [`lifecycle::Lifecycle`] inside;
 //!   the node and the simulator both execute it.
 //! - [`fetch`]: rendezvous hashing and the chunk fetch planner.
+//! - [`site`]: who may speak on a site topic (enrolled members) and install-slot leases.
 //! - [`fleet`]: the fleet inventory and rollout reports built from signed reports.
 
 pub mod chunking;
@@ -41,6 +42,7 @@ pub mod metadata;
 pub mod report;
 pub mod rollout;
 pub mod root;
+pub mod site;
 pub mod trust;
 
 pub use ids::{ChunkId, DeviceId, ReleaseId};

@@ -127,6 +127,7 @@ pub struct SignedManifest {
     /// The signed body.
     pub manifest: Manifest,
     /// One per signing key; verified against a [`crate::TrustRoot`].
+    #[serde(deserialize_with = "crate::trust::bounded_signatures")]
     pub signatures: Vec<Signature>,
 }
 

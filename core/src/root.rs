@@ -54,6 +54,7 @@ pub struct SignedRoot {
     /// The signed body.
     pub root: Root,
     /// By keys of this root and of the one before it.
+    #[serde(deserialize_with = "crate::trust::bounded_signatures")]
     pub signatures: Vec<Signature>,
 }
 

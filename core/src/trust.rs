@@ -232,6 +232,16 @@ pub struct Signature {
     pub bytes: SignatureBytes,
 }
 
+/// Signatures one signed message may carry at most: a new root of trust is signed by
+/// the keys of the old and the new root, each at most [`crate::root::MAX_ROOT_KEYS`].
+pub const MAX_SIGNATURES: usize = 2 * crate::root::MAX_ROOT_KEYS;
+
+/// Decodes a signature list of at most [`MAX_SIGNATURES`] (`#[serde(deserialize_with)]`
+/// of every signed message): a signature bomb is refused at its length prefix.
+pub fn bounded_signatures<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Signature>, D::Error> {
+    crate::codec::bounded::<D, Signature, MAX_SIGNATURES>(d)
+}
+
 /// What [`TrustRoot::count_signatures`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureCount {
@@ -566,10 +576,15 @@ pub(crate) mod tests {
         let mut signed = k.sign_manifest(sample(1));
         let one = signed.signatures[0].clone();
         signed.signatures = vec![one; 100_000];
-        // Through the decoder too: it is what arrives from the network.
+        // The decoder refuses it at the length of its signature list, and what fits
+        // through it is refused on its shape before any signature is checked.
+        assert!(SignedManifest::from_bytes(&signed.to_bytes()).is_err());
+        let err = root.verify_manifest(signed.clone(), NOW).unwrap_err();
+        assert_eq!(err, VerifyError::TooManySignatures { count: 100_000, keys: 1 });
+        signed.signatures.truncate(MAX_SIGNATURES);
         let signed = SignedManifest::from_bytes(&signed.to_bytes()).unwrap();
         let err = root.verify_manifest(signed, NOW).unwrap_err();
-        assert_eq!(err, VerifyError::TooManySignatures { count: 100_000, keys: 1 });
+        assert_eq!(err, VerifyError::TooManySignatures { count: MAX_SIGNATURES, keys: 1 });
     }
 
     #[test]

@@ -20,7 +20,9 @@
 //! - [`feedback`]: why reports and directives from the mesh are refused; flood budget.
 //! - [`intake`]: reports and directives from the fleet, verified and handed to the device;
 //!   the fleet view behind `/fleet` and `/report`.
-//! - [`site`]: the site's members and install slot holders, as site gossip tells them.
+//! - [`site`]: the site's enrolled members and install-slot claims, as site gossip tells them.
+//! - `hostile` (feature `testkit`): a lying site peer for the tests.
+//! - [`guard`]: per-topic size limits and the admission of site messages.
 //! - [`serve`]: a static HTTP origin over a store (`otamesh serve`, the demo).
 //! - [`client`]: a client of the node API (`otamesh status`, `fleet`, `report`).
 
@@ -35,7 +37,10 @@ pub mod db;
 pub mod device;
 pub mod disk;
 pub mod feedback;
+pub mod guard;
 pub mod hooks;
+#[cfg(feature = "testkit")]
+pub mod hostile;
 pub mod ingest;
 pub mod intake;
 pub mod keys;

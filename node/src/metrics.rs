@@ -53,6 +53,9 @@ pub struct Metrics {
     /// Roots of trust offered by the origin and refused, by `reason` (see
     /// [`crate::roots::RootsError::label`]).
     pub roots_refused: Family<Labels, Counter>,
+    /// Gossip messages dropped unread because their sender was graylisted
+    /// ([`crate::guard::Graylisted`]).
+    pub gossip_graylisted: Counter,
 }
 
 impl Metrics {
@@ -75,6 +78,7 @@ impl Metrics {
         let rollbacks = Counter::default();
         let root_version = Gauge::default();
         let roots_refused = Family::<Labels, Counter>::default();
+        let gossip_graylisted = Counter::default();
         // prometheus-client appends `_total` to counter names.
         registry.register(
             "otamesh_chunk_bytes",
@@ -130,6 +134,11 @@ impl Metrics {
             "Roots of trust refused, by reason (not_next, expired, signatures, malformed, unreadable)",
             roots_refused.clone(),
         );
+        registry.register(
+            "otamesh_gossip_graylisted_dropped",
+            "Gossip messages dropped unread because their sender's score is below the graylist threshold",
+            gossip_graylisted.clone(),
+        );
         for source in ["lan", "wan"] {
             let _ = chunk_bytes.get_or_create(&vec![("source", source)]);
         }
@@ -152,6 +161,7 @@ impl Metrics {
             device_backlog,
             root_version,
             roots_refused,
+            gossip_graylisted,
         }
     }
 
@@ -168,6 +178,12 @@ impl Metrics {
     /// Counts a report or directive (`topic`) refused for `refusal`.
     pub fn refused(&self, topic: &'static str, refusal: crate::feedback::Refusal) {
         self.feedback_refused.get_or_create(&vec![("topic", topic), ("reason", refusal.label())]).inc();
+    }
+
+    /// Counts a gossip message on `topic` refused for `reason` (site messages, sizes and
+    /// budgets: [`crate::guard`]).
+    pub fn refused_because(&self, topic: &'static str, reason: &'static str) {
+        self.feedback_refused.get_or_create(&vec![("topic", topic), ("reason", reason)]).inc();
     }
 
     /// The metrics in the OpenMetrics text format.

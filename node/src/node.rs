@@ -120,10 +120,12 @@ pub enum NodeError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    gossipsub: gossipsub::Behaviour,
+    gossipsub: crate::guard::Graylisted,
     chunks: request_response::Behaviour<ChunkCodec>,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    limits: libp2p::connection_limits::Behaviour,
+    ip_limit: crate::guard::IpLimit,
 }
 
 /// What became of a batch of chunks from one source.
@@ -203,6 +205,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         );
     }
     let enrolled = device_config.enrolment.is_some();
+    let enrolment = device_config.enrolment.clone();
     let hooks = Hooks {
         install: device_config.install_hook.clone(),
         health_check: device_config.health_check.clone(),
@@ -218,6 +221,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let disk_thread =
         crate::disk::spawn(disk, disk_rx, move |done| disk_out.blocking_send(Internal::Disk(done)).is_ok());
     let mut device = Device::new(now_ms(), device_config, secret, restored, saved, disk_tx);
+    // A release staged before a restart installs only once the site's claims settled.
+    device.site(now_ms(), otamesh_core::site::WAIT);
     device.resume(now_ms());
     let (writer, writer_thread) = Writer::start(data.store().clone())
         .map_err(|e| NodeError::Network(format!("cannot start the chunk writer: {e}")))?;
@@ -230,7 +235,9 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         shown: None,
         intake: Intake::new(config.class.clone(), fleet_tx),
         enrolled,
-        site: Site::default(),
+        enrolment,
+        guard: crate::guard::Topics::default(),
+        site: Site::new(&config.site, me),
         store: data.store().clone(),
         writer,
         config,
@@ -287,6 +294,7 @@ fn build_swarm(
                 gossip_config().map_err(|e| e.to_string())?,
             )?;
             let (params, thresholds) = peer_score(site);
+            let graylist = thresholds.graylist_threshold;
             gossipsub.with_peer_score(params, thresholds)?;
             let rr = request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(60))
@@ -302,7 +310,14 @@ fn build_swarm(
             } else {
                 None
             };
-            Ok(Behaviour { gossipsub, chunks, identify, mdns: Toggle::from(mdns) })
+            Ok(Behaviour {
+                gossipsub: crate::guard::Graylisted::new(gossipsub, graylist),
+                chunks,
+                identify,
+                mdns: Toggle::from(mdns),
+                limits: crate::guard::connection_limits(),
+                ip_limit: crate::guard::IpLimit::default(),
+            })
         })
         .map_err(|e| net(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
@@ -377,6 +392,10 @@ struct Node {
     enrolled: bool,
     /// The site's members and install slot holders, from site gossip.
     site: Site,
+    /// This device's enrolment, carried by its site messages (none: it sends none).
+    enrolment: Option<otamesh_core::enrolment::SignedEnrolment>,
+    /// Size limits and per-peer budgets of gossip topics.
+    guard: crate::guard::Topics,
     swarm: Swarm<Behaviour>,
     me: DeviceId,
     trust: TrustRoot,
@@ -415,6 +434,10 @@ struct Node {
 
 impl Node {
     fn start(&mut self) -> Result<(), NodeError> {
+        self.swarm.behaviour_mut().gossipsub.count_into(self.metrics.gossip_graylisted.clone());
+        if let Some(warning) = crate::guard::file_limit_warning() {
+            tracing::warn!("{warning}");
+        }
         let gs = &mut self.swarm.behaviour_mut().gossipsub;
         for topic in [
             &self.releases_topic,
@@ -477,6 +500,7 @@ impl Node {
                     // A new root: what the old one refused may verify now; peers hear it.
                     let adopted = self.trust_updates.borrow_and_update().clone();
                     self.trust = adopted.trust;
+                    self.site.trust_changed();
                     self.rejected_from_origin.clear();
                     if let Some(bytes) = adopted.signed {
                         self.announce_queue.push_back((self.roots_topic.clone(), bytes, now_ms()));
@@ -501,6 +525,7 @@ impl Node {
             .values()
             .filter_map(|r| r.planner.poll_timeout())
             .chain(self.device.poll_timeout())
+            .chain(self.site.slots.poll_timeout())
             .min();
         match next {
             Some(t) => Instant::now() + Duration::from_millis(t.saturating_sub(now)),
@@ -577,18 +602,29 @@ impl Node {
             }
             return;
         };
-        let (topic_name, acceptance) = if message.topic == self.releases_topic.hash() {
-            ("releases", self.on_release_message(&message.data, propagation_source))
-        } else if message.topic == self.site_topic.hash() {
-            ("site", self.on_site_message(message.source, &message.data))
-        } else if message.topic == self.reports_topic.hash() {
-            ("reports", self.on_report_message(&message.data, propagation_source))
-        } else if message.topic == self.directives_topic.hash() {
-            ("directives", self.on_directive_message(&message.data, propagation_source))
-        } else if message.topic == self.roots_topic.hash() {
-            ("roots", self.on_root_message(&message.data))
+        let topic_name = [
+            (&self.releases_topic, "releases"),
+            (&self.site_topic, "site"),
+            (&self.reports_topic, "reports"),
+            (&self.directives_topic, "directives"),
+            (&self.roots_topic, "roots"),
+        ]
+        .into_iter()
+        .find_map(|(t, name)| (t.hash() == message.topic).then_some(name))
+        .unwrap_or("other");
+        let refused = self.guard.refuse(now_ms(), topic_name, propagation_source, &message.data);
+        let acceptance = if let Some(refusal) = refused {
+            self.metrics.refused_because(topic_name, refusal);
+            if refusal == "oversize" { MessageAcceptance::Reject } else { MessageAcceptance::Ignore }
         } else {
-            ("other", MessageAcceptance::Ignore)
+            match topic_name {
+                "releases" => self.on_release_message(&message.data, propagation_source),
+                "site" => self.on_site_message(message.source, &message.data),
+                "reports" => self.on_report_message(&message.data, propagation_source),
+                "directives" => self.on_directive_message(&message.data, propagation_source),
+                "roots" => self.on_root_message(&message.data),
+                _ => MessageAcceptance::Ignore,
+            }
         };
         self.metrics.gossip(
             topic_name,
@@ -632,20 +668,29 @@ impl Node {
     }
 
     fn on_site_message(&mut self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
-        let Some(peer) = source else { return MessageAcceptance::Reject };
-        let Some(device) = peer_device(&peer) else { return MessageAcceptance::Reject };
-        let msg: SiteMessage = match codec::decode(data) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "rejected a malformed site message");
-                return MessageAcceptance::Reject;
+        let now = now_ms();
+        let (peer, device, msg) = match crate::guard::site_message(
+            &mut self.site,
+            now,
+            source,
+            data,
+            &self.trust,
+        ) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.metrics.refused_because("site", refusal.label());
+                tracing::debug!(author = ?source, reason = refusal.label(), "site message refused; not forwarded");
+                return if refusal.is_invalid() {
+                    MessageAcceptance::Reject
+                } else {
+                    MessageAcceptance::Ignore
+                };
             }
         };
         if device == self.me {
             return MessageAcceptance::Ignore;
         }
-        let now = now_ms();
-        let (entry, changed) = self.site.heard(device, peer, now, msg.installing);
+        let entry = self.site.heard(device, peer, now, msg.slot);
         let connected = self.connected.contains(&peer);
         let mut unknown = Vec::new();
         for Have { release, bits, fetching } in &msg.haves {
@@ -661,9 +706,6 @@ impl Node {
                 Some(_) => {}
                 None => unknown.push(*release),
             }
-        }
-        if changed {
-            self.device.site(now, self.site.holding());
         }
         // A peer fetches a release this node has not heard of: ask it for the manifest,
         // a few per message and a bounded number at a time, so one message naming
@@ -711,11 +753,7 @@ impl Node {
 
     fn member_left(&mut self, device: DeviceId) {
         let now = now_ms();
-        let (member, changed) = self.site.leave(device);
-        if changed {
-            self.device.site(now, self.site.holding());
-        }
-        if let Some(p) = member {
+        if let Some(p) = self.site.leave(device) {
             for r in p.releases {
                 if let Some(release) = self.releases.get_mut(&r) {
                     release.planner.handle_peer_left(now, device);
@@ -734,8 +772,10 @@ impl Node {
                 fetching: r.planner.fetching_bitfield(),
             })
             .collect();
-        let installing = self.device.holds_site_slot();
-        let msg = SiteMessage { sent_at: now_ms(), class: self.config.class.clone(), haves, installing };
+        // Unenrolled, its site messages would only be refused by every member.
+        let Some(enrolment) = self.enrolment.clone() else { return };
+        let slot = self.site.slots.claim(self.phase());
+        let msg = SiteMessage { sent_at: now_ms(), class: self.config.class.clone(), haves, slot, enrolment };
         let topic = self.site_topic.clone();
         match self.swarm.behaviour_mut().gossipsub.publish(topic, codec::encode(&msg)) {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
@@ -826,8 +866,22 @@ impl Node {
         self.have_dirty = true;
     }
 
+    /// The phase of the release in progress (idle without one).
+    fn phase(&self) -> Phase {
+        self.device.current().map_or(Phase::Idle, |(_, s)| s.phase())
+    }
+
     /// Executes what the device asked of the mesh since the last call.
     fn on_device(&mut self) {
+        // The install-slot lease: the device's claim follows its phase, and the device
+        // is told how many members rank ahead of it.
+        let now = now_ms();
+        let before = self.site.slots.claim(self.phase());
+        self.site.slots.handle_phase(now, self.phase());
+        if self.site.slots.claim(self.phase()) != before {
+            self.have_dirty = true;
+        }
+        self.device.site(now, self.site.slots.ahead(now, self.phase()));
         while let Some(event) = self.device.poll_event() {
             match event {
                 DeviceEvent::Fetch(release) => self.start_fetch(release),

@@ -71,10 +71,20 @@ pub struct SiteMessage {
     /// The sender's device class.
     pub class: String,
     /// One entry per release the sender fetches or holds. An entry makes the sender a
-    /// live member for that release's WAN ownership.
+    /// live member for that release's WAN ownership. At most
+    /// [`otamesh_core::site::MAX_RELEASES_PER_MESSAGE`]: a longer list is refused at its
+    /// length prefix.
+    #[serde(deserialize_with = "bounded_haves")]
     pub haves: Vec<Have>,
-    /// The sender is installing a release now (for the per-site install limit).
-    pub installing: bool,
+    /// The sender's install-slot claim (for the per-site install limit), if any.
+    pub slot: Option<otamesh_core::site::SlotClaim>,
+    /// The sender's enrolment: a site message counts only from an enrolled member of
+    /// the site ([`otamesh_core::site::judge`]).
+    pub enrolment: otamesh_core::enrolment::SignedEnrolment,
+}
+
+fn bounded_haves<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Have>, D::Error> {
+    codec::bounded::<D, Have, { otamesh_core::site::MAX_RELEASES_PER_MESSAGE }>(d)
 }
 
 /// Which chunks of a release the sender holds, and which it is fetching from the origin.
@@ -313,7 +323,8 @@ mod tests {
                 bits: vec![0b101],
                 fetching: vec![0b010],
             }],
-            installing: true,
+            slot: Some(otamesh_core::site::SlotClaim { since: 4, holding: true }),
+            enrolment: crate::testkit::enrol(&crate::testkit::publisher(), "s1"),
         };
         assert_eq!(codec::decode::<SiteMessage>(&codec::encode(&m)).unwrap(), m);
     }

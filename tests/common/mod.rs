@@ -224,6 +224,55 @@ impl Node {
         node.wait_up().then_some(node)
     }
 
+    /// Starts every node of `specs` (name, site) in the same moment, each listening on a
+    /// port chosen beforehand and peered with every other node of its site; `extra(i)`
+    /// are more flags for node `i`. Returns once every API answers.
+    pub fn start_together(
+        dir: &Path,
+        trust: &Path,
+        specs: &[(String, String)],
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Vec<Self> {
+        let ports: Vec<u16> = specs.iter().map(|_| free_port()).collect();
+        let mut nodes: Vec<Self> = Vec::new();
+        for (i, (name, site)) in specs.iter().enumerate() {
+            let data = dir.join(name);
+            if !data.join("enrolment").exists() {
+                enroll(&trust.with_extension("key"), &data, site);
+            }
+            let api = format!("127.0.0.1:{}", free_port());
+            let listen = format!("/ip4/127.0.0.1/tcp/{}", ports[i]);
+            let mut args = vec!["--no-mdns".to_string()];
+            args.extend(extra(i));
+            for (j, (_, other)) in specs.iter().enumerate() {
+                if j != i && other == site {
+                    args.extend(["--peer".to_string(), format!("/ip4/127.0.0.1/tcp/{}", ports[j])]);
+                }
+            }
+            let node_args = NodeArgs {
+                data: &data,
+                site,
+                class: "gw",
+                listen: &listen,
+                api: &api,
+                trust,
+                poll_interval_s: 0.5,
+                extra: &args,
+            };
+            let mut process =
+                NodeProcess::new(name, Path::new(BIN), node_args.to_vec(), dir.join(format!("{name}.log")));
+            process.rust_log = "info,otamesh_node=debug,libp2p_gossipsub=warn".into();
+            nodes.push(Self { name: name.clone(), data, host: "127.0.0.1".into(), port: 0, api, process });
+        }
+        for n in &mut nodes {
+            n.spawn();
+        }
+        for n in &mut nodes {
+            assert!(n.wait_up(), "node {} did not start; see its log", n.name);
+        }
+        nodes
+    }
+
     /// Waits for the API and learns the libp2p port; false if the process exited.
     fn wait_up(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(60);
