@@ -336,13 +336,7 @@ fn stress_twenty_five_devices_started_one_by_one_fetch_each_chunk_over_the_wan_a
 
 /// A power cut: 12 nodes in 3 sites all start in the same moment, the release (16 MiB)
 /// already published; each site's origin bytes are at most 1.05x the release.
-///
-/// Not met yet (issue 11): measured 1.20x, 1.88x and 1.28x per site on a loaded 2-core
-/// machine, with sites from 1.00x to 2.40x. Honest members' first two-chunk requests
-/// time out (10 s) while the servers stream up to 256 chunks to each proven peer; the
-/// requester strikes them and fetches their chunks from the origin. Run by hand.
 #[test]
-#[ignore = "cold start over 1.05x per site: open part of issue 11"]
 fn twelve_nodes_in_three_sites_started_together_after_the_release_fetch_each_chunk_about_once_per_site() {
     let World { dir, key, trust, store, origin } = World::new();
     let data = noise(71, 16 * MIB);
