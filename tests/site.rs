@@ -326,9 +326,13 @@ fn ten_devices_started_one_by_one_fetch_each_chunk_over_the_wan_about_once() {
     assert!(ratio <= 1.05, "origin served {ratio:.4}x the release");
 }
 
-/// Over two minutes in debug on a loaded 2-core machine: run by hand.
+/// Over two minutes in debug on a loaded 2-core machine: run by hand. Not met there
+/// yet (8.8x to 9.5x in 4 runs): with 25 debug processes on two shared cores, a chunk
+/// request takes 3 s (median) to reach its server and half are answered after the
+/// planner's 10 s request timeout, so honest members are struck and banned and their
+/// chunks fetched from the origin. Not measured with a release build.
 #[test]
-#[ignore]
+#[ignore = "25 debug nodes on a shared 2-core machine: over two minutes, and over 1.05x"]
 fn stress_twenty_five_devices_started_one_by_one_fetch_each_chunk_over_the_wan_about_once() {
     let ratio = one_site_started_one_by_one(25);
     assert!(ratio <= 1.05, "origin served {ratio:.4}x the release");

@@ -398,6 +398,21 @@ mod tests {
     use crate::testkit;
     use crate::wire::Have;
 
+    #[test]
+    fn one_address_gets_at_most_its_share_of_connections_and_loopback_is_not_limited() {
+        let mut limit = IpLimit::default();
+        let lan: Multiaddr = "/ip4/10.0.7.9/tcp/4700".parse().expect("valid");
+        let other: Multiaddr = "/ip4/10.0.7.10/tcp/4700".parse().expect("valid");
+        let local: Multiaddr = "/ip4/127.0.0.1/tcp/4700".parse().expect("valid");
+        limit.established.insert("10.0.7.9".parse().expect("ip"), MAX_CONNECTIONS_PER_IP - 1);
+        limit.established.insert("127.0.0.1".parse().expect("ip"), 10 * MAX_CONNECTIONS_PER_IP);
+        assert!(limit.check(&lan).is_ok());
+        *limit.established.get_mut(&"10.0.7.9".parse().expect("ip")).expect("present") += 1;
+        assert!(limit.check(&lan).is_err(), "the 65th connection from one address");
+        assert!(limit.check(&other).is_ok());
+        assert!(limit.check(&local).is_ok());
+    }
+
     /// Mean microseconds per call of `f` over `n` calls.
     fn micros(n: u32, mut f: impl FnMut()) -> f64 {
         let t = Instant::now();

@@ -120,12 +120,14 @@ pub enum NodeError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    // The limits come first: a connection they deny must not reach the other behaviours,
+    // or request-response keeps a connection that never was and sends requests into it.
+    limits: libp2p::connection_limits::Behaviour,
+    ip_limit: crate::guard::IpLimit,
     gossipsub: crate::guard::Graylisted,
     chunks: request_response::Behaviour<ChunkCodec>,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
-    limits: libp2p::connection_limits::Behaviour,
-    ip_limit: crate::guard::IpLimit,
 }
 
 /// What became of a batch of chunks from one source.
@@ -311,12 +313,12 @@ fn build_swarm(
                 None
             };
             Ok(Behaviour {
+                limits: crate::guard::connection_limits(),
+                ip_limit: crate::guard::IpLimit::default(),
                 gossipsub: crate::guard::Graylisted::new(gossipsub, graylist),
                 chunks,
                 identify,
                 mdns: Toggle::from(mdns),
-                limits: crate::guard::connection_limits(),
-                ip_limit: crate::guard::IpLimit::default(),
             })
         })
         .map_err(|e| net(&e))?
