@@ -1,8 +1,10 @@
 //! The flow-level (fluid) network: max-min fair sharing by progressive filling.
 //!
 //! A transfer is a *flow* of some bytes along a path of at most three shared links (for
-//! example the sender's uplink, the site LAN and the receiver's downlink), with an
-//! optional per-flow ceiling. Concurrent flows share each link max-min fairly, as
+//! example the sender's uplink, the site LAN and the receiver's downlink), plus
+//! optionally a *route* of any length registered once ([`Net::add_route`]: the named
+//! links a site's WAN flows cross, as in a parking lot), with an optional per-flow
+//! ceiling. Concurrent flows share each link max-min fairly, as
 //! SimGrid's fluid model does: no packets, no slow start.
 //!
 //! Flows live in *groups*: a group is a set of flows that can share a link with each
@@ -33,6 +35,12 @@ pub const NO_LINK: LinkId = u32::MAX;
 /// The links a flow crosses, unused places [`NO_LINK`].
 pub type Path = [LinkId; 3];
 
+/// A route's index ([`Net::add_route`]).
+pub type RouteId = u32;
+
+/// Placeholder for "no route".
+pub const NO_ROUTE: RouteId = u32::MAX;
+
 /// Microseconds of virtual time.
 pub type Micros = u64;
 
@@ -40,6 +48,9 @@ pub type Micros = u64;
 #[derive(Debug)]
 pub struct Net {
     caps: Vec<f64>,
+    /// Route `r` is `route_links[route_start[r]..route_start[r + 1]]`.
+    route_links: Vec<LinkId>,
+    route_start: Vec<u32>,
     flows: Vec<Flow>,
     free: Vec<FlowId>,
     freed: Vec<FlowId>,
@@ -52,6 +63,7 @@ pub struct Net {
 #[derive(Debug, Clone)]
 struct Flow {
     path: Path,
+    route: RouteId,
     cap: f64,
     metered: bool,
     total: f64,
@@ -152,6 +164,8 @@ impl Net {
         };
         Self {
             caps,
+            route_links: Vec::new(),
+            route_start: vec![0],
             flows: Vec::new(),
             free: Vec::new(),
             freed: Vec::new(),
@@ -160,6 +174,13 @@ impl Net {
             rearm: Vec::new(),
             scratch,
         }
+    }
+
+    /// Registers a route: links that flows started with it cross besides their path.
+    pub fn add_route(&mut self, links: &[LinkId]) -> RouteId {
+        self.route_links.extend_from_slice(links);
+        self.route_start.push(self.route_links.len() as u32);
+        (self.route_start.len() - 2) as RouteId
     }
 
     /// Starts a flow of `bytes` in `group` over `path`, never faster than `cap`. A
@@ -174,10 +195,27 @@ impl Net {
         bytes: f64,
         metered: bool,
     ) -> FlowId {
+        self.start_routed(now, group, path, NO_ROUTE, cap, bytes, metered)
+    }
+
+    /// As [`Net::start`], over `path` and then `route` ([`NO_ROUTE`] for none). Flows
+    /// over a route are solved by progressive filling.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_routed(
+        &mut self,
+        now: Micros,
+        group: u32,
+        path: Path,
+        route: RouteId,
+        cap: f64,
+        bytes: f64,
+        metered: bool,
+    ) -> FlowId {
         self.advance(group, now);
         let g = &mut self.groups[group as usize];
         let flow = Flow {
             path,
+            route,
             cap,
             metered,
             total: bytes,
@@ -432,7 +470,7 @@ impl Net {
         let root = flows[first as usize].path[1];
         if ids.iter().any(|&id| {
             let f = &flows[id as usize];
-            f.path[1] != root || finite(f.path[2])
+            f.path[1] != root || finite(f.path[2]) || f.route != NO_ROUTE
         }) {
             return false;
         }
@@ -550,6 +588,9 @@ impl Net {
         s.links.clear();
         s.n.clear();
         for &id in ids {
+            if flows[id as usize].route != NO_ROUTE {
+                return false;
+            }
             for &l in &flows[id as usize].path {
                 if !finite(l) {
                     continue;
@@ -693,7 +734,14 @@ impl Net {
     /// a flow stops at its own ceiling, or with every other flow of the first link to
     /// fill up. Links' fair shares only grow as flows are fixed, so a lazy heap works.
     fn solve(&mut self, group: u32) {
-        let Self { caps, flows, groups, scratch: s, .. } = self;
+        let Self { caps, flows, groups, scratch: s, route_links, route_start, .. } = self;
+        let route = |r: RouteId| -> &[LinkId] {
+            if r == NO_ROUTE {
+                &[]
+            } else {
+                &route_links[route_start[r as usize] as usize..route_start[r as usize + 1] as usize]
+            }
+        };
         let g = &mut groups[group as usize];
         let ids = &g.flows;
         s.now = s.now.wrapping_add(1);
@@ -706,7 +754,8 @@ impl Net {
         s.n.clear();
         s.ver.clear();
         for &id in ids {
-            for &l in &flows[id as usize].path {
+            let f = &flows[id as usize];
+            for &l in f.path.iter().chain(route(f.route)) {
                 if l == NO_LINK || !caps[l as usize].is_finite() {
                     continue;
                 }
@@ -734,7 +783,8 @@ impl Net {
         s.fill.clear();
         s.fill.extend_from_slice(&s.adj_start[..nl]);
         for (fi, &id) in ids.iter().enumerate() {
-            for &l in &flows[id as usize].path {
+            let f = &flows[id as usize];
+            for &l in f.path.iter().chain(route(f.route)) {
                 if l == NO_LINK || !caps[l as usize].is_finite() {
                     continue;
                 }
@@ -762,7 +812,7 @@ impl Net {
                 s.fixed[fi] = true;
                 let f = &mut flows[ids[fi] as usize];
                 f.rate = rate;
-                for &l in &f.path {
+                for &l in f.path.iter().chain(route(f.route)) {
                     if l == NO_LINK || !caps[l as usize].is_finite() {
                         continue;
                     }
