@@ -51,7 +51,10 @@ pub struct Net {
     /// Route `r` is `route_links[route_start[r]..route_start[r + 1]]`.
     route_links: Vec<LinkId>,
     route_start: Vec<u32>,
-    flows: Vec<Flow>,
+    /// Where each flow lives: its group and its place in the group's arrays.
+    handles: Vec<Handle>,
+    /// 0, 1, 2, ...: a group's flows by their place, for the solvers.
+    iota: Vec<u32>,
     free: Vec<FlowId>,
     freed: Vec<FlowId>,
     groups: Vec<Group>,
@@ -60,6 +63,9 @@ pub struct Net {
     scratch: Scratch,
 }
 
+/// A flow's state, kept in its group's array: a re-solve reads one group's flows from
+/// one place in memory rather than from all over a fleet-wide table (at a million
+/// devices, those cache misses were most of the solver's time).
 #[derive(Debug, Clone)]
 struct Flow {
     path: Path,
@@ -69,6 +75,10 @@ struct Flow {
     total: f64,
     remaining: f64,
     rate: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Handle {
     group: u32,
     slot: u32,
     live: bool,
@@ -76,7 +86,9 @@ struct Flow {
 
 #[derive(Debug, Clone)]
 struct Group {
-    flows: Vec<FlowId>,
+    /// The group's flows, and each one's id, in the same order.
+    flows: Vec<Flow>,
+    ids: Vec<FlowId>,
     last: Micros,
     next_at: Micros,
     armed: Micros,
@@ -89,6 +101,7 @@ impl Default for Group {
     fn default() -> Self {
         Self {
             flows: Vec::new(),
+            ids: Vec::new(),
             last: 0,
             next_at: Micros::MAX,
             armed: Micros::MAX,
@@ -166,7 +179,8 @@ impl Net {
             caps,
             route_links: Vec::new(),
             route_start: vec![0],
-            flows: Vec::new(),
+            handles: Vec::new(),
+            iota: Vec::new(),
             free: Vec::new(),
             freed: Vec::new(),
             groups: vec![Group::default(); groups],
@@ -213,38 +227,31 @@ impl Net {
     ) -> FlowId {
         self.advance(group, now);
         let g = &mut self.groups[group as usize];
-        let flow = Flow {
-            path,
-            route,
-            cap,
-            metered,
-            total: bytes,
-            remaining: bytes,
-            rate: 0.0,
-            group,
-            slot: g.flows.len() as u32,
-            live: true,
-        };
+        let handle = Handle { group, slot: g.flows.len() as u32, live: true };
+        g.flows.push(Flow { path, route, cap, metered, total: bytes, remaining: bytes, rate: 0.0 });
         let id = match self.free.pop() {
             Some(id) => {
-                self.flows[id as usize] = flow;
+                self.handles[id as usize] = handle;
                 id
             }
             None => {
-                self.flows.push(flow);
-                (self.flows.len() - 1) as FlowId
+                self.handles.push(handle);
+                (self.handles.len() - 1) as FlowId
             }
         };
-        g.flows.push(id);
+        g.ids.push(id);
+        if self.iota.len() < g.flows.len() {
+            self.iota.push(self.iota.len() as u32);
+        }
         self.mark(group);
         id
     }
 
     /// Stops a live flow before it completes; returns the bytes it moved.
     pub fn stop(&mut self, now: Micros, flow: FlowId) -> f64 {
-        let group = self.flows[flow as usize].group;
-        self.advance(group, now);
-        let f = &self.flows[flow as usize];
+        let h = self.handles[flow as usize];
+        self.advance(h.group, now);
+        let f = &self.groups[h.group as usize].flows[h.slot as usize];
         let moved = (f.total - f.remaining).clamp(0.0, f.total);
         self.remove(flow);
         moved
@@ -263,50 +270,52 @@ impl Net {
 
     /// Changes a live flow's ceiling from `now` on (re-solved at the next flush).
     pub fn set_flow_cap(&mut self, now: Micros, flow: FlowId, cap: f64) {
-        let f = &self.flows[flow as usize];
-        if f.cap == cap {
+        let h = self.handles[flow as usize];
+        // A flow that ended in the batch the driver is still handling: its group is
+        // re-solved anyway.
+        if !h.live || self.groups[h.group as usize].flows[h.slot as usize].cap == cap {
             return;
         }
-        let group = f.group;
-        self.advance(group, now);
-        self.flows[flow as usize].cap = cap;
-        self.mark(group);
+        self.advance(h.group, now);
+        self.groups[h.group as usize].flows[h.slot as usize].cap = cap;
+        self.mark(h.group);
     }
 
     /// Changes the links a live flow crosses from `now` on (re-solved at the next
     /// flush): a receiver's downlink joins the path when it receives a second flow.
     pub fn set_path(&mut self, now: Micros, flow: FlowId, path: Path) {
-        let f = &self.flows[flow as usize];
-        if f.path == path {
+        let h = self.handles[flow as usize];
+        if !h.live || self.groups[h.group as usize].flows[h.slot as usize].path == path {
             return;
         }
-        let group = f.group;
-        self.advance(group, now);
-        self.flows[flow as usize].path = path;
-        self.mark(group);
+        self.advance(h.group, now);
+        self.groups[h.group as usize].flows[h.slot as usize].path = path;
+        self.mark(h.group);
     }
 
     /// Whether `flow` is live.
     pub fn is_live(&self, flow: FlowId) -> bool {
-        self.flows.get(flow as usize).is_some_and(|f| f.live)
+        self.handles.get(flow as usize).is_some_and(|h| h.live)
     }
 
     /// Bytes a live flow has moved by `now` (at or after its group's last change).
     pub fn moved(&self, now: Micros, flow: FlowId) -> f64 {
-        let f = &self.flows[flow as usize];
-        let last = self.groups[f.group as usize].last;
+        let h = self.handles[flow as usize];
+        let g = &self.groups[h.group as usize];
+        let (f, last) = (&g.flows[h.slot as usize], g.last);
         let dt = now.saturating_sub(last) as f64 / 1e6;
         (f.total - f.remaining + f.rate * dt).clamp(0.0, f.total)
     }
 
     /// The current rate of a live flow, bytes per second.
     pub fn rate(&self, flow: FlowId) -> f64 {
-        self.flows[flow as usize].rate
+        let h = self.handles[flow as usize];
+        self.groups[h.group as usize].flows[h.slot as usize].rate
     }
 
     /// The live flows of a group, in a stable order.
     pub fn group_flows(&self, group: u32) -> &[FlowId] {
-        &self.groups[group as usize].flows
+        &self.groups[group as usize].ids
     }
 
     /// The sum of the rates of a group's flows as last solved.
@@ -330,8 +339,8 @@ impl Net {
         }
         self.advance(timer.group, now);
         let start = out.len();
-        for &id in &self.groups[timer.group as usize].flows {
-            let f = &self.flows[id as usize];
+        let g = &self.groups[timer.group as usize];
+        for (f, &id) in g.flows.iter().zip(&g.ids) {
             // Finish times are rounded up to the microsecond, so a due flow has nothing
             // but float rounding left; one due within the next microsecond waits for
             // its own timer, so that no flow ends before its bytes could have moved.
@@ -364,14 +373,12 @@ impl Net {
             g.metered_sum = g
                 .flows
                 .iter()
-                .map(|&id| &self.flows[id as usize])
                 .filter(|f| f.metered)
                 .map(|f| f.rate)
                 .sum();
             // The flow that finishes first: the smallest remaining/rate.
             let mut soonest = f64::INFINITY;
-            for &id in &g.flows {
-                let f = &self.flows[id as usize];
+            for f in &g.flows {
                 if f.rate > 0.0 && f.remaining < soonest * f.rate {
                     soonest = f.remaining.max(0.0) / f.rate;
                 }
@@ -424,13 +431,14 @@ impl Net {
     }
 
     fn remove(&mut self, flow: FlowId) {
-        let f = &mut self.flows[flow as usize];
-        f.live = false;
-        let (group, slot) = (f.group, f.slot as usize);
+        let h = &mut self.handles[flow as usize];
+        h.live = false;
+        let (group, slot) = (h.group, h.slot as usize);
         let g = &mut self.groups[group as usize];
         g.flows.swap_remove(slot);
-        if let Some(&moved) = g.flows.get(slot) {
-            self.flows[moved as usize].slot = slot as u32;
+        g.ids.swap_remove(slot);
+        if let Some(&moved) = g.ids.get(slot) {
+            self.handles[moved as usize].slot = slot as u32;
         }
         // Not reusable before the next flush: the driver may still be handling the flows
         // that ended with this one.
@@ -446,8 +454,7 @@ impl Net {
         }
         let dt = (now - g.last) as f64 / 1e6;
         g.last = now;
-        for &id in &g.flows {
-            let f = &mut self.flows[id as usize];
+        for f in &mut g.flows {
             f.remaining -= f.rate * dt;
         }
     }
@@ -459,11 +466,11 @@ impl Net {
     /// then the root's. Returns false for any other shape, for
     /// [`Net::solve_laminar`].
     fn solve_tree(&mut self, group: u32) -> bool {
-        let Self { caps, flows, groups, scratch: s, .. } = self;
-        let g = &mut groups[group as usize];
-        let ids = &g.flows;
+        let Self { caps, groups, scratch: s, iota, .. } = self;
+        let Group { flows, rate_sum: g_rate_sum, .. } = &mut groups[group as usize];
+        let ids = &iota[..flows.len()];
         let Some(&first) = ids.first() else {
-            g.rate_sum = 0.0;
+            *g_rate_sum = 0.0;
             return true;
         };
         let finite = |l: LinkId| l != NO_LINK && caps[l as usize].is_finite();
@@ -557,7 +564,7 @@ impl Net {
             flows[id as usize].rate = s.eff[fi];
             rate_sum += s.eff[fi];
         }
-        g.rate_sum = rate_sum;
+        *g_rate_sum = rate_sum;
         true
     }
 
@@ -572,11 +579,11 @@ impl Net {
     fn solve_laminar(&mut self, group: u32) -> bool {
         const UNSET: u32 = u32::MAX - 1;
         const TOP: u32 = u32::MAX;
-        let Self { caps, flows, groups, scratch: s, .. } = self;
-        let g = &mut groups[group as usize];
-        let ids = &g.flows;
+        let Self { caps, groups, scratch: s, iota, .. } = self;
+        let Group { flows, rate_sum: g_rate_sum, .. } = &mut groups[group as usize];
+        let ids = &iota[..flows.len()];
         if ids.is_empty() {
-            g.rate_sum = 0.0;
+            *g_rate_sum = 0.0;
             return true;
         }
         let finite = |l: LinkId| l != NO_LINK && caps[l as usize].is_finite();
@@ -726,7 +733,7 @@ impl Net {
             flows[id as usize].rate = s.eff[fi];
             rate_sum += s.eff[fi];
         }
-        g.rate_sum = rate_sum;
+        *g_rate_sum = rate_sum;
         true
     }
 
@@ -734,7 +741,7 @@ impl Net {
     /// a flow stops at its own ceiling, or with every other flow of the first link to
     /// fill up. Links' fair shares only grow as flows are fixed, so a lazy heap works.
     fn solve(&mut self, group: u32) {
-        let Self { caps, flows, groups, scratch: s, route_links, route_start, .. } = self;
+        let Self { caps, groups, scratch: s, route_links, route_start, iota, .. } = self;
         let route = |r: RouteId| -> &[LinkId] {
             if r == NO_ROUTE {
                 &[]
@@ -742,8 +749,8 @@ impl Net {
                 &route_links[route_start[r as usize] as usize..route_start[r as usize + 1] as usize]
             }
         };
-        let g = &mut groups[group as usize];
-        let ids = &g.flows;
+        let Group { flows, rate_sum: g_rate_sum, .. } = &mut groups[group as usize];
+        let ids = &iota[..flows.len()];
         s.now = s.now.wrapping_add(1);
         if s.now == 0 {
             s.stamp.iter_mut().for_each(|x| *x = 0);
@@ -862,7 +869,7 @@ impl Net {
                 }
             }
         }
-        g.rate_sum = rate_sum;
+        *g_rate_sum = rate_sum;
     }
 }
 
