@@ -29,7 +29,7 @@ use crate::gossip::{self, Spread};
 use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, NO_LINK, NO_ROUTE, Net, Path, RouteId, Timer};
 use crate::queue::RadixQueue;
 use crate::rng::{self, Purpose};
-use crate::scenario::{AnnounceMode, Mode, Scenario, SiteSize, SizeDist};
+use crate::scenario::{AnnounceMode, GossipStyle, Mode, Scenario, SiteSize, SizeDist};
 use crate::trace::{Input, Trace, TraceSetup};
 
 /// Virtual time zero in the core's clock: 2023-11-15 00:00 UTC (a midnight), plus the
@@ -531,7 +531,11 @@ impl<'a> World<'a> {
             _ if sc.arrivals.is_some() => Spread::default(),
             AnnounceMode::Gossip => {
                 let lan = gossip::Sites { site: &site, start: &site_start };
-                gossip::push(seed, n, sc.announce.fanout, sc.announce.site_relay.then_some(lan))
+                let relay = sc.announce.site_relay.then_some(lan);
+                match sc.announce.style {
+                    GossipStyle::Push => gossip::push(seed, n, sc.announce.fanout, relay),
+                    GossipStyle::PushPull => gossip::push_pull(seed, n, sc.announce.fanout, relay),
+                }
             }
             AnnounceMode::Poll => Spread::default(),
         };

@@ -370,12 +370,7 @@ impl Net {
                 self.solve(group);
             }
             let g = &mut self.groups[group as usize];
-            g.metered_sum = g
-                .flows
-                .iter()
-                .filter(|f| f.metered)
-                .map(|f| f.rate)
-                .sum();
+            g.metered_sum = g.flows.iter().filter(|f| f.metered).map(|f| f.rate).sum();
             // The flow that finishes first: the smallest remaining/rate.
             let mut soonest = f64::INFINITY;
             for f in &g.flows {

@@ -360,6 +360,21 @@ pub struct Announce {
     /// one round later.
     #[serde(default)]
     pub site_relay: bool,
+    /// Gossip: push only, or push and pull.
+    #[serde(default)]
+    pub style: GossipStyle,
+}
+
+/// Who talks in a gossip round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GossipStyle {
+    /// Informed devices push to random others ([`crate::gossip::push`]).
+    #[default]
+    Push,
+    /// Every device calls random others; informed callers push, uninformed ones pull
+    /// ([`crate::gossip::push_pull`]).
+    PushPull,
 }
 
 impl Default for Announce {
@@ -370,6 +385,7 @@ impl Default for Announce {
             fanout: 4,
             poll_interval_s: 3600.0,
             site_relay: false,
+            style: GossipStyle::Push,
         }
     }
 }
