@@ -69,6 +69,9 @@ pub struct Net {
 #[derive(Debug, Clone)]
 struct Flow {
     path: Path,
+    /// The capacity of `path[0]` (infinite for none), kept here so that the tree
+    /// solver reads no fleet-wide table.
+    cap0: f64,
     route: RouteId,
     cap: f64,
     metered: bool,
@@ -126,6 +129,10 @@ struct Scratch {
     fixed: Vec<bool>,
     eff: Vec<f64>,
     order: Vec<u32>,
+    /// The tree solver's small hash table from inner link to its local index, and
+    /// each flow's local inner link.
+    table: Vec<(LinkId, u32)>,
+    inner: Vec<u32>,
     links: Vec<LinkId>,
     parent: Vec<u32>,
     depth: Vec<u8>,
@@ -228,7 +235,8 @@ impl Net {
         self.advance(group, now);
         let g = &mut self.groups[group as usize];
         let handle = Handle { group, slot: g.flows.len() as u32, live: true };
-        g.flows.push(Flow { path, route, cap, metered, total: bytes, remaining: bytes, rate: 0.0 });
+        let cap0 = if path[0] == NO_LINK { f64::INFINITY } else { self.caps[path[0] as usize] };
+        g.flows.push(Flow { path, cap0, route, cap, metered, total: bytes, remaining: bytes, rate: 0.0 });
         let id = match self.free.pop() {
             Some(id) => {
                 self.handles[id as usize] = handle;
@@ -265,6 +273,11 @@ impl Net {
         }
         self.advance(group, now);
         self.caps[link as usize] = cap;
+        for f in &mut self.groups[group as usize].flows {
+            if f.path[0] == link {
+                f.cap0 = cap;
+            }
+        }
         self.mark(group);
     }
 
@@ -289,7 +302,10 @@ impl Net {
             return;
         }
         self.advance(h.group, now);
-        self.groups[h.group as usize].flows[h.slot as usize].path = path;
+        let cap0 = if path[0] == NO_LINK { f64::INFINITY } else { self.caps[path[0] as usize] };
+        let f = &mut self.groups[h.group as usize].flows[h.slot as usize];
+        f.path = path;
+        f.cap0 = cap0;
         self.mark(h.group);
     }
 
@@ -337,10 +353,17 @@ impl Net {
             }
             return;
         }
-        self.advance(timer.group, now);
         let start = out.len();
-        let g = &self.groups[timer.group as usize];
-        for (f, &id) in g.flows.iter().zip(&g.ids) {
+        let g = &mut self.groups[timer.group as usize];
+        // Moves every flow forward to `now` (as `advance` does) and picks the due ones,
+        // in one pass.
+        let dt = if now > g.last { (now - g.last) as f64 / 1e6 } else { 0.0 };
+        let moving = now > g.last;
+        g.last = g.last.max(now);
+        for (f, &id) in g.flows.iter_mut().zip(&g.ids) {
+            if moving {
+                f.remaining -= f.rate * dt;
+            }
             // Finish times are rounded up to the microsecond, so a due flow has nothing
             // but float rounding left; one due within the next microsecond waits for
             // its own timer, so that no flow ends before its bytes could have moved.
@@ -476,41 +499,53 @@ impl Net {
         }) {
             return false;
         }
-        s.now = s.now.wrapping_add(1);
-        if s.now == 0 {
-            s.stamp.iter_mut().for_each(|x| *x = 0);
-            s.now = 1;
-        }
         s.rem.clear();
         s.n.clear();
         s.fixed.clear();
         s.eff.clear();
+        s.inner.clear();
+        // Inner links get local indexes in order of first appearance, through a hash
+        // table of a few times the group's size (all in cache, unlike a table over
+        // every link of the fleet).
+        let size = (ids.len() * 4).next_power_of_two();
+        s.table.clear();
+        s.table.resize(size, (NO_LINK, 0));
         for &id in ids {
             let f = &flows[id as usize];
             let l = f.path[0];
             s.eff.push(f.cap);
-            if !finite(l) {
+            if l == NO_LINK || !f.cap0.is_finite() {
                 s.fixed.push(true);
+                s.inner.push(u32::MAX);
                 continue;
             }
-            if s.stamp[l as usize] != s.now {
-                s.stamp[l as usize] = s.now;
-                s.local[l as usize] = s.rem.len() as u32;
-                s.rem.push(caps[l as usize]);
-                s.n.push(0);
-            }
-            s.n[s.local[l as usize] as usize] += 1;
+            let mut slot = (l.wrapping_mul(0x9E37_79B9) as usize) & (size - 1);
+            let li = loop {
+                match s.table[slot] {
+                    (k, li) if k == l => break li,
+                    (NO_LINK, _) => {
+                        let li = s.rem.len() as u32;
+                        s.table[slot] = (l, li);
+                        s.rem.push(f.cap0);
+                        s.n.push(0);
+                        break li;
+                    }
+                    _ => slot = (slot + 1) & (size - 1),
+                }
+            };
+            s.n[li as usize] += 1;
+            s.inner.push(li);
             s.fixed.push(false);
         }
         // Inner links: a flow below its link's level keeps its ceiling; fixing it only
         // raises the level for the others, so repeat until nothing changes.
         loop {
             let mut changed = false;
-            for (fi, &id) in ids.iter().enumerate() {
+            for fi in 0..ids.len() {
                 if s.fixed[fi] {
                     continue;
                 }
-                let li = s.local[flows[id as usize].path[0] as usize] as usize;
+                let li = s.inner[fi] as usize;
                 if s.eff[fi] * f64::from(s.n[li]) <= s.rem[li] {
                     s.fixed[fi] = true;
                     s.rem[li] = (s.rem[li] - s.eff[fi]).max(0.0);
@@ -522,9 +557,9 @@ impl Net {
                 break;
             }
         }
-        for (fi, &id) in ids.iter().enumerate() {
+        for fi in 0..ids.len() {
             if !s.fixed[fi] {
-                let li = s.local[flows[id as usize].path[0] as usize] as usize;
+                let li = s.inner[fi] as usize;
                 s.eff[fi] = s.rem[li] / f64::from(s.n[li]);
             }
         }
