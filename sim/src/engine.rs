@@ -476,7 +476,15 @@ impl<'a> World<'a> {
         caps.extend((0..sites).map(|_| mbps(sc.network.site_lan_mbps)));
         caps.extend((0..sites).map(|s| {
             let u = rng::unit(seed, u64::from(s), Purpose::SiteWan, 0);
-            mbps(sc.network.site_wan_at(u))
+            // Box-Muller on two more draws, made only when a spread asks for them.
+            let z = if sc.network.site_wan_sigma > 0.0 {
+                let u1 = rng::unit(seed, u64::from(s), Purpose::SiteWan, 1).max(1e-300);
+                let u2 = rng::unit(seed, u64::from(s), Purpose::SiteWan, 2);
+                (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+            } else {
+                0.0
+            };
+            mbps(sc.network.site_wan_at(u, z))
         }));
         caps.push(if origin > 0.0 { mbps(origin) } else { f64::INFINITY });
         caps.extend(class.iter().map(|&c| mbps(sc.classes[c as usize].downlink_mbps)));

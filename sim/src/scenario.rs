@@ -275,6 +275,10 @@ pub struct Network {
     /// sites); the sites left over by shares below 100 keep `site_wan_mbps`.
     #[serde(default)]
     pub site_wan_mix: Vec<SiteWan>,
+    /// Spread of the WANs of sites that keep `site_wan_mbps`: each draws a log-normal
+    /// capacity of median `site_wan_mbps` and this sigma (0, the default: all equal).
+    #[serde(default)]
+    pub site_wan_sigma: f64,
     /// Each site's LAN capacity, Mbit/s.
     pub site_lan_mbps: f64,
     /// Delay before each transfer starts (a request round trip), milliseconds.
@@ -304,8 +308,9 @@ pub struct SiteWan {
 
 impl Network {
     /// The WAN of a site that drew `u`, uniform in [0, 1), by the shares of
-    /// `site_wan_mix`.
-    pub fn site_wan_at(&self, u: f64) -> f64 {
+    /// `site_wan_mix`; a site left with `site_wan_mbps` scales it by
+    /// `exp(site_wan_sigma z)`, `z` its standard normal draw.
+    pub fn site_wan_at(&self, u: f64, z: f64) -> f64 {
         let mut acc = 0.0;
         for w in &self.site_wan_mix {
             acc += w.share / 100.0;
@@ -313,7 +318,10 @@ impl Network {
                 return w.mbps;
             }
         }
-        self.site_wan_mbps
+        if self.site_wan_sigma == 0.0 {
+            return self.site_wan_mbps;
+        }
+        self.site_wan_mbps * (self.site_wan_sigma * z).exp()
     }
 }
 
@@ -639,6 +647,13 @@ impl Scenario {
             return bad(
                 "network.site_wan_mix",
                 &format!("shares add up to {shares}% of sites: they must add up to 100 at most"),
+            );
+        }
+        non_negative("network.site_wan_sigma", n.site_wan_sigma)?;
+        if n.site_wan_sigma > 5.0 {
+            return bad(
+                "network.site_wan_sigma",
+                "above 5 spreads WANs over 40 orders of magnitude: use 0 to 5",
             );
         }
         positive("network.site_lan_mbps", n.site_lan_mbps)?;

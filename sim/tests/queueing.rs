@@ -50,3 +50,26 @@ fn mg1_processor_sharing_is_insensitive_to_the_size_distribution() {
         assert!((t - 3.2).abs() <= 0.05 * 3.2, "{size} sizes: mean transfer time {t} s, closed form 3.2 s");
     }
 }
+
+#[test]
+fn per_site_wans_follow_their_log_normal_distribution() {
+    // 2,000 one-device sites behind their own WAN only (an unlimited origin, fast
+    // downlinks, no named links): a fetch of F takes F / W, W the site's WAN. With a
+    // log-normal W of median 10 Mb/s and sigma 0.5, the median fetch is F / 10 Mb/s =
+    // 5 s and the 90th percentile is exp(0.5 x 1.2816) = 1.90 times the median.
+    let sets = [
+        "fleet.devices=2000",
+        "fleet.sites=2000",
+        "path=[]",
+        "link=[]",
+        "arrivals={rate_per_s=100}",
+        "network.site_wan_mbps=10",
+        "network.site_wan_sigma=0.5",
+    ];
+    let s = summary("parking-lot.toml", &sets);
+    let (p50, p90) = (s.fetch_p50_s.expect("fetched"), s.fetch_p90_s.expect("fetched"));
+    assert!((p50 - 5.0).abs() <= 0.05 * 5.0, "median fetch {p50} s, expected 5 s");
+    let ratio = p90 / p50;
+    let expected = (0.5f64 * 1.2816).exp();
+    assert!((ratio - expected).abs() <= 0.05 * expected, "p90/p50 = {ratio}, expected {expected}");
+}
