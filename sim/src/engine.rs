@@ -1843,9 +1843,11 @@ fn summarize(durations: &[f64]) -> [Option<f64>; 4] {
     }
     let mut sorted = durations.to_vec();
     sorted.sort_by(f64::total_cmp);
+    // To the microsecond, as every other time: a short decimal reads back exactly.
+    let us = |x: f64| Some((x * 1e6).round() / 1e6);
     let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
-    let q = |p| Some(crate::stats::percentile(&sorted, p));
-    [Some(mean), q(0.5), q(0.9), q(0.99)]
+    let q = |p| us(crate::stats::percentile(&sorted, p));
+    [us(mean), q(0.5), q(0.9), q(0.99)]
 }
 
 /// Whether a device in state `index` holds one of its site's install slots: the core's
