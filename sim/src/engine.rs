@@ -26,10 +26,10 @@ use otamesh_core::rollout::{ReleaseInfo, RolloutPolicy};
 use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, SecretKey, TrustRoot, fetch};
 
 use crate::gossip::{self, Spread};
-use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, NO_LINK, Net, Path, Timer};
+use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, NO_LINK, NO_ROUTE, Net, Path, RouteId, Timer};
 use crate::queue::RadixQueue;
 use crate::rng::{self, Purpose};
-use crate::scenario::{AnnounceMode, Mode, Scenario, SiteSize};
+use crate::scenario::{AnnounceMode, GossipStyle, Mode, Scenario, SiteSize, SizeDist};
 use crate::trace::{Input, Trace, TraceSetup};
 
 /// Virtual time zero in the core's clock: 2023-11-15 00:00 UTC (a midnight), plus the
@@ -122,6 +122,11 @@ pub struct RunResult {
     pub first_wave_devices: u64,
     /// Devices between fetching and health check when the halt came.
     pub in_flight_at_halt: u64,
+    /// Per-device fetch durations (from starting to fetch to having every byte),
+    /// seconds: mean, median, 90th and 99th percentiles; `None` when none finished.
+    pub fetch_s: [Option<f64>; 4],
+    /// Per-device install durations, seconds, the same way.
+    pub install_s: [Option<f64>; 4],
     /// Events processed.
     pub events: u64,
     /// Virtual time at the end.
@@ -253,6 +258,13 @@ struct World<'a> {
     got: Vec<f64>,
     /// Who hears the release in which gossip round.
     spread: Spread,
+    /// An open system (`[arrivals]`): when each device arrives; empty otherwise.
+    arrive_at: Vec<Micros>,
+    /// When each device entered its current state, and the finished fetches' and
+    /// installs' durations (seconds).
+    state_at: Vec<Micros>,
+    fetch_durations: Vec<f64>,
+    install_durations: Vec<f64>,
     requesting: Vec<bool>,
     report_seq: Vec<u32>,
     in_blocked: Vec<bool>,
@@ -268,6 +280,10 @@ struct World<'a> {
     slots: u16,
     /// Per class, the downlink in bytes per second.
     downlink: Vec<f64>,
+    /// Per site, the named links its WAN flows cross ([`NO_ROUTE`] for none), and the
+    /// delay before a fetch starts (empty when no site has a path: `latency_us`).
+    site_route: Vec<RouteId>,
+    site_latency: Vec<Micros>,
     /// Whether a site's WAN flows share its group (the origin is unlimited), so every
     /// flow a device receives is in one group and its downlink is one shared link.
     merged: bool,
@@ -460,18 +476,74 @@ impl<'a> World<'a> {
         caps.extend((0..sites).map(|_| mbps(sc.network.site_lan_mbps)));
         caps.extend((0..sites).map(|s| {
             let u = rng::unit(seed, u64::from(s), Purpose::SiteWan, 0);
-            mbps(sc.network.site_wan_at(u))
+            // Box-Muller on two more draws, made only when a spread asks for them.
+            let z = if sc.network.site_wan_sigma > 0.0 {
+                let u1 = rng::unit(seed, u64::from(s), Purpose::SiteWan, 1).max(1e-300);
+                let u2 = rng::unit(seed, u64::from(s), Purpose::SiteWan, 2);
+                (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+            } else {
+                0.0
+            };
+            mbps(sc.network.site_wan_at(u, z))
         }));
         caps.push(if origin > 0.0 { mbps(origin) } else { f64::INFINITY });
         caps.extend(class.iter().map(|&c| mbps(sc.classes[c as usize].downlink_mbps)));
         caps.extend(class.iter().map(|&c| mbps(sc.classes[c as usize].uplink_mbps)));
+        // Named links, after every device's; a site's path crosses them in order.
+        let first_named = caps.len() as LinkId;
+        caps.extend(sc.links.iter().map(|l| mbps(l.mbps)));
         // One group per site, and one for every WAN flow when a finite origin couples
-        // them.
-        let net = Net::new(caps, sites as usize + 1);
+        // them (or named links may: they are shared by the sites on their paths).
+        let mut net = Net::new(caps, sites as usize + 1);
+        let latency_us = (sc.network.latency_ms * 1000.0).round() as Micros;
+        let mut site_route = vec![NO_ROUTE; sites as usize];
+        let mut site_latency = Vec::new();
+        if !sc.paths.is_empty() {
+            site_latency = vec![latency_us; sites as usize];
+            for p in &sc.paths {
+                let named: Vec<usize> = p
+                    .links
+                    .iter()
+                    // Invariant: `Scenario::check` found every name.
+                    .map(|n| sc.links.iter().position(|l| &l.name == n).expect("a checked link name"))
+                    .collect();
+                let links: Vec<LinkId> = named.iter().map(|&i| first_named + i as LinkId).collect();
+                let route = net.add_route(&links);
+                // The first request is a round trip over the path.
+                let one_way: f64 = named.iter().map(|&i| sc.links[i].latency_ms).sum();
+                for &s in &p.sites {
+                    site_route[s as usize] = route;
+                    site_latency[s as usize] = latency_us + (2.0 * one_way * 1000.0).round() as Micros;
+                }
+            }
+        }
+        let arrive_at: Vec<Micros> = match &sc.arrivals {
+            None => Vec::new(),
+            Some(a) => match (&a.times_s, a.rate_per_s) {
+                (Some(times), _) => times.iter().map(|&t| (t * 1e6).round() as Micros).collect(),
+                (None, Some(rate)) => {
+                    // A Poisson process: exponential gaps, device 0 first.
+                    let mut t = 0.0;
+                    (0..n)
+                        .map(|d| {
+                            t += rng::exponential(seed, u64::from(d), Purpose::Arrival, 0, 1.0 / rate);
+                            (t * 1e6).round() as Micros
+                        })
+                        .collect()
+                }
+                // Invariant: `Scenario::check` requires one of them.
+                (None, None) => unreachable!("checked: arrivals have a rate or times"),
+            },
+        };
         let spread = match sc.announce.mode {
+            _ if sc.arrivals.is_some() => Spread::default(),
             AnnounceMode::Gossip => {
                 let lan = gossip::Sites { site: &site, start: &site_start };
-                gossip::push(seed, n, sc.announce.fanout, sc.announce.site_relay.then_some(lan))
+                let relay = sc.announce.site_relay.then_some(lan);
+                match sc.announce.style {
+                    GossipStyle::Push => gossip::push(seed, n, sc.announce.fanout, relay),
+                    GossipStyle::PushPull => gossip::push_pull(seed, n, sc.announce.fanout, relay),
+                }
             }
             AnnounceMode::Poll => Spread::default(),
         };
@@ -493,7 +565,7 @@ impl<'a> World<'a> {
             publisher,
             trust,
             previous,
-            latency_us: (sc.network.latency_ms * 1000.0).round() as Micros,
+            latency_us,
             end_us: (sc.sim.duration_s * 1e6).round() as Micros,
             sample_us: ((sample_s * 1e6).round() as Micros).max(1),
             site,
@@ -514,6 +586,10 @@ impl<'a> World<'a> {
             server_pos: vec![NONE; n as usize],
             got: if sc.network.mode == Mode::Central { vec![0.0; n as usize] } else { Vec::new() },
             spread,
+            arrive_at,
+            state_at: vec![0; n as usize],
+            fetch_durations: Vec::new(),
+            install_durations: Vec::new(),
             requesting: vec![false; n as usize],
             report_seq: vec![0; n as usize],
             in_blocked: vec![false; n as usize],
@@ -524,7 +600,9 @@ impl<'a> World<'a> {
             holders: vec![0; sites as usize * k as usize],
             servers: vec![Vec::new(); sites as usize],
             downlink: sc.classes.iter().map(|c| mbps(c.downlink_mbps)).collect(),
-            merged: origin <= 0.0,
+            merged: origin <= 0.0 && sc.paths.is_empty(),
+            site_route,
+            site_latency,
             slots: sc.network.upload_slots.min(u32::from(u16::MAX)) as u16,
             inflight: vec![0; sites as usize],
             wan_count: vec![0; sites as usize],
@@ -648,6 +726,11 @@ impl<'a> World<'a> {
             }
         }
         match sc.announce.mode {
+            _ if sc.arrivals.is_some() => {
+                for d in 0..self.n {
+                    self.push(self.arrive_at[d as usize], Ev::Admit(d), true);
+                }
+            }
             AnnounceMode::Gossip => {
                 for round in 1..=self.spread.last_round() {
                     if !self.spread.heard_in(round).is_empty() {
@@ -676,6 +759,9 @@ impl<'a> World<'a> {
 
     fn announce_at(&self, d: u32) -> Micros {
         let a = &self.sc.announce;
+        if let Some(&t) = self.arrive_at.get(d as usize) {
+            return t;
+        }
         match a.mode {
             AnnounceMode::Gossip => match self.spread.round[d as usize] {
                 gossip::UNHEARD => Micros::MAX,
@@ -972,6 +1058,13 @@ impl<'a> World<'a> {
         self.counts[old as usize] -= 1;
         self.counts[new as usize] += 1;
         self.state[i] = new;
+        let spent = (self.now - self.state_at[i]) as f64 / 1e6;
+        self.state_at[i] = self.now;
+        match old {
+            FETCHING => self.fetch_durations.push(spent),
+            INSTALLING => self.install_durations.push(spent),
+            _ => {}
+        }
         let s = self.site[i] as usize;
         if holds_site_slot(old) && !holds_site_slot(new) {
             self.installing[s] -= 1;
@@ -1335,12 +1428,13 @@ impl<'a> World<'a> {
     /// later requests are pipelined behind transfers, so they add no further delay.
     fn fetch_begin(&mut self, d: u32) {
         let i = d as usize;
-        if self.latency_us == 0 {
+        let latency = self.site_latency.get(self.site[i] as usize).copied().unwrap_or(self.latency_us);
+        if latency == 0 {
             self.fetch_select(d);
         } else if !self.requesting[i] {
             self.requesting[i] = true;
             let epoch = self.net_epoch[i];
-            self.push(self.now + self.latency_us, Ev::FetchStep { d, epoch }, true);
+            self.push(self.now + latency, Ev::FetchStep { d, epoch }, true);
         }
     }
 
@@ -1370,7 +1464,7 @@ impl<'a> World<'a> {
         }
         if self.mode == Mode::Central {
             // An interrupted download resumes where it stopped (an HTTP range request).
-            let total: f64 = bits(need).map(|p| self.piece_len[p as usize]).sum();
+            let total = bits(need).map(|p| self.piece_len[p as usize]).sum::<f64>() * self.size_factor(d);
             let bytes = (total - self.got[i]).max(0.0);
             self.start_flow(FlowMeta { kind: FlowKind::Central, dst: d, src: NONE, piece: u8::MAX }, bytes);
             return;
@@ -1438,6 +1532,17 @@ impl<'a> World<'a> {
         if !self.in_waiters[i] {
             self.in_waiters[i] = true;
             self.waiters[s as usize].push(d);
+        }
+    }
+
+    /// Central mode: device `d`'s release size over the scenario's `bytes`
+    /// (`release.size`).
+    fn size_factor(&self, d: u32) -> f64 {
+        let r = &self.sc.release;
+        match r.size {
+            SizeDist::Fixed => 1.0,
+            SizeDist::Exponential => rng::exponential(self.seed, u64::from(d), Purpose::Size, 0, 1.0),
+            SizeDist::Pareto => rng::pareto(self.seed, u64::from(d), Purpose::Size, 0, 1.0, r.pareto_shape),
         }
     }
 
@@ -1534,7 +1639,9 @@ impl<'a> World<'a> {
         let s = self.site[meta.dst as usize];
         self.receiving[meta.dst as usize] += 1;
         let (group, path, cap) = self.route(meta.kind, meta.dst, meta.src);
-        let id = self.net.start(self.now, group, path, cap, bytes, meta.kind != FlowKind::Lan);
+        let route = if meta.kind == FlowKind::Lan { NO_ROUTE } else { self.site_route[s as usize] };
+        let metered = meta.kind != FlowKind::Lan;
+        let id = self.net.start_routed(self.now, group, path, route, cap, bytes, metered);
         if self.flow_meta.len() <= id as usize {
             self.flow_meta.resize(id as usize + 1, meta);
         }
@@ -1719,12 +1826,28 @@ impl<'a> World<'a> {
             rollback_done_s: self.last_rollback.map(|t| t as f64 / 1e6),
             first_wave_devices: first_wave,
             in_flight_at_halt: self.in_flight_at_halt,
+            fetch_s: summarize(&self.fetch_durations),
+            install_s: summarize(&self.install_durations),
             events: self.events,
             end_s: self.now as f64 / 1e6,
             wave_starts_s,
             series: self.series.clone(),
         }
     }
+}
+
+/// Mean, median, 90th and 99th percentiles of durations; `None` when there are none.
+fn summarize(durations: &[f64]) -> [Option<f64>; 4] {
+    if durations.is_empty() {
+        return [None; 4];
+    }
+    let mut sorted = durations.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    // To the microsecond, as every other time: a short decimal reads back exactly.
+    let us = |x: f64| Some((x * 1e6).round() / 1e6);
+    let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
+    let q = |p| us(crate::stats::percentile(&sorted, p));
+    [us(mean), q(0.5), q(0.9), q(0.99)]
 }
 
 /// Whether a device in state `index` holds one of its site's install slots: the core's

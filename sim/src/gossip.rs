@@ -18,10 +18,13 @@
 //! the whole site on its LAN in the next round (a site's peers are each other's
 //! gossip neighbours), so the rumour needs to reach each site once.
 //!
+//! [`push_pull`] adds pull: every device calls partners each round, and an uninformed
+//! caller learns from an informed partner, which removes push's slow tail.
+//!
 //! **Non-goals:** churn while spreading (the spread is drawn for the whole fleet; the
 //! engine delivers a round to the devices online then, and a device offline at its
-//! round hears when it is back, as a reconnecting gossipsub peer catches up), pull and
-//! push-pull, message loss.
+//! round hears when it is back, as a reconnecting gossipsub peer catches up), message
+//! loss.
 
 use crate::rng::{self, Purpose};
 
@@ -125,6 +128,72 @@ pub fn push(seed: u64, n: u32, fanout: u32, sites: Option<Sites<'_>>) -> Spread 
                 if round[target as usize] == UNHEARD {
                     round[target as usize] = r;
                     order.push(target);
+                }
+            }
+        }
+        starts.push(order.len() as u32);
+    }
+    Spread { round, order, starts }
+}
+
+/// Plays push-pull gossip over `n` devices: in every round each device calls `fanout`
+/// partners drawn uniformly from the others; a caller that knew before the round tells
+/// its partner (push), and one that did not learns from a partner that did (pull).
+/// The publisher's round 1 is as in [`push`]. This is the random phone-call model with
+/// push and pull (R. Karp, C. Schindelhauer, S. Shenker and B. Vöcking, "Randomized
+/// rumor spreading", FOCS 2000): from one informed device, fanout 1 reaches all `n` in
+/// `log3 n + O(ln ln n)` rounds; pull finishes the tail that push leaves to chance.
+/// The work is `n * fanout` draws per round (every device calls), against push's
+/// draws per informed device. With `sites`, delivery is also per site, as in [`push`].
+pub fn push_pull(seed: u64, n: u32, fanout: u32, sites: Option<Sites<'_>>) -> Spread {
+    let mut round = vec![UNHEARD; n as usize];
+    let mut order: Vec<u32> = Vec::with_capacity(n as usize);
+    let mut starts = vec![0u32, 0];
+    if n == 0 || fanout == 0 {
+        return Spread { round, order, starts };
+    }
+    for j in 0..u64::from(fanout) {
+        let target = (rng::draw(seed, u64::MAX, Purpose::Announce, j) % u64::from(n)) as u32;
+        if round[target as usize] == UNHEARD {
+            round[target as usize] = 1;
+            order.push(target);
+        }
+    }
+    starts.push(order.len() as u32);
+    let mut told = vec![false; sites.map_or(0, |s| s.start.len().saturating_sub(1))];
+    let mut r: u8 = 1;
+    while order.len() < n as usize && r < MAX_ROUND && n > 1 {
+        r += 1;
+        if let Some(sites) = sites {
+            let fresh = starts[usize::from(r) - 1] as usize..order.len();
+            for k in fresh {
+                let s = sites.site[order[k] as usize] as usize;
+                if told[s] {
+                    continue;
+                }
+                told[s] = true;
+                for e in sites.start[s]..sites.start[s + 1] {
+                    if round[e as usize] == UNHEARD {
+                        round[e as usize] = r;
+                        order.push(e);
+                    }
+                }
+            }
+        }
+        for d in 0..n {
+            for j in 0..u64::from(fanout) {
+                let n_draw = rng::mix(u64::from(r) * u64::from(fanout) + j);
+                let pick =
+                    (rng::draw(seed, u64::from(d), Purpose::Announce, n_draw) % u64::from(n - 1)) as u32;
+                let partner = if pick >= d { pick + 1 } else { pick };
+                // "Knew before this round": heard in an earlier round.
+                let (me, them) = (round[d as usize], round[partner as usize]);
+                if me < r && them == UNHEARD {
+                    round[partner as usize] = r;
+                    order.push(partner);
+                } else if me == UNHEARD && them < r {
+                    round[d as usize] = r;
+                    order.push(d);
                 }
             }
         }

@@ -4,7 +4,9 @@
 //! ([`Device`](otamesh_core::device::Device)) that the real node runs, so what
 //! it says about a rollout strategy is said about the code devices run. The network is
 //! flow-level with max-min fair sharing ([`net`]); announcements spread by random push
-//! gossip ([`gossip`]); the fleet is struct-of-arrays
+//! or push-pull gossip ([`gossip`]); named links and paths, open systems (arrivals,
+//! per-device release sizes) and per-device fetch and install durations come from the
+//! scenario ([`scenario`]); the fleet is struct-of-arrays
 //! ([`engine`]); scenarios are TOML ([`scenario`]); outputs are JSON, CSV and plots
 //! ([`report`], [`plot`]); [`sweep`] runs many seeds and parameter grids in parallel
 //! and summarises them ([`stats`]); [`trace`] records what chosen devices were fed and

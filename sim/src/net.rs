@@ -1,8 +1,10 @@
 //! The flow-level (fluid) network: max-min fair sharing by progressive filling.
 //!
 //! A transfer is a *flow* of some bytes along a path of at most three shared links (for
-//! example the sender's uplink, the site LAN and the receiver's downlink), with an
-//! optional per-flow ceiling. Concurrent flows share each link max-min fairly, as
+//! example the sender's uplink, the site LAN and the receiver's downlink), plus
+//! optionally a *route* of any length registered once ([`Net::add_route`]: the named
+//! links a site's WAN flows cross, as in a parking lot), with an optional per-flow
+//! ceiling. Concurrent flows share each link max-min fairly, as
 //! SimGrid's fluid model does: no packets, no slow start.
 //!
 //! Flows live in *groups*: a group is a set of flows that can share a link with each
@@ -33,6 +35,12 @@ pub const NO_LINK: LinkId = u32::MAX;
 /// The links a flow crosses, unused places [`NO_LINK`].
 pub type Path = [LinkId; 3];
 
+/// A route's index ([`Net::add_route`]).
+pub type RouteId = u32;
+
+/// Placeholder for "no route".
+pub const NO_ROUTE: RouteId = u32::MAX;
+
 /// Microseconds of virtual time.
 pub type Micros = u64;
 
@@ -40,7 +48,13 @@ pub type Micros = u64;
 #[derive(Debug)]
 pub struct Net {
     caps: Vec<f64>,
-    flows: Vec<Flow>,
+    /// Route `r` is `route_links[route_start[r]..route_start[r + 1]]`.
+    route_links: Vec<LinkId>,
+    route_start: Vec<u32>,
+    /// Where each flow lives: its group and its place in the group's arrays.
+    handles: Vec<Handle>,
+    /// 0, 1, 2, ...: a group's flows by their place, for the solvers.
+    iota: Vec<u32>,
     free: Vec<FlowId>,
     freed: Vec<FlowId>,
     groups: Vec<Group>,
@@ -49,14 +63,25 @@ pub struct Net {
     scratch: Scratch,
 }
 
+/// A flow's state, kept in its group's array: a re-solve reads one group's flows from
+/// one place in memory rather than from all over a fleet-wide table (at a million
+/// devices, those cache misses were most of the solver's time).
 #[derive(Debug, Clone)]
 struct Flow {
     path: Path,
+    /// The capacity of `path[0]` (infinite for none), kept here so that the tree
+    /// solver reads no fleet-wide table.
+    cap0: f64,
+    route: RouteId,
     cap: f64,
     metered: bool,
     total: f64,
     remaining: f64,
     rate: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Handle {
     group: u32,
     slot: u32,
     live: bool,
@@ -64,7 +89,9 @@ struct Flow {
 
 #[derive(Debug, Clone)]
 struct Group {
-    flows: Vec<FlowId>,
+    /// The group's flows, and each one's id, in the same order.
+    flows: Vec<Flow>,
+    ids: Vec<FlowId>,
     last: Micros,
     next_at: Micros,
     armed: Micros,
@@ -77,6 +104,7 @@ impl Default for Group {
     fn default() -> Self {
         Self {
             flows: Vec::new(),
+            ids: Vec::new(),
             last: 0,
             next_at: Micros::MAX,
             armed: Micros::MAX,
@@ -101,6 +129,10 @@ struct Scratch {
     fixed: Vec<bool>,
     eff: Vec<f64>,
     order: Vec<u32>,
+    /// The tree solver's small hash table from inner link to its local index, and
+    /// each flow's local inner link.
+    table: Vec<(LinkId, u32)>,
+    inner: Vec<u32>,
     links: Vec<LinkId>,
     parent: Vec<u32>,
     depth: Vec<u8>,
@@ -152,7 +184,10 @@ impl Net {
         };
         Self {
             caps,
-            flows: Vec::new(),
+            route_links: Vec::new(),
+            route_start: vec![0],
+            handles: Vec::new(),
+            iota: Vec::new(),
             free: Vec::new(),
             freed: Vec::new(),
             groups: vec![Group::default(); groups],
@@ -160,6 +195,13 @@ impl Net {
             rearm: Vec::new(),
             scratch,
         }
+    }
+
+    /// Registers a route: links that flows started with it cross besides their path.
+    pub fn add_route(&mut self, links: &[LinkId]) -> RouteId {
+        self.route_links.extend_from_slice(links);
+        self.route_start.push(self.route_links.len() as u32);
+        (self.route_start.len() - 2) as RouteId
     }
 
     /// Starts a flow of `bytes` in `group` over `path`, never faster than `cap`. A
@@ -174,39 +216,50 @@ impl Net {
         bytes: f64,
         metered: bool,
     ) -> FlowId {
+        self.start_routed(now, group, path, NO_ROUTE, cap, bytes, metered)
+    }
+
+    /// As [`Net::start`], over `path` and then `route` ([`NO_ROUTE`] for none). Flows
+    /// over a route are solved by progressive filling.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_routed(
+        &mut self,
+        now: Micros,
+        group: u32,
+        path: Path,
+        route: RouteId,
+        cap: f64,
+        bytes: f64,
+        metered: bool,
+    ) -> FlowId {
         self.advance(group, now);
         let g = &mut self.groups[group as usize];
-        let flow = Flow {
-            path,
-            cap,
-            metered,
-            total: bytes,
-            remaining: bytes,
-            rate: 0.0,
-            group,
-            slot: g.flows.len() as u32,
-            live: true,
-        };
+        let handle = Handle { group, slot: g.flows.len() as u32, live: true };
+        let cap0 = if path[0] == NO_LINK { f64::INFINITY } else { self.caps[path[0] as usize] };
+        g.flows.push(Flow { path, cap0, route, cap, metered, total: bytes, remaining: bytes, rate: 0.0 });
         let id = match self.free.pop() {
             Some(id) => {
-                self.flows[id as usize] = flow;
+                self.handles[id as usize] = handle;
                 id
             }
             None => {
-                self.flows.push(flow);
-                (self.flows.len() - 1) as FlowId
+                self.handles.push(handle);
+                (self.handles.len() - 1) as FlowId
             }
         };
-        g.flows.push(id);
+        g.ids.push(id);
+        if self.iota.len() < g.flows.len() {
+            self.iota.push(self.iota.len() as u32);
+        }
         self.mark(group);
         id
     }
 
     /// Stops a live flow before it completes; returns the bytes it moved.
     pub fn stop(&mut self, now: Micros, flow: FlowId) -> f64 {
-        let group = self.flows[flow as usize].group;
-        self.advance(group, now);
-        let f = &self.flows[flow as usize];
+        let h = self.handles[flow as usize];
+        self.advance(h.group, now);
+        let f = &self.groups[h.group as usize].flows[h.slot as usize];
         let moved = (f.total - f.remaining).clamp(0.0, f.total);
         self.remove(flow);
         moved
@@ -220,55 +273,65 @@ impl Net {
         }
         self.advance(group, now);
         self.caps[link as usize] = cap;
+        for f in &mut self.groups[group as usize].flows {
+            if f.path[0] == link {
+                f.cap0 = cap;
+            }
+        }
         self.mark(group);
     }
 
     /// Changes a live flow's ceiling from `now` on (re-solved at the next flush).
     pub fn set_flow_cap(&mut self, now: Micros, flow: FlowId, cap: f64) {
-        let f = &self.flows[flow as usize];
-        if f.cap == cap {
+        let h = self.handles[flow as usize];
+        // A flow that ended in the batch the driver is still handling: its group is
+        // re-solved anyway.
+        if !h.live || self.groups[h.group as usize].flows[h.slot as usize].cap == cap {
             return;
         }
-        let group = f.group;
-        self.advance(group, now);
-        self.flows[flow as usize].cap = cap;
-        self.mark(group);
+        self.advance(h.group, now);
+        self.groups[h.group as usize].flows[h.slot as usize].cap = cap;
+        self.mark(h.group);
     }
 
     /// Changes the links a live flow crosses from `now` on (re-solved at the next
     /// flush): a receiver's downlink joins the path when it receives a second flow.
     pub fn set_path(&mut self, now: Micros, flow: FlowId, path: Path) {
-        let f = &self.flows[flow as usize];
-        if f.path == path {
+        let h = self.handles[flow as usize];
+        if !h.live || self.groups[h.group as usize].flows[h.slot as usize].path == path {
             return;
         }
-        let group = f.group;
-        self.advance(group, now);
-        self.flows[flow as usize].path = path;
-        self.mark(group);
+        self.advance(h.group, now);
+        let cap0 = if path[0] == NO_LINK { f64::INFINITY } else { self.caps[path[0] as usize] };
+        let f = &mut self.groups[h.group as usize].flows[h.slot as usize];
+        f.path = path;
+        f.cap0 = cap0;
+        self.mark(h.group);
     }
 
     /// Whether `flow` is live.
     pub fn is_live(&self, flow: FlowId) -> bool {
-        self.flows.get(flow as usize).is_some_and(|f| f.live)
+        self.handles.get(flow as usize).is_some_and(|h| h.live)
     }
 
     /// Bytes a live flow has moved by `now` (at or after its group's last change).
     pub fn moved(&self, now: Micros, flow: FlowId) -> f64 {
-        let f = &self.flows[flow as usize];
-        let last = self.groups[f.group as usize].last;
+        let h = self.handles[flow as usize];
+        let g = &self.groups[h.group as usize];
+        let (f, last) = (&g.flows[h.slot as usize], g.last);
         let dt = now.saturating_sub(last) as f64 / 1e6;
         (f.total - f.remaining + f.rate * dt).clamp(0.0, f.total)
     }
 
     /// The current rate of a live flow, bytes per second.
     pub fn rate(&self, flow: FlowId) -> f64 {
-        self.flows[flow as usize].rate
+        let h = self.handles[flow as usize];
+        self.groups[h.group as usize].flows[h.slot as usize].rate
     }
 
     /// The live flows of a group, in a stable order.
     pub fn group_flows(&self, group: u32) -> &[FlowId] {
-        &self.groups[group as usize].flows
+        &self.groups[group as usize].ids
     }
 
     /// The sum of the rates of a group's flows as last solved.
@@ -290,10 +353,17 @@ impl Net {
             }
             return;
         }
-        self.advance(timer.group, now);
         let start = out.len();
-        for &id in &self.groups[timer.group as usize].flows {
-            let f = &self.flows[id as usize];
+        let g = &mut self.groups[timer.group as usize];
+        // Moves every flow forward to `now` (as `advance` does) and picks the due ones,
+        // in one pass.
+        let dt = if now > g.last { (now - g.last) as f64 / 1e6 } else { 0.0 };
+        let moving = now > g.last;
+        g.last = g.last.max(now);
+        for (f, &id) in g.flows.iter_mut().zip(&g.ids) {
+            if moving {
+                f.remaining -= f.rate * dt;
+            }
             // Finish times are rounded up to the microsecond, so a due flow has nothing
             // but float rounding left; one due within the next microsecond waits for
             // its own timer, so that no flow ends before its bytes could have moved.
@@ -323,17 +393,10 @@ impl Net {
                 self.solve(group);
             }
             let g = &mut self.groups[group as usize];
-            g.metered_sum = g
-                .flows
-                .iter()
-                .map(|&id| &self.flows[id as usize])
-                .filter(|f| f.metered)
-                .map(|f| f.rate)
-                .sum();
+            g.metered_sum = g.flows.iter().filter(|f| f.metered).map(|f| f.rate).sum();
             // The flow that finishes first: the smallest remaining/rate.
             let mut soonest = f64::INFINITY;
-            for &id in &g.flows {
-                let f = &self.flows[id as usize];
+            for f in &g.flows {
                 if f.rate > 0.0 && f.remaining < soonest * f.rate {
                     soonest = f.remaining.max(0.0) / f.rate;
                 }
@@ -386,13 +449,14 @@ impl Net {
     }
 
     fn remove(&mut self, flow: FlowId) {
-        let f = &mut self.flows[flow as usize];
-        f.live = false;
-        let (group, slot) = (f.group, f.slot as usize);
+        let h = &mut self.handles[flow as usize];
+        h.live = false;
+        let (group, slot) = (h.group, h.slot as usize);
         let g = &mut self.groups[group as usize];
         g.flows.swap_remove(slot);
-        if let Some(&moved) = g.flows.get(slot) {
-            self.flows[moved as usize].slot = slot as u32;
+        g.ids.swap_remove(slot);
+        if let Some(&moved) = g.ids.get(slot) {
+            self.handles[moved as usize].slot = slot as u32;
         }
         // Not reusable before the next flush: the driver may still be handling the flows
         // that ended with this one.
@@ -408,8 +472,7 @@ impl Net {
         }
         let dt = (now - g.last) as f64 / 1e6;
         g.last = now;
-        for &id in &g.flows {
-            let f = &mut self.flows[id as usize];
+        for f in &mut g.flows {
             f.remaining -= f.rate * dt;
         }
     }
@@ -421,56 +484,68 @@ impl Net {
     /// then the root's. Returns false for any other shape, for
     /// [`Net::solve_laminar`].
     fn solve_tree(&mut self, group: u32) -> bool {
-        let Self { caps, flows, groups, scratch: s, .. } = self;
-        let g = &mut groups[group as usize];
-        let ids = &g.flows;
+        let Self { caps, groups, scratch: s, iota, .. } = self;
+        let Group { flows, rate_sum: g_rate_sum, .. } = &mut groups[group as usize];
+        let ids = &iota[..flows.len()];
         let Some(&first) = ids.first() else {
-            g.rate_sum = 0.0;
+            *g_rate_sum = 0.0;
             return true;
         };
         let finite = |l: LinkId| l != NO_LINK && caps[l as usize].is_finite();
         let root = flows[first as usize].path[1];
         if ids.iter().any(|&id| {
             let f = &flows[id as usize];
-            f.path[1] != root || finite(f.path[2])
+            f.path[1] != root || finite(f.path[2]) || f.route != NO_ROUTE
         }) {
             return false;
-        }
-        s.now = s.now.wrapping_add(1);
-        if s.now == 0 {
-            s.stamp.iter_mut().for_each(|x| *x = 0);
-            s.now = 1;
         }
         s.rem.clear();
         s.n.clear();
         s.fixed.clear();
         s.eff.clear();
+        s.inner.clear();
+        // Inner links get local indexes in order of first appearance, through a hash
+        // table of a few times the group's size (all in cache, unlike a table over
+        // every link of the fleet).
+        let size = (ids.len() * 4).next_power_of_two();
+        s.table.clear();
+        s.table.resize(size, (NO_LINK, 0));
         for &id in ids {
             let f = &flows[id as usize];
             let l = f.path[0];
             s.eff.push(f.cap);
-            if !finite(l) {
+            if l == NO_LINK || !f.cap0.is_finite() {
                 s.fixed.push(true);
+                s.inner.push(u32::MAX);
                 continue;
             }
-            if s.stamp[l as usize] != s.now {
-                s.stamp[l as usize] = s.now;
-                s.local[l as usize] = s.rem.len() as u32;
-                s.rem.push(caps[l as usize]);
-                s.n.push(0);
-            }
-            s.n[s.local[l as usize] as usize] += 1;
+            let mut slot = (l.wrapping_mul(0x9E37_79B9) as usize) & (size - 1);
+            let li = loop {
+                match s.table[slot] {
+                    (k, li) if k == l => break li,
+                    (NO_LINK, _) => {
+                        let li = s.rem.len() as u32;
+                        s.table[slot] = (l, li);
+                        s.rem.push(f.cap0);
+                        s.n.push(0);
+                        break li;
+                    }
+                    _ => slot = (slot + 1) & (size - 1),
+                }
+            };
+            s.n[li as usize] += 1;
+            s.inner.push(li);
             s.fixed.push(false);
         }
         // Inner links: a flow below its link's level keeps its ceiling; fixing it only
         // raises the level for the others, so repeat until nothing changes.
         loop {
             let mut changed = false;
-            for (fi, &id) in ids.iter().enumerate() {
+            for fi in 0..ids.len() {
                 if s.fixed[fi] {
                     continue;
                 }
-                let li = s.local[flows[id as usize].path[0] as usize] as usize;
+                let li = s.inner[fi] as usize;
                 if s.eff[fi] * f64::from(s.n[li]) <= s.rem[li] {
                     s.fixed[fi] = true;
                     s.rem[li] = (s.rem[li] - s.eff[fi]).max(0.0);
@@ -482,15 +557,20 @@ impl Net {
                 break;
             }
         }
-        for (fi, &id) in ids.iter().enumerate() {
+        for fi in 0..ids.len() {
             if !s.fixed[fi] {
-                let li = s.local[flows[id as usize].path[0] as usize] as usize;
+                let li = s.inner[fi] as usize;
                 s.eff[fi] = s.rem[li] / f64::from(s.n[li]);
             }
         }
         // The root link, the same way over the inner results.
         let mut rate_sum = 0.0;
-        if finite(root) {
+        // A root with room for everything the inner links allow changes nothing: every
+        // flow would pass the test below in the first passes. The margin keeps float
+        // rounding in the sum (far below 1e-12 of it) from ever deciding that, so the
+        // shortcut gives exactly the rates the loop gives.
+        let roomy = finite(root) && s.eff.iter().sum::<f64>() <= caps[root as usize] * (1.0 - 1e-12);
+        if finite(root) && !roomy {
             let mut rem = caps[root as usize];
             let mut n = ids.len() as f64;
             s.fixed.iter_mut().for_each(|x| *x = false);
@@ -519,7 +599,7 @@ impl Net {
             flows[id as usize].rate = s.eff[fi];
             rate_sum += s.eff[fi];
         }
-        g.rate_sum = rate_sum;
+        *g_rate_sum = rate_sum;
         true
     }
 
@@ -534,11 +614,11 @@ impl Net {
     fn solve_laminar(&mut self, group: u32) -> bool {
         const UNSET: u32 = u32::MAX - 1;
         const TOP: u32 = u32::MAX;
-        let Self { caps, flows, groups, scratch: s, .. } = self;
-        let g = &mut groups[group as usize];
-        let ids = &g.flows;
+        let Self { caps, groups, scratch: s, iota, .. } = self;
+        let Group { flows, rate_sum: g_rate_sum, .. } = &mut groups[group as usize];
+        let ids = &iota[..flows.len()];
         if ids.is_empty() {
-            g.rate_sum = 0.0;
+            *g_rate_sum = 0.0;
             return true;
         }
         let finite = |l: LinkId| l != NO_LINK && caps[l as usize].is_finite();
@@ -550,6 +630,9 @@ impl Net {
         s.links.clear();
         s.n.clear();
         for &id in ids {
+            if flows[id as usize].route != NO_ROUTE {
+                return false;
+            }
             for &l in &flows[id as usize].path {
                 if !finite(l) {
                     continue;
@@ -685,7 +768,7 @@ impl Net {
             flows[id as usize].rate = s.eff[fi];
             rate_sum += s.eff[fi];
         }
-        g.rate_sum = rate_sum;
+        *g_rate_sum = rate_sum;
         true
     }
 
@@ -693,9 +776,16 @@ impl Net {
     /// a flow stops at its own ceiling, or with every other flow of the first link to
     /// fill up. Links' fair shares only grow as flows are fixed, so a lazy heap works.
     fn solve(&mut self, group: u32) {
-        let Self { caps, flows, groups, scratch: s, .. } = self;
-        let g = &mut groups[group as usize];
-        let ids = &g.flows;
+        let Self { caps, groups, scratch: s, route_links, route_start, iota, .. } = self;
+        let route = |r: RouteId| -> &[LinkId] {
+            if r == NO_ROUTE {
+                &[]
+            } else {
+                &route_links[route_start[r as usize] as usize..route_start[r as usize + 1] as usize]
+            }
+        };
+        let Group { flows, rate_sum: g_rate_sum, .. } = &mut groups[group as usize];
+        let ids = &iota[..flows.len()];
         s.now = s.now.wrapping_add(1);
         if s.now == 0 {
             s.stamp.iter_mut().for_each(|x| *x = 0);
@@ -706,7 +796,8 @@ impl Net {
         s.n.clear();
         s.ver.clear();
         for &id in ids {
-            for &l in &flows[id as usize].path {
+            let f = &flows[id as usize];
+            for &l in f.path.iter().chain(route(f.route)) {
                 if l == NO_LINK || !caps[l as usize].is_finite() {
                     continue;
                 }
@@ -734,7 +825,8 @@ impl Net {
         s.fill.clear();
         s.fill.extend_from_slice(&s.adj_start[..nl]);
         for (fi, &id) in ids.iter().enumerate() {
-            for &l in &flows[id as usize].path {
+            let f = &flows[id as usize];
+            for &l in f.path.iter().chain(route(f.route)) {
                 if l == NO_LINK || !caps[l as usize].is_finite() {
                     continue;
                 }
@@ -762,7 +854,7 @@ impl Net {
                 s.fixed[fi] = true;
                 let f = &mut flows[ids[fi] as usize];
                 f.rate = rate;
-                for &l in &f.path {
+                for &l in f.path.iter().chain(route(f.route)) {
                     if l == NO_LINK || !caps[l as usize].is_finite() {
                         continue;
                     }
@@ -812,7 +904,7 @@ impl Net {
                 }
             }
         }
-        g.rate_sum = rate_sum;
+        *g_rate_sum = rate_sum;
     }
 }
 

@@ -57,6 +57,22 @@ pub struct Summary {
     pub first_wave_devices: u64,
     /// Devices between fetching and health check at the halt.
     pub in_flight_at_halt: u64,
+    /// Mean per-device fetch duration (starting to fetch to having every byte).
+    pub fetch_mean_s: Option<f64>,
+    /// Its median.
+    pub fetch_p50_s: Option<f64>,
+    /// Its 90th percentile.
+    pub fetch_p90_s: Option<f64>,
+    /// Its 99th percentile.
+    pub fetch_p99_s: Option<f64>,
+    /// Mean per-device install duration.
+    pub install_mean_s: Option<f64>,
+    /// Its median.
+    pub install_p50_s: Option<f64>,
+    /// Its 90th percentile.
+    pub install_p90_s: Option<f64>,
+    /// Its 99th percentile.
+    pub install_p99_s: Option<f64>,
     /// Virtual time at which the run ended.
     pub end_s: f64,
     /// Events processed.
@@ -93,6 +109,14 @@ impl Summary {
             rollback_done_s: r.rollback_done_s,
             first_wave_devices: r.first_wave_devices,
             in_flight_at_halt: r.in_flight_at_halt,
+            fetch_mean_s: r.fetch_s[0],
+            fetch_p50_s: r.fetch_s[1],
+            fetch_p90_s: r.fetch_s[2],
+            fetch_p99_s: r.fetch_s[3],
+            install_mean_s: r.install_s[0],
+            install_p50_s: r.install_s[1],
+            install_p90_s: r.install_s[2],
+            install_p99_s: r.install_s[3],
             end_s: r.end_s,
             events: r.events,
             wall_s: wall_s.map(|w| (w * 1000.0).round() / 1000.0),

@@ -38,6 +38,10 @@ pub enum Purpose {
     Identity,
     /// Which WAN a site has (`network.site_wan_mix`).
     SiteWan,
+    /// When a device arrives (`[arrivals]`, an open system).
+    Arrival,
+    /// The size of the release a device fetches (`release.size`).
+    Size,
 }
 
 /// The splitmix64 finalizer: a bijective, well-mixed map of u64.
@@ -61,6 +65,13 @@ pub fn unit(seed: u64, key: u64, purpose: Purpose, n: u64) -> f64 {
 /// An exponentially distributed draw with the given mean.
 pub fn exponential(seed: u64, key: u64, purpose: Purpose, n: u64, mean: f64) -> f64 {
     -mean * (1.0 - unit(seed, key, purpose, n)).ln()
+}
+
+/// A Pareto draw with the given mean and shape `alpha` (> 1): scale
+/// `mean (alpha - 1) / alpha`, tail `P(X > x) = (scale / x)^alpha`.
+pub fn pareto(seed: u64, key: u64, purpose: Purpose, n: u64, mean: f64, alpha: f64) -> f64 {
+    let scale = mean * (alpha - 1.0) / alpha;
+    scale / (1.0 - unit(seed, key, purpose, n)).powf(1.0 / alpha)
 }
 
 /// A draw uniform in `[lo, hi]`.

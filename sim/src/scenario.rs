@@ -55,7 +55,62 @@ pub struct Scenario {
     pub directives: Directives,
     /// The core rollout policy, as a manifest carries it.
     pub rollout: RolloutPolicy,
+    /// An open system: devices arrive over time (`[arrivals]`) instead of hearing the
+    /// announcement; none when absent.
+    #[serde(default)]
+    pub arrivals: Option<Arrivals>,
+    /// Named links (`[[link]]`) that sites' WAN flows cross on their way from the
+    /// origin (see `[[path]]`).
+    #[serde(default, rename = "link")]
+    pub links: Vec<NamedLink>,
+    /// Which sites' WAN flows cross which named links (`[[path]]`).
+    #[serde(default, rename = "path")]
+    pub paths: Vec<SitePath>,
 }
+
+/// `[arrivals]`: when each device arrives and asks for the release (an open system).
+/// Exactly one of the three keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arrivals {
+    /// A Poisson process: exponential gaps of mean `1 / rate_per_s`, device 0 first.
+    #[serde(default)]
+    pub rate_per_s: Option<f64>,
+    /// Device `d` arrives at `times_s[d]` seconds; one time per device.
+    #[serde(default)]
+    pub times_s: Option<Vec<f64>>,
+    /// A file of arrival times in seconds, one per line, one line per device (`#`
+    /// starts a comment), relative to the scenario file; read into `times_s`.
+    #[serde(default)]
+    pub trace: Option<String>,
+}
+
+/// `[[link]]`: a named link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedLink {
+    /// Its name, used by `[[path]]`.
+    pub name: String,
+    /// Capacity, Mbit/s.
+    pub mbps: f64,
+    /// One-way latency, milliseconds.
+    #[serde(default)]
+    pub latency_ms: f64,
+}
+
+/// `[[path]]`: these sites' WAN flows cross these named links, in order, besides the
+/// site's own WAN link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SitePath {
+    /// Site indexes (0 to `fleet.sites - 1`).
+    pub sites: Vec<u32>,
+    /// Link names, at most [`MAX_PATH`].
+    pub links: Vec<String>,
+}
+
+/// The most named links one path may cross.
+pub const MAX_PATH: usize = 16;
 
 /// `[sim]`: run settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +231,30 @@ pub struct Release {
     /// Share of pieces devices already hold (a delta update), in [0, 1).
     #[serde(default)]
     pub delta_fraction: f64,
+    /// Central mode: each device fetches a release of its own size, drawn from this
+    /// distribution with mean `bytes` (a stream of requests of different sizes).
+    #[serde(default)]
+    pub size: SizeDist,
+    /// The shape (alpha, above 1) of the Pareto size distribution.
+    #[serde(default = "pareto_shape")]
+    pub pareto_shape: f64,
+}
+
+fn pareto_shape() -> f64 {
+    2.5
+}
+
+/// How a device's release size is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SizeDist {
+    /// Always `bytes`.
+    #[default]
+    Fixed,
+    /// Exponential with mean `bytes`.
+    Exponential,
+    /// Pareto with mean `bytes` and shape `pareto_shape`.
+    Pareto,
 }
 
 fn firmware() -> UpdateKind {
@@ -196,6 +275,10 @@ pub struct Network {
     /// sites); the sites left over by shares below 100 keep `site_wan_mbps`.
     #[serde(default)]
     pub site_wan_mix: Vec<SiteWan>,
+    /// Spread of the WANs of sites that keep `site_wan_mbps`: each draws a log-normal
+    /// capacity of median `site_wan_mbps` and this sigma (0, the default: all equal).
+    #[serde(default)]
+    pub site_wan_sigma: f64,
     /// Each site's LAN capacity, Mbit/s.
     pub site_lan_mbps: f64,
     /// Delay before each transfer starts (a request round trip), milliseconds.
@@ -225,8 +308,9 @@ pub struct SiteWan {
 
 impl Network {
     /// The WAN of a site that drew `u`, uniform in [0, 1), by the shares of
-    /// `site_wan_mix`.
-    pub fn site_wan_at(&self, u: f64) -> f64 {
+    /// `site_wan_mix`; a site left with `site_wan_mbps` scales it by
+    /// `exp(site_wan_sigma z)`, `z` its standard normal draw.
+    pub fn site_wan_at(&self, u: f64, z: f64) -> f64 {
         let mut acc = 0.0;
         for w in &self.site_wan_mix {
             acc += w.share / 100.0;
@@ -234,7 +318,10 @@ impl Network {
                 return w.mbps;
             }
         }
-        self.site_wan_mbps
+        if self.site_wan_sigma == 0.0 {
+            return self.site_wan_mbps;
+        }
+        self.site_wan_mbps * (self.site_wan_sigma * z).exp()
     }
 }
 
@@ -281,6 +368,21 @@ pub struct Announce {
     /// one round later.
     #[serde(default)]
     pub site_relay: bool,
+    /// Gossip: push only, or push and pull.
+    #[serde(default)]
+    pub style: GossipStyle,
+}
+
+/// Who talks in a gossip round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GossipStyle {
+    /// Informed devices push to random others ([`crate::gossip::push`]).
+    #[default]
+    Push,
+    /// Every device calls random others; informed callers push, uninformed ones pull
+    /// ([`crate::gossip::push_pull`]).
+    PushPull,
 }
 
 impl Default for Announce {
@@ -291,6 +393,7 @@ impl Default for Announce {
             fanout: 4,
             poll_interval_s: 3600.0,
             site_relay: false,
+            style: GossipStyle::Push,
         }
     }
 }
@@ -421,6 +524,16 @@ impl Scenario {
             let stem = Path::new(file).file_stem().map(|s| s.to_string_lossy().into_owned());
             scenario.sim.name = Some(stem.unwrap_or_else(|| "scenario".into()));
         }
+        if let Some(a) = &mut scenario.arrivals
+            && let Some(trace) = &a.trace
+        {
+            let dir = Path::new(file).parent().unwrap_or(Path::new("."));
+            let times = read_trace(&dir.join(trace)).map_err(|reason| err("arrivals.trace", reason))?;
+            if a.times_s.is_some() {
+                return Err(err("arrivals.trace", "give times_s or trace, not both".into()));
+            }
+            a.times_s = Some(times);
+        }
         scenario.check().map_err(|(key, reason)| err(&key, reason))?;
         Ok(scenario)
     }
@@ -536,6 +649,13 @@ impl Scenario {
                 &format!("shares add up to {shares}% of sites: they must add up to 100 at most"),
             );
         }
+        non_negative("network.site_wan_sigma", n.site_wan_sigma)?;
+        if n.site_wan_sigma > 5.0 {
+            return bad(
+                "network.site_wan_sigma",
+                "above 5 spreads WANs over 40 orders of magnitude: use 0 to 5",
+            );
+        }
         positive("network.site_lan_mbps", n.site_lan_mbps)?;
         time("network.latency_ms", n.latency_ms / 1000.0)?;
         if n.wan_parallel == 0 {
@@ -571,9 +691,84 @@ impl Scenario {
                 time(key, v)?;
             }
         }
+        if r.size != SizeDist::Fixed && n.mode != Mode::Central {
+            return bad("release.size", "sizes drawn per device need network.mode = \"central\"");
+        }
+        if !(r.pareto_shape.is_finite() && r.pareto_shape > 1.0) {
+            return bad("release.pareto_shape", "must be above 1 (a finite mean)");
+        }
+        if let Some(a) = &self.arrivals {
+            match (a.rate_per_s, &a.times_s) {
+                (Some(rate), None) => positive("arrivals.rate_per_s", rate)?,
+                (None, Some(times)) => {
+                    let key = if a.trace.is_some() { "arrivals.trace" } else { "arrivals.times_s" };
+                    if times.len() != self.fleet.devices as usize {
+                        return bad(
+                            key,
+                            &format!(
+                                "{} arrival times for {} devices: give one per device",
+                                times.len(),
+                                self.fleet.devices
+                            ),
+                        );
+                    }
+                    for &t in times {
+                        time(key, t)?;
+                    }
+                }
+                _ => return bad("arrivals", "give exactly one of rate_per_s, times_s, trace"),
+            }
+        }
+        for (i, l) in self.links.iter().enumerate() {
+            positive(&format!("link[{i}].mbps"), l.mbps)?;
+            time(&format!("link[{i}].latency_ms"), l.latency_ms / 1000.0)?;
+            if self.links[..i].iter().any(|o| o.name == l.name) {
+                return bad(&format!("link[{i}].name"), &format!("link {:?} is defined twice", l.name));
+            }
+        }
+        let mut routed = vec![false; self.fleet.sites as usize];
+        for (i, p) in self.paths.iter().enumerate() {
+            if p.links.is_empty() || p.links.len() > MAX_PATH {
+                return bad(&format!("path[{i}].links"), &format!("name 1 to {MAX_PATH} links"));
+            }
+            if let Some(name) = p.links.iter().find(|n| !self.links.iter().any(|l| &l.name == *n)) {
+                return bad(&format!("path[{i}].links"), &format!("no [[link]] is named {name:?}"));
+            }
+            for &s in &p.sites {
+                match routed.get_mut(s as usize) {
+                    None => {
+                        return bad(
+                            &format!("path[{i}].sites"),
+                            &format!("site {s} does not exist: sites are 0 to {}", self.fleet.sites - 1),
+                        );
+                    }
+                    Some(true) => {
+                        return bad(&format!("path[{i}].sites"), &format!("site {s} has two paths"));
+                    }
+                    Some(r) => *r = true,
+                }
+            }
+        }
         self.rollout.validate().map_err(|e| (policy_key(&e), e.to_string()))?;
         Ok(())
     }
+}
+
+/// Arrival times, seconds, one per line; `#` starts a comment.
+fn read_trace(path: &Path) -> Result<Vec<f64>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut times = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let t: f64 = line
+            .parse()
+            .map_err(|_| format!("{} line {}: {line:?} is not a time in seconds", path.display(), i + 1))?;
+        times.push(t);
+    }
+    Ok(times)
 }
 
 /// `key: `, or nothing for an error about the whole file.

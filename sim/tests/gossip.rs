@@ -89,3 +89,65 @@ fn a_larger_fanout_spreads_faster() {
     assert_eq!(one, six, "pure for a seed");
     assert!(six_fanout * 2 < one, "fanout 6: {six_fanout} rounds, fanout 1: {one}");
 }
+
+/// Rounds until all `n` know under push-pull, from one informed device: every device
+/// calls one partner per round; an informed caller tells it, an uninformed caller
+/// learns if the partner knew before the round. A plain Monte-Carlo with its own
+/// generator, as above.
+fn reference_push_pull_rounds(n: usize, seed: u64) -> u32 {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    // The round in which each device heard; u32::MAX for not yet.
+    let mut heard = vec![u32::MAX; n];
+    heard[0] = 0;
+    let mut informed = 1;
+    let mut rounds = 0;
+    while informed < n {
+        rounds += 1;
+        for me in 0..n {
+            let mut other = (next() % (n as u64 - 1)) as usize;
+            if other >= me {
+                other += 1;
+            }
+            if heard[me] < rounds && heard[other] == u32::MAX {
+                heard[other] = rounds;
+                informed += 1;
+            } else if heard[me] == u32::MAX && heard[other] < rounds {
+                heard[me] = rounds;
+                informed += 1;
+            }
+        }
+    }
+    rounds
+}
+
+fn check_push_pull(n: u32, runs: u64) {
+    let reference = mean((0..runs).map(|s| reference_push_pull_rounds(n as usize, 2000 + s)));
+    let simulated = mean((0..runs).map(|s| {
+        let spread = gossip::push_pull(s, n, 1, None);
+        assert_eq!(spread.order.len(), n as usize, "everyone hears");
+        u32::from(spread.last_round()) - 1
+    }));
+    let push = mean((0..runs).map(|s| simulated_rounds(n, s)));
+    eprintln!("n = {n}: push-pull simulated {simulated:.2}, Monte-Carlo {reference:.2}; push {push:.2}");
+    assert!(
+        (simulated - reference).abs() <= 0.10 * reference,
+        "n = {n}: push-pull simulated {simulated} vs Monte-Carlo {reference}"
+    );
+    assert!(simulated < push, "pull finishes the tail: push-pull {simulated} vs push {push}");
+}
+
+#[test]
+fn push_pull_rounds_to_all_for_ten_thousand_devices() {
+    check_push_pull(10_000, 10);
+}
+
+#[test]
+fn push_pull_rounds_to_all_for_a_million_devices() {
+    check_push_pull(1_000_000, 2);
+}
