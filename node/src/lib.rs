@@ -23,6 +23,8 @@
 //! - [`site`]: the site's members and install slot holders, as site gossip tells them.
 //! - [`serve`]: a static HTTP origin over a store (`otamesh serve`, the demo).
 //! - [`client`]: a client of the node API (`otamesh status`, `fleet`, `report`).
+//! - [`fleetmesh`]: sites behind NAT: Kademlia, AutoNAT, relay client, DCUtR.
+//! - [`relay`]: `otamesh relay`, a public bootstrap and relay node.
 
 pub mod announce;
 pub mod api;
@@ -35,12 +37,14 @@ pub mod db;
 pub mod device;
 pub mod disk;
 pub mod feedback;
+pub mod fleetmesh;
 pub mod hooks;
 pub mod intake;
 pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod origin;
+pub mod relay;
 pub mod roots;
 pub mod serve;
 pub mod site;

@@ -53,6 +53,8 @@ pub struct Metrics {
     /// Roots of trust offered by the origin and refused, by `reason` (see
     /// [`crate::roots::RootsError::label`]).
     pub roots_refused: Family<Labels, Counter>,
+    /// The fleet mesh's metrics and the transport's byte counters (relayed ones apart).
+    pub fleet: crate::fleetmesh::FleetMetrics,
 }
 
 impl Metrics {
@@ -152,6 +154,7 @@ impl Metrics {
             device_backlog,
             root_version,
             roots_refused,
+            fleet: crate::fleetmesh::FleetMetrics::new(),
         }
     }
 
@@ -175,6 +178,12 @@ impl Metrics {
         let mut out = String::new();
         // Invariant: writing into a String cannot fail.
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String");
+        let fleet = self.fleet.encode();
+        if !fleet.is_empty() {
+            // One `# EOF`, at the very end.
+            out.truncate(out.trim_end().trim_end_matches("# EOF").len());
+            out.push_str(&fleet);
+        }
         out
     }
 }
