@@ -29,7 +29,12 @@ const SITES: usize = 3;
 const HOSTS_PER_SITE: usize = 2;
 
 fn run(program: &str, args: &[&str]) -> bool {
-    Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn ip(args: &[&str]) -> bool {
@@ -89,18 +94,34 @@ impl Internet {
         for s in 1..=SITES {
             let router = net.add_ns(&format!("s{s}"));
             net.plug(&router, "wan", &format!("{}/24", net.wan(10 + s as u8)), &format!("w{s}"), None);
-            must(ip(&["-n", &router, "link", "add", "lan", "type", "bridge", "mcast_snooping", "0"]), "lan bridge");
-            must(ip(&["-n", &router, "addr", "add", &format!("{}/24", net.lan(s, 1)), "dev", "lan"]), "lan addr");
+            must(
+                ip(&["-n", &router, "link", "add", "lan", "type", "bridge", "mcast_snooping", "0"]),
+                "lan bridge",
+            );
+            must(
+                ip(&["-n", &router, "addr", "add", &format!("{}/24", net.lan(s, 1)), "dev", "lan"]),
+                "lan addr",
+            );
             must(ip(&["-n", &router, "link", "set", "lan", "up"]), "lan up");
-            must(run("ip", &["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"]), "forwarding");
+            must(
+                run("ip", &["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"]),
+                "forwarding",
+            );
             // Masquerade out of the WAN port; from the WAN only replies (and the test's
-            // own API reads) get in: an ordinary home or plant router.
+            // own API reads) get in: an ordinary home or plant router. Its own input is
+            // closed too: a hole-punching packet that arrives before this side's own
+            // has left is dropped before conntrack confirms it, so it cannot take the
+            // port mapping this side is about to make.
             let rules = format!(
-                "table ip nat {{ chain post {{ type nat hook postrouting priority 100; oifname \"wan\" masquerade; }} }}\n\
-                 table ip filter {{ chain fwd {{ type filter hook forward priority 0; policy accept;\n\
-                   ct state established,related accept;\n\
-                   iifname \"wan\" ip saddr {} tcp dport 4780 accept;\n\
-                   iifname \"wan\" drop; }} }}\n",
+                "table ip nat {{\n  chain site_out {{\n    type nat hook postrouting priority 100; policy accept;\n    \
+                 oifname \"wan\" masquerade\n  }}\n}}\n\
+                 table ip filter {{\n  chain site_in {{\n    type filter hook forward priority 0; policy accept;\n    \
+                 ct state established,related accept\n    \
+                 iifname \"wan\" ip saddr {} tcp dport 4780 accept\n    \
+                 iifname \"wan\" drop\n  }}\n  \
+                 chain router_in {{\n    type filter hook input priority 0; policy accept;\n    \
+                 ct state established,related accept\n    \
+                 iifname \"wan\" drop\n  }}\n}}\n",
                 net.wan(1)
             );
             must(nft(&router, &rules), "nftables rules");
@@ -111,7 +132,13 @@ impl Internet {
             );
             for h in 0..HOSTS_PER_SITE {
                 let host = net.add_ns(&format!("s{s}h{h}"));
-                net.plug(&host, "eth0", &format!("{}/24", net.lan(s, 10 + h as u8)), &format!("l{s}{h}"), Some(&router));
+                net.plug(
+                    &host,
+                    "eth0",
+                    &format!("{}/24", net.lan(s, 10 + h as u8)),
+                    &format!("l{s}{h}"),
+                    Some(&router),
+                );
                 must(ip(&["-n", &host, "route", "add", "default", "via", &net.lan(s, 1)]), "default route");
             }
         }
@@ -262,7 +289,8 @@ fn nated_sites_share_reports_and_directives_over_a_hole_punched_mesh() {
     // Site 3's own origin: what is pushed into it reaches the other sites only by gossip.
     let store3 = dir.path().join("origin3");
     Store::create(&store3).unwrap();
-    let origin3 = otamesh_fleet::Origin::start(&store3, format!("{}:0", net.wan(1)).parse().unwrap(), None).unwrap();
+    let origin3 =
+        otamesh_fleet::Origin::start(&store3, format!("{}:0", net.wan(1)).parse().unwrap(), None).unwrap();
 
     // ---- the relay, on the internet; its address goes into both origins' index ----
     let relay_api = format!("{}:4781", net.wan(2));
@@ -311,14 +339,24 @@ fn nated_sites_share_reports_and_directives_over_a_hole_punched_mesh() {
                 "--origin".into(),
                 url,
                 "--listen".into(),
-                format!("/ip4/{host}/udp/4700/quic-v1"),
+                // One UDP port per host of a site: masquerade then keeps each host's
+                // port for every destination (as endpoint-independent mapping does).
+                format!("/ip4/{host}/udp/{}/quic-v1", 4701 + h),
                 "--health-check".into(),
                 check.into(),
                 "--hook-timeout".into(),
                 "10".into(),
             ];
             let name = format!("s{s}h{h}");
-            let node = Node::start_in_netns(&net.host_ns(s, h), &host, dir.path(), &name, &format!("s{s}"), &trust, &extra);
+            let node = Node::start_in_netns(
+                &net.host_ns(s, h),
+                &host,
+                dir.path(),
+                &name,
+                &format!("s{s}"),
+                &trust,
+                &extra,
+            );
             let mut who = None;
             wait_for(Duration::from_secs(30), "the device's identity in /status", || {
                 let st = status_of(&node);
@@ -387,7 +425,9 @@ fn nated_sites_share_reports_and_directives_over_a_hole_punched_mesh() {
         devices.iter().all(|d| {
             let f = api_json(&d.node.api, "/fleet").unwrap_or(Value::Null);
             let listed = f["devices"].as_array().cloned().unwrap_or_default();
-            ids.iter().all(|id| listed.iter().any(|x| x["device_id"] == id.to_string() && x["active"] == v1.to_string()))
+            ids.iter().all(|id| {
+                listed.iter().any(|x| x["device_id"] == id.to_string() && x["active"] == v1.to_string())
+            })
         })
     });
 
@@ -426,11 +466,17 @@ fn nated_sites_share_reports_and_directives_over_a_hole_punched_mesh() {
     wait_for(Duration::from_secs(60), "site 1 rolls v2 back on every device", || {
         devices.iter().filter(|d| d.site == 1).all(|d| audit_has(&d.node, "transition", v2, "rolled_back"))
     });
-    let second_wave: Vec<&Device> = devices.iter().enumerate().filter(|(i, _)| waves[*i] == 1).map(|(_, d)| d).collect();
+    let second_wave: Vec<&Device> =
+        devices.iter().enumerate().filter(|(i, _)| waves[*i] == 1).map(|(_, d)| d).collect();
     let until = start + (later + 10) * 1000;
     while otamesh_node::clock::now_ms() < until {
         for d in second_wave.iter().filter(|d| d.site != 1) {
-            assert_eq!(active_seq(&d.node), Some(1), "{} installed v2 despite site 1's failures", d.node.name);
+            assert_eq!(
+                active_seq(&d.node),
+                Some(1),
+                "{} installed v2 despite site 1's failures",
+                d.node.name
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }

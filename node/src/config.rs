@@ -393,7 +393,8 @@ mod tests {
         };
         let e = NodeArgs { peer: vec!["nope".into()], ..base.clone() }.resolve().unwrap_err();
         assert!(e.to_string().contains("--peer"), "{e}");
-        let e = NodeArgs { bootstrap: vec!["/ip4/1.2.3.4/tcp/5".into()], ..base.clone() }.resolve().unwrap_err();
+        let e =
+            NodeArgs { bootstrap: vec!["/ip4/1.2.3.4/tcp/5".into()], ..base.clone() }.resolve().unwrap_err();
         assert!(e.to_string().contains("--bootstrap") && e.to_string().contains("/p2p/"), "{e}");
         let e = NodeArgs { site: Some("a b".into()), ..base.clone() }.resolve().unwrap_err();
         assert!(e.to_string().contains("--site"), "{e}");

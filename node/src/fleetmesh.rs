@@ -266,7 +266,11 @@ impl FleetMetrics {
             self.reachability.clone(),
         );
         registry.register("otamesh_relay_reservations", "Relay reservations held", self.reservations.clone());
-        registry.register("otamesh_mesh_peers", "Connected peers by path (direct, relayed)", self.peers.clone());
+        registry.register(
+            "otamesh_mesh_peers",
+            "Connected peers by path (direct, relayed)",
+            self.peers.clone(),
+        );
         registry.register(
             "otamesh_hole_punches",
             "Relayed connections upgraded by DCUtR, by result (direct, failed)",
@@ -374,7 +378,20 @@ impl FleetMesh {
                 tracing::debug!(address = %text, "ignored a malformed bootstrap address from the origin");
                 continue;
             };
-            if peer == self.me || self.bootstrap.contains_key(&peer) || self.bootstrap.len() >= MAX_BOOTSTRAP {
+            if peer == self.me {
+                continue;
+            }
+            if let Some(known) = self.bootstrap.get_mut(&peer) {
+                // Another transport of a known bootstrap node: dialled too, so that it
+                // observes this node on both; QUIC is preferred for the reservation
+                // (UDP holes punch more often than TCP ones).
+                if *known != addr && transport_of(&addr) == "quic" && transport_of(known) == "tcp" {
+                    *known = addr.clone();
+                    let _ = swarm.dial(addr.clone().with(Protocol::P2p(peer)));
+                }
+                continue;
+            }
+            if self.bootstrap.len() >= MAX_BOOTSTRAP {
                 continue;
             }
             tracing::info!(%peer, %addr, "bootstrap node from the origin's index");
@@ -420,7 +437,11 @@ impl FleetMesh {
         let address = match endpoint {
             ConnectedPoint::Dialer { address, .. } => address.clone(),
             ConnectedPoint::Listener { send_back_addr, local_addr } => {
-                if relayed { local_addr.clone() } else { send_back_addr.clone() }
+                if relayed {
+                    local_addr.clone()
+                } else {
+                    send_back_addr.clone()
+                }
             }
         };
         self.connections.insert(connection, Conn { peer, address, relayed, since: Instant::now() });
@@ -456,11 +477,12 @@ impl FleetMesh {
     pub fn report_received(&mut self, data: &[u8]) {
         let Ok(signed) = otamesh_core::report::SignedReport::from_bytes(data) else { return };
         let site = &signed.report.site;
-        let label = if self.reports_by_site.contains_key(site) || self.reports_by_site.len() < MAX_SITES_COUNTED {
-            site.clone()
-        } else {
-            "other".to_owned()
-        };
+        let label =
+            if self.reports_by_site.contains_key(site) || self.reports_by_site.len() < MAX_SITES_COUNTED {
+                site.clone()
+            } else {
+                "other".to_owned()
+            };
         self.metrics.reports.get_or_create(&vec![("site", label.clone())]).inc();
         *self.reports_by_site.entry(label).or_default() += 1;
     }
@@ -481,7 +503,11 @@ impl FleetMesh {
                 }
                 self.provide = true;
             }
-            BehaviourEvent::Relay(relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, .. }) => {
+            BehaviourEvent::Relay(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
                 if !renewal {
                     tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
                 }
@@ -502,7 +528,8 @@ impl FleetMesh {
                 }
             },
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                result: kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })),
+                result:
+                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })),
                 ..
             }) => self.dial_candidates(swarm, providers.into_iter().collect()),
             BehaviourEvent::Kad(e) => tracing::trace!(event = ?e, "kad"),
@@ -599,15 +626,23 @@ impl FleetMesh {
 
     fn set_reachability(&mut self, r: Reachability) {
         self.reachability = r;
-        for (label, value) in
-            [("unknown", Reachability::Unknown), ("public", Reachability::Public), ("private", Reachability::Private)]
-        {
-            self.metrics.reachability.get_or_create(&vec![("reachability", label)]).set(i64::from(r == value));
+        for (label, value) in [
+            ("unknown", Reachability::Unknown),
+            ("public", Reachability::Public),
+            ("private", Reachability::Private),
+        ] {
+            self.metrics
+                .reachability
+                .get_or_create(&vec![("reachability", label)])
+                .set(i64::from(r == value));
         }
     }
 
     fn relays_up(&self) -> usize {
-        self.bootstrap.keys().filter(|p| self.connections.values().any(|c| c.peer == **p && !c.relayed)).count()
+        self.bootstrap
+            .keys()
+            .filter(|p| self.connections.values().any(|c| c.peer == **p && !c.relayed))
+            .count()
     }
 
     /// Listens through every connected bootstrap node not yet asked (it refuses if it
@@ -641,7 +676,9 @@ impl FleetMesh {
     /// in the provider record, relayed ones included) while the lookup runs.
     fn dial_candidates<B: Carrier>(&mut self, swarm: &mut Swarm<B>, mut candidates: Vec<PeerId>) {
         candidates.retain(|p| {
-            *p != self.me && !self.bootstrap.contains_key(p) && !self.connections.values().any(|c| c.peer == *p)
+            *p != self.me
+                && !self.bootstrap.contains_key(p)
+                && !self.connections.values().any(|c| c.peer == *p)
         });
         shuffle(&mut candidates);
         for peer in candidates.into_iter().take(DIALS_PER_ROUND) {
@@ -691,7 +728,8 @@ mod tests {
     #[test]
     fn a_bootstrap_node_keeps_only_fleet_keys_and_few_addresses() {
         let peer = PeerId::random();
-        let addrs: Vec<Multiaddr> = (0..100).map(|i| format!("/ip4/10.0.0.{i}/tcp/1").parse().unwrap()).collect();
+        let addrs: Vec<Multiaddr> =
+            (0..100).map(|i| format!("/ip4/10.0.0.{i}/tcp/1").parse().unwrap()).collect();
         let stranger = kad::ProviderRecord::new(kad::RecordKey::new(b"/something/else"), peer, addrs.clone());
         assert!(admit_provider(stranger).is_none(), "a key outside the fleet's buckets is refused");
         let ours = kad::ProviderRecord::new(bucket_key(bucket_of(&peer)), peer, addrs);

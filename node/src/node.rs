@@ -218,7 +218,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let (disk, restored) = Disk::open(&config.data, data.store().clone(), hooks, now_ms())?;
     let saved = saved_manifests(&data, &trust, restored.last.as_ref().map(|(r, _)| *r));
     let swarm = build_swarm(keypair, &config.site, config.mdns, &metrics.fleet)?;
-    let mesh = crate::fleetmesh::FleetMesh::new(*swarm.local_peer_id(), &config.bootstrap, metrics.fleet.clone());
+    let mesh =
+        crate::fleetmesh::FleetMesh::new(*swarm.local_peer_id(), &config.bootstrap, metrics.fleet.clone());
     let (tx, rx) = mpsc::channel(INTERNAL_QUEUE);
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (fleet_tx, fleet_rx) = watch::channel(Fleet::default());
@@ -532,7 +533,9 @@ impl Node {
                 tracing::info!(%address, "listening");
                 self.listen_addrs.push(address);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, connection_id, endpoint, num_established, ..
+            } => {
                 self.mesh.connected(&mut self.swarm, peer_id, connection_id, &endpoint);
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
@@ -548,7 +551,9 @@ impl Node {
                 }
                 self.metrics.peers.set(self.connected.len() as i64);
             }
-            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } if num_established > 0 => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. }
+                if num_established > 0 =>
+            {
                 self.mesh.disconnected(peer_id, connection_id);
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established: 0, cause, .. } => {

@@ -170,7 +170,8 @@ pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
     let data = DataDir::open(&args.data)?;
     let keypair = data.identity()?;
     let me = keypair.public().to_peer_id();
-    let api_listener = tokio::net::TcpListener::bind(api).await.map_err(|source| RelayError::Api { addr: api, source })?;
+    let api_listener =
+        tokio::net::TcpListener::bind(api).await.map_err(|source| RelayError::Api { addr: api, source })?;
 
     let mut registry = Registry::default();
     let net = |e: &dyn std::fmt::Display| RelayError::Network(e.to_string());
@@ -223,7 +224,8 @@ pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
         "Requests refused, by what (reservation, circuit, provider)",
         metrics.refused.clone(),
     );
-    let (status_tx, status_rx) = watch::channel(RelayStatus { peer_id: me.to_string(), ..Default::default() });
+    let (status_tx, status_rx) =
+        watch::channel(RelayStatus { peer_id: me.to_string(), ..Default::default() });
     let registry = std::sync::Arc::new(registry);
     let api_task = tokio::spawn(serve_api(api_listener, status_rx, registry));
     tracing::info!(peer_id = %me, api = %api, "relay started");
@@ -280,7 +282,9 @@ pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
                 request: kad::InboundRequest::AddProvider { record: Some(record) },
             })) => match fleetmesh::admit_provider(record) {
                 Some(r) => {
-                    if let Err(e) = kad::store::RecordStore::add_provider(swarm.behaviour_mut().kad.store_mut(), r) {
+                    if let Err(e) =
+                        kad::store::RecordStore::add_provider(swarm.behaviour_mut().kad.store_mut(), r)
+                    {
                         tracing::debug!(error = %e, "provider record not stored");
                     }
                 }
@@ -288,7 +292,11 @@ pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
                     metrics.refused.get_or_create(&vec![("what", "provider")]).inc();
                 }
             },
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
                 // Other bootstrap nodes (Kademlia servers) join the routing table.
                 if info.protocols.contains(&KAD_PROTOCOL) {
                     for addr in info.listen_addrs.into_iter().take(fleetmesh::MAX_PROVIDER_ADDRS) {
@@ -300,10 +308,8 @@ pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
         }
         status.reservations = reserved.len();
         status.peers = swarm.connected_peers().count();
-        status.bootstrap = swarm
-            .external_addresses()
-            .map(|a| a.clone().with(Protocol::P2p(me)).to_string())
-            .collect();
+        status.bootstrap =
+            swarm.external_addresses().map(|a| a.clone().with(Protocol::P2p(me)).to_string()).collect();
         metrics.reservations.set(status.reservations as i64);
         metrics.circuits.set(status.circuits as i64);
         status_tx.send_if_modified(|s| {
@@ -384,7 +390,8 @@ async fn status_handler(State(state): State<ApiState>) -> impl IntoResponse {
 async fn metrics_handler(State(state): State<ApiState>) -> impl IntoResponse {
     let mut out = String::new();
     // Invariant: writing into a String cannot fail.
-    prometheus_client_libp2p::encoding::text::encode(&mut out, &state.registry).expect("encoding to a String");
+    prometheus_client_libp2p::encoding::text::encode(&mut out, &state.registry)
+        .expect("encoding to a String");
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
 }
 
