@@ -292,16 +292,14 @@ pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
                     metrics.refused.get_or_create(&vec![("what", "provider")]).inc();
                 }
             },
+            // Other bootstrap nodes (Kademlia servers) join the routing table.
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
                 ..
-            })) => {
-                // Other bootstrap nodes (Kademlia servers) join the routing table.
-                if info.protocols.contains(&KAD_PROTOCOL) {
-                    for addr in info.listen_addrs.into_iter().take(fleetmesh::MAX_PROVIDER_ADDRS) {
-                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
+            })) if info.protocols.contains(&KAD_PROTOCOL) => {
+                for addr in info.listen_addrs.into_iter().take(fleetmesh::MAX_PROVIDER_ADDRS) {
+                    swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
             _ => {}
