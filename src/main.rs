@@ -41,7 +41,7 @@ enum Command {
     Node(otamesh_node::cli::NodeArgs),
     /// Push a signed manifest into the mesh through a running node.
     Announce(otamesh_node::cli::AnnounceArgs),
-    /// Run a public bootstrap and relay node for sites behind NAT (prints its --bootstrap address).
+    /// Run a public bootstrap and relay node for sites behind NAT (logs and serves its --bootstrap addresses).
     Relay(otamesh_node::cli::RelayArgs),
     /// Serve a release store over HTTP: a static origin for nodes, until Ctrl-C.
     Serve(commands::serve::Args),

@@ -243,7 +243,8 @@ pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
         };
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!(%address, "listening");
+                let bootstrap = address.clone().with(Protocol::P2p(me));
+                tracing::info!(%address, %bootstrap, "listening; nodes take the bootstrap address");
                 status.listen.push(address.to_string());
                 if external.is_empty() && !is_loopback(&address) {
                     swarm.add_external_address(address);
