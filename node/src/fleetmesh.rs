@@ -359,7 +359,11 @@ impl FleetMesh {
         };
         mesh.set_reachability(Reachability::Unknown);
         for (peer, addr) in bootstrap {
-            mesh.bootstrap.insert(*peer, addr.clone());
+            // One address per bootstrap node, QUIC preferred (see `add_bootstrap`).
+            let better = mesh.bootstrap.get(peer).is_none_or(|known| transport_of(known) == "tcp");
+            if better && mesh.bootstrap.len() < MAX_BOOTSTRAP {
+                mesh.bootstrap.insert(*peer, addr.clone());
+            }
         }
         mesh
     }
