@@ -41,6 +41,8 @@ enum Command {
     Node(otamesh_node::cli::NodeArgs),
     /// Push a signed manifest into the mesh through a running node.
     Announce(otamesh_node::cli::AnnounceArgs),
+    /// Run a public bootstrap and relay node for sites behind NAT (logs and serves its --bootstrap addresses).
+    Relay(otamesh_node::cli::RelayArgs),
     /// Serve a release store over HTTP: a static origin for nodes, until Ctrl-C.
     Serve(commands::serve::Args),
     /// Show a node's state, active release and known releases (its /status).
@@ -78,6 +80,9 @@ fn main() -> ExitCode {
         }
         Command::Announce(args) => {
             otamesh_node::cli::run_announce(args).map(|()| ExitCode::SUCCESS).map_err(Into::into)
+        }
+        Command::Relay(args) => {
+            otamesh_node::cli::run_relay(args).map(|()| ExitCode::SUCCESS).map_err(Into::into)
         }
         Command::Serve(args) => commands::serve::run(args),
         Command::Status(args) => commands::status::run(args),

@@ -52,6 +52,8 @@ pub struct Status {
     pub previous: Option<SlotContent>,
     /// Every known release for this device's class.
     pub releases: Vec<ReleaseStatus>,
+    /// The fleet mesh: reachability, relay reservations, each connection's path.
+    pub fleet_mesh: crate::fleetmesh::MeshStatus,
 }
 
 /// What `GET /fleet` and `GET /report` serve: the fleet as this node heard it.

@@ -8,6 +8,13 @@
 pub use crate::announce::{AnnounceArgs, AnnounceError};
 pub use crate::config::NodeArgs;
 pub use crate::node::NodeError;
+pub use crate::relay::{RelayArgs, RelayError};
+
+/// Runs `otamesh relay` until SIGINT or SIGTERM.
+pub fn run_relay(args: RelayArgs) -> Result<(), RelayError> {
+    init_logging();
+    crate::relay::run_blocking(args)
+}
 
 /// Runs `otamesh node` until SIGINT or SIGTERM; logs to stderr (`RUST_LOG` filters,
 /// default `info`).

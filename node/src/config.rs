@@ -9,6 +9,7 @@
 //! origin = "https://updates.example.com/store"
 //! trust = "/etc/otamesh/trust.toml"
 //! peer = ["/ip4/10.0.0.2/tcp/4700"]
+//! bootstrap = ["/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW..."]   # fleet mesh across NATs
 //! api = "127.0.0.1:4780"
 //! wan_rate = 2000000        # bytes per second from the origin, optional
 //! poll_interval = 60        # seconds between polls of the origin's index
@@ -28,6 +29,8 @@ use serde::Deserialize;
 
 /// The default listen address: every interface, TCP port 4700.
 pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/4700";
+/// The default QUIC listen address, beside [`DEFAULT_LISTEN`]: every interface, UDP 4700.
+pub const DEFAULT_LISTEN_QUIC: &str = "/ip4/0.0.0.0/udp/4700/quic-v1";
 /// The default API address: loopback only.
 pub const DEFAULT_API: &str = "127.0.0.1:4780";
 /// The default origin poll interval.
@@ -51,7 +54,8 @@ pub struct NodeArgs {
     /// The device class; only releases made for it are fetched.
     #[arg(long, value_name = "NAME")]
     pub class: Option<String>,
-    /// libp2p listen address, repeatable [default: /ip4/0.0.0.0/tcp/4700].
+    /// libp2p listen address, repeatable; `/udp/PORT/quic-v1` for QUIC
+    /// [default: /ip4/0.0.0.0/tcp/4700 and /ip4/0.0.0.0/udp/4700/quic-v1].
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<String>,
     /// Base URL of the origin store (http or https), polled for new releases.
@@ -65,6 +69,11 @@ pub struct NodeArgs {
     /// A peer to connect to, with or without a trailing /p2p/<peer id>; repeatable.
     #[arg(long, value_name = "MULTIADDR")]
     pub peer: Vec<String>,
+    /// A bootstrap (and relay) node of the fleet mesh, `.../p2p/<peer id>`, repeatable:
+    /// the node joins the fleet's DHT to reach peers at other sites, across NATs. The
+    /// origin's index.json may list them too.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
     /// Address of the HTTP API (/status, /metrics) [default: 127.0.0.1:4780].
     #[arg(long, value_name = "ADDR")]
     pub api: Option<String>,
@@ -107,6 +116,8 @@ struct FileConfig {
     trust: Option<PathBuf>,
     #[serde(default)]
     peer: Vec<String>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
     api: Option<String>,
     wan_rate: Option<u64>,
     poll_interval: Option<f64>,
@@ -134,6 +145,8 @@ pub struct NodeConfig {
     pub trust: PathBuf,
     /// Static peers.
     pub peers: Vec<Multiaddr>,
+    /// Bootstrap nodes of the fleet mesh, by peer id.
+    pub bootstrap: Vec<(libp2p::PeerId, Multiaddr)>,
     /// API address.
     pub api: SocketAddr,
     /// WAN rate limit, bytes per second.
@@ -211,11 +224,22 @@ impl NodeArgs {
         } else if !file.listen.is_empty() {
             file.listen
         } else {
-            vec![DEFAULT_LISTEN.to_owned()]
+            vec![DEFAULT_LISTEN.to_owned(), DEFAULT_LISTEN_QUIC.to_owned()]
         };
         let listen = listen.iter().map(|a| multiaddr("listen", a)).collect::<Result<Vec<_>, _>>()?;
         let peers = if self.peer.is_empty() { file.peer } else { self.peer.clone() };
         let peers = peers.iter().map(|a| multiaddr("peer", a)).collect::<Result<Vec<_>, _>>()?;
+        let bootstrap = if self.bootstrap.is_empty() { file.bootstrap } else { self.bootstrap.clone() };
+        let bootstrap = bootstrap
+            .iter()
+            .map(|a| {
+                crate::fleetmesh::parse_bootstrap(a).map_err(|reason| ConfigError::Invalid {
+                    key: "bootstrap",
+                    value: a.clone(),
+                    reason,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let origin = self.origin.clone().or(file.origin);
         if let Some(o) = &origin
             && !(o.starts_with("http://") || o.starts_with("https://"))
@@ -291,6 +315,7 @@ impl NodeArgs {
             origin,
             trust,
             peers,
+            bootstrap,
             api,
             wan_rate,
             poll_interval: Duration::from_secs_f64(poll),
@@ -351,7 +376,10 @@ mod tests {
         assert_eq!(c.peers.len(), 1);
         assert_eq!(c.wan_rate, Some(5));
         assert_eq!(c.api, DEFAULT_API.parse().unwrap());
-        assert_eq!(c.listen, vec![DEFAULT_LISTEN.parse::<Multiaddr>().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec![DEFAULT_LISTEN.parse::<Multiaddr>().unwrap(), DEFAULT_LISTEN_QUIC.parse().unwrap()]
+        );
     }
 
     #[test]
@@ -365,6 +393,9 @@ mod tests {
         };
         let e = NodeArgs { peer: vec!["nope".into()], ..base.clone() }.resolve().unwrap_err();
         assert!(e.to_string().contains("--peer"), "{e}");
+        let e =
+            NodeArgs { bootstrap: vec!["/ip4/1.2.3.4/tcp/5".into()], ..base.clone() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("--bootstrap") && e.to_string().contains("/p2p/"), "{e}");
         let e = NodeArgs { site: Some("a b".into()), ..base.clone() }.resolve().unwrap_err();
         assert!(e.to_string().contains("--site"), "{e}");
         let e = NodeArgs { site: None, ..base.clone() }.resolve().unwrap_err();

@@ -25,6 +25,8 @@
 //! - [`guard`]: per-topic size limits and the admission of site messages.
 //! - [`serve`]: a static HTTP origin over a store (`otamesh serve`, the demo).
 //! - [`client`]: a client of the node API (`otamesh status`, `fleet`, `report`).
+//! - [`fleetmesh`]: sites behind NAT: Kademlia, AutoNAT, relay client, DCUtR.
+//! - [`relay`]: `otamesh relay`, a public bootstrap and relay node.
 
 pub mod announce;
 pub mod api;
@@ -37,6 +39,7 @@ pub mod db;
 pub mod device;
 pub mod disk;
 pub mod feedback;
+pub mod fleetmesh;
 pub mod guard;
 pub mod hooks;
 #[cfg(feature = "testkit")]
@@ -47,6 +50,7 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod origin;
+pub mod relay;
 pub mod roots;
 pub mod serve;
 pub mod site;

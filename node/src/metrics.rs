@@ -56,6 +56,8 @@ pub struct Metrics {
     /// Gossip messages dropped unread because their sender was graylisted
     /// ([`crate::guard::Graylisted`]).
     pub gossip_graylisted: Counter,
+    /// The fleet mesh's metrics and the transport's byte counters (relayed ones apart).
+    pub fleet: crate::fleetmesh::FleetMetrics,
 }
 
 impl Metrics {
@@ -162,6 +164,7 @@ impl Metrics {
             root_version,
             roots_refused,
             gossip_graylisted,
+            fleet: crate::fleetmesh::FleetMetrics::new(),
         }
     }
 
@@ -191,6 +194,12 @@ impl Metrics {
         let mut out = String::new();
         // Invariant: writing into a String cannot fail.
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String");
+        let fleet = self.fleet.encode();
+        if !fleet.is_empty() {
+            // One `# EOF`, at the very end.
+            out.truncate(out.trim_end().trim_end_matches("# EOF").len());
+            out.push_str(&fleet);
+        }
         out
     }
 }

@@ -128,6 +128,13 @@ struct Behaviour {
     chunks: request_response::Behaviour<ChunkCodec>,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    fleet: crate::fleetmesh::Behaviour,
+}
+
+impl crate::fleetmesh::Carrier for Behaviour {
+    fn fleet(&mut self) -> &mut crate::fleetmesh::Behaviour {
+        &mut self.fleet
+    }
 }
 
 /// What became of a batch of chunks from one source.
@@ -161,6 +168,8 @@ enum Internal {
     PollDone,
     /// The disk worker finished an effect the device waits for, or the slots changed.
     Disk(Done),
+    /// The origin's index names bootstrap nodes of the fleet mesh.
+    Bootstrap(Vec<String>),
 }
 
 struct Release {
@@ -214,7 +223,9 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     };
     let (disk, restored) = Disk::open(&config.data, data.store().clone(), hooks, now_ms())?;
     let saved = saved_manifests(&data, &trust, restored.last.as_ref().map(|(r, _)| *r));
-    let swarm = build_swarm(keypair, &config.site, config.mdns)?;
+    let swarm = build_swarm(keypair, &config.site, config.mdns, &metrics.fleet)?;
+    let mesh =
+        crate::fleetmesh::FleetMesh::new(*swarm.local_peer_id(), &config.bootstrap, metrics.fleet.clone());
     let (tx, rx) = mpsc::channel(INTERNAL_QUEUE);
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (fleet_tx, fleet_rx) = watch::channel(Fleet::default());
@@ -266,6 +277,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         polling: false,
         listen_addrs: Vec::new(),
         rejected_from_origin: BTreeSet::new(),
+        mesh,
     };
     node.start()?;
     let api = tokio::spawn(crate::api::serve(api_listener, status_rx, fleet_rx, metrics));
@@ -284,13 +296,19 @@ fn build_swarm(
     keypair: libp2p::identity::Keypair,
     site: &str,
     with_mdns: bool,
+    fleet_metrics: &crate::fleetmesh::FleetMetrics,
 ) -> Result<Swarm<Behaviour>, NodeError> {
     let net = |e: &dyn std::fmt::Display| NodeError::Network(e.to_string());
+    let mut transport_metrics = libp2p::metrics::Registry::default();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| net(&e))?
-        .with_behaviour(|key| {
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| net(&e))?
+        .with_bandwidth_metrics(&mut transport_metrics)
+        .with_behaviour(|key, relay_client| {
             let mut gossipsub = gossipsub::Behaviour::new(
                 MessageAuthenticity::Signed(key.clone()),
                 gossip_config().map_err(|e| e.to_string())?,
@@ -312,6 +330,7 @@ fn build_swarm(
             } else {
                 None
             };
+            let fleet = crate::fleetmesh::behaviour(key.public().to_peer_id(), relay_client);
             Ok(Behaviour {
                 limits: crate::guard::connection_limits(),
                 ip_limit: crate::guard::IpLimit::default(),
@@ -319,11 +338,13 @@ fn build_swarm(
                 chunks,
                 identify,
                 mdns: Toggle::from(mdns),
+                fleet,
             })
         })
         .map_err(|e| net(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build();
+    fleet_metrics.finish(transport_metrics);
     Ok(swarm)
 }
 
@@ -432,6 +453,8 @@ struct Node {
     listen_addrs: Vec<Multiaddr>,
     /// Origin manifests that failed verification, so they are not fetched every poll.
     rejected_from_origin: BTreeSet<String>,
+    /// Peers at other sites, across NATs ([`crate::fleetmesh`]).
+    mesh: crate::fleetmesh::FleetMesh,
 }
 
 impl Node {
@@ -460,6 +483,7 @@ impl Node {
             self.static_peers.push((addr, peer));
         }
         self.dial_static_peers();
+        self.mesh.start(&mut self.swarm);
         self.on_device();
         tracing::info!(
             device = %self.me,
@@ -544,7 +568,10 @@ impl Node {
                 tracing::info!(%address, "listening");
                 self.listen_addrs.push(address);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, connection_id, endpoint, num_established, ..
+            } => {
+                self.mesh.connected(&mut self.swarm, peer_id, connection_id, &endpoint);
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                 }
@@ -559,7 +586,13 @@ impl Node {
                 }
                 self.metrics.peers.set(self.connected.len() as i64);
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. }
+                if num_established > 0 =>
+            {
+                self.mesh.disconnected(peer_id, connection_id);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established: 0, cause, .. } => {
+                self.mesh.disconnected(peer_id, connection_id);
                 tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
                 self.connected.remove(&peer_id);
                 self.metrics.peers.set(self.connected.len() as i64);
@@ -572,6 +605,7 @@ impl Node {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Chunks(e)) => self.on_chunk_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Fleet(e)) => self.mesh.on_event(&mut self.swarm, e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     if !self.connected.contains(&peer) {
@@ -749,6 +783,8 @@ impl Node {
         }
         self.have_dirty = true;
         self.flush_announcements();
+        let site_peers = self.site.members().filter_map(|d| self.site.peer(*d)).collect();
+        self.mesh.heartbeat(&mut self.swarm, &site_peers);
         self.publish_status();
         self.intake.publish_if_changed(&self.device);
     }
@@ -922,7 +958,10 @@ impl Node {
 
     fn on_report_message(&mut self, data: &[u8], from: PeerId) -> MessageAcceptance {
         match self.intake.report(now_ms(), data, &self.trust, &mut self.device) {
-            Ok(()) => MessageAcceptance::Accept,
+            Ok(()) => {
+                self.mesh.report_received(data);
+                MessageAcceptance::Accept
+            }
             Err(refusal) => {
                 self.metrics.refused("reports", refusal);
                 tracing::debug!(%from, reason = refusal.label(), "report not taken; not forwarded");
@@ -988,7 +1027,8 @@ impl Node {
     }
 
     fn request_chunks(&mut self, peer: DeviceId, chunks: Vec<ChunkId>) {
-        let Some(p) = self.site.peer(peer) else {
+        // Chunks only over a direct connection: never through a relay.
+        let Some(p) = self.site.peer(peer).filter(|p| self.mesh.is_direct(p)) else {
             for chunk in chunks {
                 self.fail_everywhere(Source::Peer(peer), chunk);
             }
@@ -1055,6 +1095,9 @@ impl Node {
         tokio::spawn(async move {
             match origin.index().await {
                 Ok(index) => {
+                    if !index.bootstrap.is_empty() {
+                        let _ = tx.send(Internal::Bootstrap(index.bootstrap)).await;
+                    }
                     for d in index.directives {
                         if directives.standing(d.release_id).sequence >= d.sequence {
                             continue;
@@ -1094,7 +1137,17 @@ impl Node {
     fn on_chunk_event(&mut self, event: request_response::Event<Request, Response>) {
         use request_response::{Event, Message};
         match event {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+            Event::Message { peer, connection_id, message: Message::Request { request, channel, .. } } => {
+                if let (true, Want::Chunks(chunks)) = (self.mesh.is_relayed(connection_id), &request.want) {
+                    // A relay carries gossip while a hole is punched, never chunks: the
+                    // asker hears "failed" at once and asks over the LAN or the origin.
+                    self.mesh.refused_relayed_chunk_request();
+                    tracing::debug!(%peer, "chunk request over a relayed connection refused");
+                    let failed = Item { status: wire::Status::Failed, body: Vec::new() };
+                    let response = Response { id: request.id, items: vec![failed; chunks.len()] };
+                    let _ = self.swarm.behaviour_mut().chunks.send_response(channel, response);
+                    return;
+                }
                 self.serve(peer, request, channel);
             }
             Event::Message { peer, message: Message::Response { request_id, response }, .. } => {
@@ -1275,6 +1328,7 @@ impl Node {
             }
             Internal::PollDone => self.polling = false,
             Internal::Disk(done) => self.device.done(now, done),
+            Internal::Bootstrap(addrs) => self.mesh.add_bootstrap(&mut self.swarm, &addrs),
         }
     }
 
@@ -1345,6 +1399,7 @@ impl Node {
             active,
             previous,
             releases,
+            fleet_mesh: self.mesh.status(),
         };
         self.status_tx.send_replace(status);
     }

@@ -96,6 +96,10 @@ pub struct Index {
     /// Signed roots of trust, by version.
     #[serde(default)]
     pub roots: Vec<RootEntry>,
+    /// Bootstrap nodes of the fleet mesh (`/ip4/.../tcp/4001/p2p/<id>`), which nodes
+    /// join without a `--bootstrap` flag. Left out of the file when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bootstrap: Vec<String>,
 }
 
 /// Why a store operation failed.
@@ -341,6 +345,14 @@ impl Store {
         // Invariant: the index is plain strings and integers, always serializable.
         let json = serde_json::to_vec_pretty(index).expect("index serializes");
         write_atomic(&self.root.join(INDEX_FILE), &json)
+    }
+
+    /// Lists the fleet mesh's bootstrap nodes in the index (replacing any listed before),
+    /// so nodes polling this origin join the mesh without a `--bootstrap` flag.
+    pub fn set_bootstrap(&self, addrs: &[String]) -> Result<(), StoreError> {
+        let mut index = self.index()?;
+        index.bootstrap = addrs.to_vec();
+        self.write_index(&index)
     }
 
     /// Writes a verified directive and lists it in the index, so polling nodes find it.

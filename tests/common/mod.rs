@@ -281,10 +281,10 @@ impl Node {
                 return false;
             }
             if let Some(s) = self.status() {
+                // The TCP address: a node may listen on QUIC too.
                 let port = s["listen"]
                     .as_array()
-                    .and_then(|a| a.first())
-                    .and_then(|a| a.as_str())
+                    .and_then(|a| a.iter().filter_map(|a| a.as_str()).find(|a| a.contains("/tcp/")))
                     .and_then(|a| a.rsplit('/').next())
                     .and_then(|p| p.parse().ok());
                 if let Some(port) = port {
