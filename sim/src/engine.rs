@@ -241,6 +241,8 @@ struct World<'a> {
     machine: Vec<Option<Device>>,
     state: Vec<u8>,
     started: Vec<bool>,
+    /// When each device last began fetching (the start of its planner's settle).
+    fetching_since: Vec<Micros>,
     life_epoch: Vec<u32>,
     net_epoch: Vec<u32>,
     attempts: Vec<u8>,
@@ -575,6 +577,7 @@ impl<'a> World<'a> {
             machine: (0..n).map(|_| None).collect(),
             state: vec![UNANNOUNCED; n as usize],
             started: vec![false; n as usize],
+            fetching_since: vec![0; n as usize],
             life_epoch: vec![0; n as usize],
             net_epoch: vec![0; n as usize],
             attempts: vec![0; n as usize],
@@ -1078,6 +1081,7 @@ impl<'a> World<'a> {
         }
         if new == FETCHING {
             self.started[i] = true;
+            self.fetching_since[i] = self.now;
         }
         if new == COMMITTED {
             self.commit_times.push(self.now);
@@ -1526,8 +1530,17 @@ impl<'a> World<'a> {
             && let Some(p) = first_in(absent)
         {
             let owner = self.wan_owner(s, p);
-            let meta = FlowMeta { kind: FlowKind::WanPiece, dst: owner, src: NONE, piece: p as u8 };
-            self.start_flow(meta, self.piece_len[p as usize]);
+            // As on the node: no origin fetch before the owner's planner has settled.
+            let settled =
+                self.fetching_since[owner as usize].saturating_add(self.secs(self.sc.network.settle_s));
+            if self.now >= settled {
+                let meta = FlowMeta { kind: FlowKind::WanPiece, dst: owner, src: NONE, piece: p as u8 };
+                self.start_flow(meta, self.piece_len[p as usize]);
+            } else if !self.requesting[i] {
+                self.requesting[i] = true;
+                let epoch = self.net_epoch[i];
+                self.push(settled, Ev::FetchStep { d, epoch }, true);
+            }
         }
         if !self.in_waiters[i] {
             self.in_waiters[i] = true;

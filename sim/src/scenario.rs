@@ -290,6 +290,16 @@ pub struct Network {
     /// p2p modes: each holder of a piece serves at most this many peers at once.
     #[serde(default = "four")]
     pub upload_slots: u32,
+    /// p2p-dedup: a piece's owner starts its WAN fetch no sooner than this long after it
+    /// began fetching the release (the node planner's settle, so that its site's
+    /// members hear of each other first). Default: the node's own
+    /// (`otamesh_core::fetch::PlannerConfig::default().settle`).
+    #[serde(default = "node_settle_s")]
+    pub settle_s: f64,
+}
+
+fn node_settle_s() -> f64 {
+    otamesh_core::fetch::PlannerConfig::default().settle as f64 / 1000.0
 }
 
 fn four() -> u32 {
@@ -658,6 +668,9 @@ impl Scenario {
         }
         positive("network.site_lan_mbps", n.site_lan_mbps)?;
         time("network.latency_ms", n.latency_ms / 1000.0)?;
+        if !(n.settle_s >= 0.0 && n.settle_s.is_finite()) {
+            return bad("network.settle_s", "must be a number of seconds, 0 or more");
+        }
         if n.wan_parallel == 0 {
             return bad("network.wan_parallel", "0 would never fetch: use at least 1");
         }
