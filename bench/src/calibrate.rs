@@ -152,11 +152,19 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
     fleet.stop();
 
     let commits = commit_times(&timeline, &next, published_s);
-    let real_back = timeline.all_running(revoke_s, &base);
     let measured = device_durations(&options.exe, &nodes_dir, &specs, &next, revoke_ms)?;
+    // The same devices and release ids, so that the same devices are in each wave (a
+    // wave position is a hash of both).
+    let device_ids: Vec<String> =
+        fleet.nodes.iter().filter_map(|m| m.device.map(|d| d.to_string())).collect();
+    if device_ids.len() != devices {
+        return Err("not every node told its device id".into());
+    }
 
     progress.step("calibrate", "the same rollout in the simulator");
     let scenario = Scenario {
+        device_ids,
+        release: next.clone(),
         devices,
         sites,
         bytes: mib << 20,
@@ -178,7 +186,7 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
         Figure { name: "t90", real: quantile(0.9), sim: sim.t90, unit: "s" },
         Figure { name: "t100", real: quantile(1.0), sim: sim.t100, unit: "s" },
         Figure { name: "wan_bytes", real: Some(wan_bytes), sim: sim.wan_bytes, unit: "bytes" },
-        Figure { name: "rollback", real: real_back, sim: sim.rollback, unit: "s" },
+        Figure { name: "rollback", real: measured.all_back_s, sim: sim.rollback, unit: "s" },
     ];
     for f in &figures {
         if let Some(e) = f.error_percent() {
@@ -201,9 +209,10 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
         measured.directive_s,
         table.join("; ")
     ));
-    // The simulator's curve up to the revoke: the real curve shows commits only.
-    let before_revoke: Vec<(f64, f64)> =
-        sim.curve.iter().copied().filter(|p| p.0 < scenario.revoke_at_s).collect();
+    // The simulator's curve until the revoke reaches its devices: the real curve shows
+    // commits only.
+    let revoked = scenario.revoke_at_s + measured.directive_s;
+    let before_revoke: Vec<(f64, f64)> = sim.curve.iter().copied().filter(|p| p.0 < revoked).collect();
     plot_curves(options, outcome, &commits, devices, &before_revoke)?;
     Ok(())
 }
@@ -228,6 +237,10 @@ struct Measured {
     /// From the revoke being signed into the origin's store to the first device
     /// applying it (origin poll, fetch, verify, persist).
     directive_s: f64,
+    /// From the revoke being signed to the last device rolled back: the real rollback
+    /// time, read from the devices' own clocks rather than from `/status` polls (whose
+    /// 50 ms period and sequential reads would add their own delay).
+    all_back_s: Option<f64>,
 }
 
 /// Reads every device's audit log (`otamesh audit --json`) for `release`.
@@ -241,6 +254,7 @@ fn device_durations(
     let mut installs = Vec::new();
     let mut switches = Vec::new();
     let mut heard = Vec::new();
+    let mut back = Vec::new();
     for spec in specs {
         let data = nodes_dir.join(&spec.name);
         let out = std::process::Command::new(exe)
@@ -267,9 +281,11 @@ fn device_durations(
             installs.push((b - a) / 1000.0);
         }
         let applied = at(&|r| r["event"] == "directive");
-        if let (Some(a), Some(b)) = (applied, at(&|r| detail(r, "rolled_back"))) {
+        let rolled_back = at(&|r| detail(r, "rolled_back"));
+        if let (Some(a), Some(b)) = (applied, rolled_back) {
             switches.push((b - a).max(0.0) / 1000.0);
         }
+        back.push(rolled_back.map(|b| (b - revoke_ms as f64).max(0.0) / 1000.0));
         if let Some(a) = applied {
             heard.push((a - revoke_ms as f64).max(0.0) / 1000.0);
         }
@@ -280,15 +296,23 @@ fn device_durations(
     };
     let first =
         heard.iter().copied().min_by(f64::total_cmp).ok_or("no device's audit log shows the revoke")?;
+    // Every device's, or none: a device not back has no rollback time to compare.
+    let all_back_s =
+        back.into_iter().collect::<Option<Vec<f64>>>().and_then(|b| b.into_iter().max_by(f64::total_cmp));
     Ok(Measured {
         install_s: median(installs, "an install")?,
         switch_s: median(switches, "a revoke")?,
         directive_s: first,
+        all_back_s,
     })
 }
 
 /// The simulator's parameters for the real rollout.
 struct Scenario {
+    /// The real devices' ids, site by site (the simulator's sites are contiguous).
+    device_ids: Vec<String>,
+    /// The real release's id.
+    release: String,
     devices: usize,
     sites: usize,
     bytes: usize,
@@ -321,6 +345,7 @@ sample_s = 0.05
 devices = {devices}
 sites = {sites}
 site_size = "equal"
+device_ids = [{ids}]
 
 [[class]]
 name = "{CLASS}"
@@ -332,6 +357,7 @@ downlink_mbps = {LAN_MBPS}
 uplink_mbps = {LAN_MBPS}
 
 [release]
+id = "{release}"
 bytes = {bytes}
 piece_bytes = {piece}
 kind = "firmware"
@@ -361,6 +387,8 @@ waves = [
             duration = self.duration_s.ceil(),
             devices = self.devices,
             sites = self.sites,
+            ids = self.device_ids.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", "),
+            release = self.release,
             switch = m.switch_s.max(0.001),
             bytes = self.bytes,
             piece = (self.bytes / 32).max(1),

@@ -172,11 +172,6 @@ impl Device {
         self.machine.current()
     }
 
-    /// Whether this device holds one of its site's install slots.
-    pub fn holds_site_slot(&self) -> bool {
-        self.machine.holds_site_slot()
-    }
-
     /// What the slots hold, as the worker last reported; the other slot is not shown
     /// while a release is staged or being written into it.
     pub fn slots(&self) -> (Option<SlotContent>, Option<SlotContent>) {

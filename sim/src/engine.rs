@@ -348,13 +348,13 @@ impl<'a> World<'a> {
         let n = sc.fleet.devices;
         let sites = sc.fleet.sites;
         let k = sc.pieces();
-        let release_id = {
+        let release_id = sc.release.id.unwrap_or_else(|| {
             let mut h = blake3::Hasher::new();
             h.update(b"otamesh-sim/release\0");
             h.update(&seed.to_le_bytes());
             h.update(sc.name().as_bytes());
             ReleaseId::from_bytes(*h.finalize().as_bytes())
-        };
+        });
         let created_at = MIDNIGHT_MS + u64::from(sc.sim.start_utc.0) * 60_000;
         let sim_release = Release {
             info: ReleaseInfo { id: release_id, kind: sc.release.kind, created_at },
@@ -456,7 +456,7 @@ impl<'a> World<'a> {
                 key[8..16]
                     .copy_from_slice(&rng::draw(seed, u64::from(d), Purpose::Identity, 1).to_le_bytes());
                 key[16..20].copy_from_slice(&d.to_le_bytes());
-                DeviceId::of_public_key(&key)
+                sc.fleet.device_ids.get(d as usize).copied().unwrap_or_else(|| DeviceId::of_public_key(&key))
             })
             .collect();
         let mut traced = BTreeMap::new();

@@ -150,6 +150,10 @@ pub struct Fleet {
     /// Time zones (minutes from UTC) sites are drawn from, uniformly.
     #[serde(default = "utc_only")]
     pub utc_offsets_min: Vec<i16>,
+    /// The devices' ids (hex), site by site, to play a real fleet (its wave positions
+    /// are hashes of these and the release id); empty: drawn from the seed.
+    #[serde(default)]
+    pub device_ids: Vec<otamesh_core::DeviceId>,
 }
 
 fn utc_only() -> Vec<i16> {
@@ -221,6 +225,10 @@ impl Span {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
+    /// The release id (hex), to play a real release (wave positions hash it); absent:
+    /// derived from the seed and the scenario name.
+    #[serde(default)]
+    pub id: Option<otamesh_core::ReleaseId>,
     /// Payload size in bytes.
     pub bytes: u64,
     /// The simulator's transfer granularity ("piece"), bytes; at most 64 pieces.
@@ -592,6 +600,9 @@ impl Scenario {
         }
         if f.sites == 0 || f.sites > f.devices {
             return bad("fleet.sites", "must be between 1 and the number of devices");
+        }
+        if !f.device_ids.is_empty() && f.device_ids.len() != f.devices as usize {
+            return bad("fleet.device_ids", &format!("list one id per device ({}), or none", f.devices));
         }
         if f.utc_offsets_min.is_empty() {
             return bad("fleet.utc_offsets_min", "list at least one offset, e.g. [0]");
