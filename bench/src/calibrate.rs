@@ -171,11 +171,23 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
         origin_mbps: rate as f64 * 8.0 / 1e6,
         wave_after,
         measured,
-        revoke_at_s: revoke_s - published_s,
+        revoke_at_s: None,
         duration_s: (revoke_s - published_s) * 3.0 + 60.0,
     };
-    let sim_dir = dir.join("sim");
-    let sim = simulate(options, &scenario, &sim_dir)?;
+    // Two runs: the rollout alone (its curve and times), then with the revoke as long
+    // after the simulator's own convergence as the real revoke came after the real one.
+    // One run with the real revoke time would cut the rollout short whenever the
+    // simulator converges later than the real fleet did.
+    let sim = simulate(options, &scenario, &dir.join("sim"))?;
+    let converged_s = commits.last().copied().unwrap_or(0.0);
+    let revoked = match sim.t100 {
+        Some(t100) => {
+            let at = t100 + (revoke_s - published_s - converged_s).max(0.0);
+            let with_revoke = Scenario { revoke_at_s: Some(at), ..scenario };
+            simulate(options, &with_revoke, &dir.join("sim-revoke"))?.rollback
+        }
+        None => None,
+    };
 
     let quantile = |q: f64| -> Option<f64> {
         let n = commits.len();
@@ -186,7 +198,7 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
         Figure { name: "t90", real: quantile(0.9), sim: sim.t90, unit: "s" },
         Figure { name: "t100", real: quantile(1.0), sim: sim.t100, unit: "s" },
         Figure { name: "wan_bytes", real: Some(wan_bytes), sim: sim.wan_bytes, unit: "bytes" },
-        Figure { name: "rollback", real: measured.all_back_s, sim: sim.rollback, unit: "s" },
+        Figure { name: "rollback", real: measured.all_back_s, sim: revoked, unit: "s" },
     ];
     for f in &figures {
         if let Some(e) = f.error_percent() {
@@ -209,11 +221,7 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
         measured.directive_s,
         table.join("; ")
     ));
-    // The simulator's curve until the revoke reaches its devices: the real curve shows
-    // commits only.
-    let revoked = scenario.revoke_at_s + measured.directive_s;
-    let before_revoke: Vec<(f64, f64)> = sim.curve.iter().copied().filter(|p| p.0 < revoked).collect();
-    plot_curves(options, outcome, &commits, devices, &before_revoke)?;
+    plot_curves(options, outcome, &commits, devices, &sim.curve)?;
     Ok(())
 }
 
@@ -319,7 +327,8 @@ struct Scenario {
     origin_mbps: f64,
     wave_after: u64,
     measured: Measured,
-    revoke_at_s: f64,
+    /// When the revoke is signed, seconds after publication; none: no revoke.
+    revoke_at_s: Option<f64>,
     duration_s: f64,
 }
 
@@ -376,7 +385,7 @@ poll_interval_s = {POLL_S}
 [directives]
 report_delay_s = 0.1
 delay_s = {delay}
-revoke_at_s = {revoke}
+{revoke}
 
 [rollout]
 waves = [
@@ -393,7 +402,7 @@ waves = [
             bytes = self.bytes,
             piece = (self.bytes / 32).max(1),
             origin = self.origin_mbps,
-            revoke = self.revoke_at_s,
+            revoke = self.revoke_at_s.map_or(String::new(), |at| format!("revoke_at_s = {at}")),
             after = self.wave_after,
         )
     }
@@ -434,7 +443,7 @@ fn simulate(options: &Options, scenario: &Scenario, dir: &Path) -> Result<Simula
     let s: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("summary.json: {e}"))?;
     let f = |k: &str| s[k].as_f64();
     let rollback = match (f("rollback_done_s"), scenario.revoke_at_s) {
-        (Some(done), at) => Some(done - at),
+        (Some(done), Some(at)) => Some(done - at),
         _ => None,
     };
     let csv =
