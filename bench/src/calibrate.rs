@@ -25,12 +25,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use otamesh_core::rollout::{RolloutPolicy, Wave};
-use otamesh_fleet::fleet::{NodeSpec, Setup};
-use otamesh_fleet::{Fleet, Origin, Timeline, plot};
+use otamesh_fleet::fleet::NodeSpec;
+use otamesh_fleet::{Origin, Timeline, plot};
 use otamesh_node::store::Store;
 
 use crate::bmf::Measure;
-use crate::rollout::{CLASS, all_on, publish, revoke, watch};
+use crate::rollout::{CLASS, all_on, publish, revoke, start_fleet, watch};
 use crate::suite::{Options, Outcome, Progress, Size, noise, publisher, scratch};
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
@@ -84,37 +84,10 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
     let store = Store::create(&store_dir).map_err(|e| e.to_string())?;
     let origin =
         Origin::start(&store_dir, ([127, 0, 0, 1], 0).into(), Some(rate)).map_err(|e| e.to_string())?;
-    let (nodes_dir, logs) = (dir.join("nodes"), dir.join("logs"));
-    for d in [&nodes_dir, &logs] {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-    }
-    let specs: Vec<NodeSpec> = (0..sites)
-        .flat_map(|s| {
-            (0..per_site).map(move |i| NodeSpec {
-                name: format!("s{s}-n{i}"),
-                site: format!("s{s}"),
-                site_index: s,
-                health_check: None,
-            })
-        })
-        .collect();
-    let setup = Setup {
-        exe: &options.exe,
-        nodes_dir: &nodes_dir,
-        logs_dir: &logs,
-        origin: &origin.url,
-        trust: &trust,
-        publisher: &key,
-        class: CLASS,
-        poll_interval_s: POLL_S,
-        cwd: &dir,
-    };
     progress.step("calibrate", &format!("starting {devices} nodes"));
-    let mut fleet = Fleet::start(&setup, &specs).map_err(|e| e.to_string())?;
-    fleet
-        .wait_ready(Duration::from_secs(60), SAMPLE_EVERY, &logs, |_, _| {})
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut fleet, specs) =
+        start_fleet(options, &dir, &origin, (&key, &trust), (sites, per_site), POLL_S).await?;
+    let (nodes_dir, logs) = (dir.join("nodes"), dir.join("logs"));
     let limit = Duration::from_secs(120 + 8 * mib as u64);
     let started = Instant::now();
     let mut timeline = Timeline::default();

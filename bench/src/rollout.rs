@@ -65,37 +65,9 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
     let store_dir = dir.join("store");
     let store = Store::create(&store_dir).map_err(|e| e.to_string())?;
     let origin = Origin::start(&store_dir, loopback(), None).map_err(|e| e.to_string())?;
-    let (nodes_dir, logs) = (dir.join("nodes"), dir.join("logs"));
-    for d in [&nodes_dir, &logs] {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-    }
-    let specs: Vec<NodeSpec> = (0..sites)
-        .flat_map(|s| {
-            (0..per_site).map(move |i| NodeSpec {
-                name: format!("s{s}-n{i}"),
-                site: format!("s{s}"),
-                site_index: s,
-                health_check: None,
-            })
-        })
-        .collect();
-    let setup = Setup {
-        exe: &options.exe,
-        nodes_dir: &nodes_dir,
-        logs_dir: &logs,
-        origin: &origin.url,
-        trust: &trust,
-        publisher: &key,
-        class: CLASS,
-        poll_interval_s: 0.5,
-        cwd: &dir,
-    };
     progress.step("fleet", &format!("starting {} nodes", sites * per_site));
-    let mut fleet = Fleet::start(&setup, &specs).map_err(|e| e.to_string())?;
-    fleet
-        .wait_ready(Duration::from_secs(60), SAMPLE_EVERY, &logs, |_, _| {})
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut fleet, _) = start_fleet(options, &dir, &origin, (&key, &trust), (sites, per_site), 0.5).await?;
+    let logs = dir.join("logs");
 
     let started = Instant::now();
     let mut timeline = Timeline::default();
@@ -167,6 +139,50 @@ async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progr
     ));
     plots(options, outcome, &timeline, &played)?;
     Ok(())
+}
+
+/// Starts `sites` x `per_site` nodes in `dir` (data under `nodes/`, logs under `logs/`)
+/// polling `origin` every `poll_s` seconds, and waits until all are up; returns the
+/// fleet and its nodes, site by site.
+pub(crate) async fn start_fleet(
+    options: &Options,
+    dir: &std::path::Path,
+    origin: &Origin,
+    (key, trust): (&SecretKey, &std::path::Path),
+    (sites, per_site): (usize, usize),
+    poll_s: f64,
+) -> Result<(Fleet, Vec<NodeSpec>), String> {
+    let (nodes_dir, logs) = (dir.join("nodes"), dir.join("logs"));
+    for d in [&nodes_dir, &logs] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let specs: Vec<NodeSpec> = (0..sites)
+        .flat_map(|s| {
+            (0..per_site).map(move |i| NodeSpec {
+                name: format!("s{s}-n{i}"),
+                site: format!("s{s}"),
+                site_index: s,
+                health_check: None,
+            })
+        })
+        .collect();
+    let setup = Setup {
+        exe: &options.exe,
+        nodes_dir: &nodes_dir,
+        logs_dir: &logs,
+        origin: &origin.url,
+        trust,
+        publisher: key,
+        class: CLASS,
+        poll_interval_s: poll_s,
+        cwd: dir,
+    };
+    let mut fleet = Fleet::start(&setup, &specs).map_err(|e| e.to_string())?;
+    fleet
+        .wait_ready(Duration::from_secs(60), SAMPLE_EVERY, &logs, |_, _| {})
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((fleet, specs))
 }
 
 fn loopback() -> std::net::SocketAddr {
