@@ -113,7 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.work.is_none() {
         let _ = std::fs::remove_dir_all(&work);
     }
-    println!("{md}");
+    say(&md);
     eprintln!(
         "wrote {} and {} in {took:.0} s",
         out.join("results.json").display(),
@@ -137,7 +137,7 @@ fn compare(c: &CompareArgs) -> anyhow::Result<ExitCode> {
     let results = Results::read(&c.results).context("bench compare")?;
     let baseline = Results::read(&c.baseline).context("bench compare --baseline")?;
     let regs = regressions(&results, &baseline);
-    println!("{}", report::summary("otamesh bench compare", &results, Some(&baseline), &regs, &[], &[]));
+    say(&report::summary("otamesh bench compare", &results, Some(&baseline), &regs, &[], &[]));
     Ok(verdict(&regs))
 }
 
@@ -146,9 +146,16 @@ fn history(h: &HistoryArgs) -> anyhow::Result<ExitCode> {
     let files: Vec<&Path> = h.files.iter().map(PathBuf::as_path).collect();
     let written = report::history(&files, &h.out)?;
     for w in &written {
-        println!("{}", h.out.join(w).display());
+        say(&h.out.join(w).display().to_string());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a line on stdout; a reader that went away (`| head`) is not an error: the
+/// files are written by then.
+fn say(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
