@@ -309,6 +309,9 @@ struct Peer {
     /// When it last delivered: served a verified chunk, or a chunk it claimed to fetch
     /// arrived here verified. Starts when it joined. Never moved by a have-set.
     credit: Millis,
+    /// When it last served this device a chunk that verified (0: never). Unlike
+    /// `credit`, nobody else's delivery moves it.
+    served: Millis,
     strikes: u32,
     /// Set by a strike: its claims are ignored and it owns nothing until this time has
     /// passed *and* a new have-set arrives.
@@ -463,6 +466,7 @@ impl Planner {
             inflight: 0,
             window: initial_window,
             credit: now,
+            served: 0,
             strikes: 0,
             suspended_until: None,
         });
@@ -545,6 +549,7 @@ impl Planner {
             && let Some(p) = self.peers.get_mut(&id)
         {
             p.credit = p.credit.max(now);
+            p.served = p.served.max(now);
             p.window = (p.window + delivered).min(self.config.max_per_peer);
         }
         self.plan(now);
@@ -783,25 +788,39 @@ impl Planner {
     /// Requests past their deadline: a peer is struck (once for all its overdue
     /// requests), the origin retried with backoff.
     fn expire(&mut self, now: Millis) {
-        let expired: Vec<(usize, Source)> = self
+        let expired: Vec<(usize, Source, Millis)> = self
             .missing
             .iter()
             .filter_map(|&s| match self.state[s] {
-                ChunkState::InFlight { source, deadline, .. } if deadline <= now => Some((s, source)),
+                ChunkState::InFlight { source, deadline, .. } if deadline <= now => {
+                    Some((s, source, deadline))
+                }
                 _ => None,
             })
             .collect();
-        let mut silent = BTreeSet::new();
-        for (slot, source) in expired {
+        // Per peer, when its oldest overdue request was sent.
+        let mut overdue: BTreeMap<DeviceId, Millis> = BTreeMap::new();
+        for (slot, source, deadline) in expired {
             match source {
                 Source::Origin => self.fail_origin(now, slot),
                 Source::Peer(peer) => {
-                    silent.insert(peer);
+                    let sent = deadline.saturating_sub(self.config.request_timeout);
+                    overdue.entry(peer).and_modify(|s| *s = (*s).min(sent)).or_insert(sent);
                 }
             }
         }
-        for peer in silent {
-            self.strike(now, peer, Stall::TimedOut);
+        for (peer, sent) in overdue {
+            // A peer that served verified chunks since it was asked is slow (a busy
+            // device, a congested LAN), not silent: its requests are planned again and
+            // its window halves, without a strike. One that served nothing is struck.
+            if self.peers.get(&peer).is_some_and(|p| p.served > sent) {
+                self.recall(now, peer);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.window = (p.window / 2).max(self.config.initial_window);
+                }
+            } else {
+                self.strike(now, peer, Stall::TimedOut);
+            }
         }
     }
 
@@ -1840,6 +1859,38 @@ mod tests {
         );
         assert!(p.is_suspended(dev(1)));
         assert_eq!(p.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_peer_that_served_since_it_was_asked_is_slow_not_struck_and_one_that_served_nothing_is() {
+        let chunks = ids(8);
+        let mut p = Planner::new(dev(0), chunks.clone(), |_| false, T0, lan_cfg());
+        p.handle_peer_have(T0, dev(1), &all_bits(8), &[]).unwrap();
+        let asked: Vec<ChunkId> = drain(&mut p)
+            .into_iter()
+            .filter_map(|o| if let Output::Request { chunk, .. } = o { Some(chunk) } else { None })
+            .collect();
+        assert_eq!(asked.len(), 2);
+        // It serves the first chunk late but within the deadline (the window grows to
+        // three), then the rest are overdue: a busy peer, not a silent one.
+        p.handle_chunk_verified(T0 + 9_000, Source::Peer(dev(1)), asked[0]);
+        drain(&mut p);
+        let deadline = p.poll_timeout().unwrap();
+        p.handle_timeout(deadline);
+        let out = drain(&mut p);
+        assert!(!out.iter().any(|o| matches!(o, Output::Stalled { .. } | Output::Banned { .. })), "{out:?}");
+        assert!(!p.is_suspended(dev(1)));
+        assert!(p.members().any(|m| m == dev(1)), "it keeps its place");
+        // Asked again and silent since: struck.
+        let deadline = p.poll_timeout().unwrap();
+        p.handle_timeout(deadline + 20_000);
+        let out = drain(&mut p);
+        assert!(
+            out.iter().any(
+                |o| matches!(o, Output::Stalled { peer, reason: Stall::TimedOut, .. } if *peer == dev(1))
+            ),
+            "{out:?}"
+        );
     }
 
     #[test]
