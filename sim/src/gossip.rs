@@ -80,14 +80,7 @@ pub fn push(seed: u64, n: u32, fanout: u32, sites: Option<Sites<'_>>) -> Spread 
     if n == 0 || fanout == 0 {
         return Spread { round, order, starts };
     }
-    // Round 1: the publisher, which is not a device.
-    for j in 0..u64::from(fanout) {
-        let target = (rng::draw(seed, u64::MAX, Purpose::Announce, j) % u64::from(n)) as u32;
-        if round[target as usize] == UNHEARD {
-            round[target as usize] = 1;
-            order.push(target);
-        }
-    }
+    publish(seed, n, fanout, &mut round, &mut order);
     starts.push(order.len() as u32);
     let mut told = vec![false; sites.map_or(0, |s| s.start.len().saturating_sub(1))];
     let mut r: u8 = 1;
@@ -96,35 +89,12 @@ pub fn push(seed: u64, n: u32, fanout: u32, sites: Option<Sites<'_>>) -> Spread 
         // Synchronous rounds: only devices that knew before this round push in it.
         let informed = order.len();
         if let Some(sites) = sites {
-            // Sites whose first devices heard last round hear now, all at once: the
-            // work is each site's size, once.
-            let fresh = starts[usize::from(r) - 1] as usize..informed;
-            for k in fresh {
-                let s = sites.site[order[k] as usize] as usize;
-                if told[s] {
-                    continue;
-                }
-                told[s] = true;
-                for e in sites.start[s]..sites.start[s + 1] {
-                    if round[e as usize] == UNHEARD {
-                        round[e as usize] = r;
-                        order.push(e);
-                    }
-                }
-            }
+            tell_sites(sites, r, starts[usize::from(r) - 1] as usize, &mut told, &mut round, &mut order);
         }
         for k in 0..informed {
             let d = order[k];
             for j in 0..u64::from(fanout) {
-                // The counter is mixed first: with plain small counters, one device's
-                // draws in successive rounds came out correlated enough to lengthen the
-                // tail by two rounds at a million devices (against the Monte-Carlo in
-                // tests/gossip.rs).
-                let n_draw = rng::mix(u64::from(r) * u64::from(fanout) + j);
-                let pick =
-                    (rng::draw(seed, u64::from(d), Purpose::Announce, n_draw) % u64::from(n - 1)) as u32;
-                // Uniform over the other devices: skip over the pusher itself.
-                let target = if pick >= d { pick + 1 } else { pick };
+                let target = partner(seed, n, fanout, d, r, j);
                 if round[target as usize] == UNHEARD {
                     round[target as usize] = r;
                     order.push(target);
@@ -152,40 +122,18 @@ pub fn push_pull(seed: u64, n: u32, fanout: u32, sites: Option<Sites<'_>>) -> Sp
     if n == 0 || fanout == 0 {
         return Spread { round, order, starts };
     }
-    for j in 0..u64::from(fanout) {
-        let target = (rng::draw(seed, u64::MAX, Purpose::Announce, j) % u64::from(n)) as u32;
-        if round[target as usize] == UNHEARD {
-            round[target as usize] = 1;
-            order.push(target);
-        }
-    }
+    publish(seed, n, fanout, &mut round, &mut order);
     starts.push(order.len() as u32);
     let mut told = vec![false; sites.map_or(0, |s| s.start.len().saturating_sub(1))];
     let mut r: u8 = 1;
     while order.len() < n as usize && r < MAX_ROUND && n > 1 {
         r += 1;
         if let Some(sites) = sites {
-            let fresh = starts[usize::from(r) - 1] as usize..order.len();
-            for k in fresh {
-                let s = sites.site[order[k] as usize] as usize;
-                if told[s] {
-                    continue;
-                }
-                told[s] = true;
-                for e in sites.start[s]..sites.start[s + 1] {
-                    if round[e as usize] == UNHEARD {
-                        round[e as usize] = r;
-                        order.push(e);
-                    }
-                }
-            }
+            tell_sites(sites, r, starts[usize::from(r) - 1] as usize, &mut told, &mut round, &mut order);
         }
         for d in 0..n {
             for j in 0..u64::from(fanout) {
-                let n_draw = rng::mix(u64::from(r) * u64::from(fanout) + j);
-                let pick =
-                    (rng::draw(seed, u64::from(d), Purpose::Announce, n_draw) % u64::from(n - 1)) as u32;
-                let partner = if pick >= d { pick + 1 } else { pick };
+                let partner = partner(seed, n, fanout, d, r, j);
                 // "Knew before this round": heard in an earlier round.
                 let (me, them) = (round[d as usize], round[partner as usize]);
                 if me < r && them == UNHEARD {
@@ -200,6 +148,53 @@ pub fn push_pull(seed: u64, n: u32, fanout: u32, sites: Option<Sites<'_>>) -> Sp
         starts.push(order.len() as u32);
     }
     Spread { round, order, starts }
+}
+
+/// Round 1: the publisher (not a device) tells `fanout` devices drawn at random.
+fn publish(seed: u64, n: u32, fanout: u32, round: &mut [u8], order: &mut Vec<u32>) {
+    for j in 0..u64::from(fanout) {
+        let target = (rng::draw(seed, u64::MAX, Purpose::Announce, j) % u64::from(n)) as u32;
+        if round[target as usize] == UNHEARD {
+            round[target as usize] = 1;
+            order.push(target);
+        }
+    }
+}
+
+/// Sites whose first devices heard in the last round (`order[fresh..]`) hear now, all
+/// at once: the work is each site's size, once.
+fn tell_sites(
+    sites: Sites<'_>,
+    r: u8,
+    fresh: usize,
+    told: &mut [bool],
+    round: &mut [u8],
+    order: &mut Vec<u32>,
+) {
+    for k in fresh..order.len() {
+        let s = sites.site[order[k] as usize] as usize;
+        if told[s] {
+            continue;
+        }
+        told[s] = true;
+        for e in sites.start[s]..sites.start[s + 1] {
+            if round[e as usize] == UNHEARD {
+                round[e as usize] = r;
+                order.push(e);
+            }
+        }
+    }
+}
+
+/// Device `d`'s `j`-th partner in round `r`: uniform over the other devices.
+fn partner(seed: u64, n: u32, fanout: u32, d: u32, r: u8, j: u64) -> u32 {
+    // The counter is mixed first: with plain small counters, one device's draws in
+    // successive rounds came out correlated enough to lengthen the tail by two rounds
+    // at a million devices (against the Monte-Carlo in tests/gossip.rs).
+    let n_draw = rng::mix(u64::from(r) * u64::from(fanout) + j);
+    let pick = (rng::draw(seed, u64::from(d), Purpose::Announce, n_draw) % u64::from(n - 1)) as u32;
+    // Skip over the caller itself.
+    if pick >= d { pick + 1 } else { pick }
 }
 
 #[cfg(test)]
