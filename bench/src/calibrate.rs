@@ -66,16 +66,11 @@ impl Figure {
     }
 }
 
-pub(crate) fn run(
+pub(crate) async fn play(
     options: &Options,
     outcome: &mut Outcome,
     progress: &mut dyn Progress,
 ) -> Result<(), String> {
-    let rt = crate::suite::runtime()?;
-    rt.block_on(play(options, outcome, progress))
-}
-
-async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progress) -> Result<(), String> {
     let (sites, per_site, mib, rate, wave_after) = shape(options.size);
     let devices = sites * per_site;
     let dir = scratch(options, "calibrate")?;

@@ -49,16 +49,11 @@ struct Round {
     bytes: Bytes,
 }
 
-pub(crate) fn run(
+pub(crate) async fn play(
     options: &Options,
     outcome: &mut Outcome,
     progress: &mut dyn Progress,
 ) -> Result<(), String> {
-    let rt = crate::suite::runtime()?;
-    rt.block_on(play(options, outcome, progress))
-}
-
-async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progress) -> Result<(), String> {
     let (sites, per_site, mib, rounds) = shape(options.size);
     let dir = scratch(options, "fleet")?;
     let (key, trust) = publisher(&dir, 11)?;

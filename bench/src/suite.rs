@@ -110,22 +110,25 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Result<Outcome, Su
         match p {
             "core" => micro::run(options, &mut outcome, progress).map_err(part("core"))?,
             "sim" => simulation::run(options, &mut outcome, progress).map_err(part("sim"))?,
-            "fleet" => rollout::run(options, &mut outcome, progress).map_err(part("fleet"))?,
-            "lan" => transfer::run(options, &mut outcome, progress).map_err(part("lan"))?,
-            "calibrate" => calibrate::run(options, &mut outcome, progress).map_err(part("calibrate"))?,
+            "fleet" => block_on(rollout::play(options, &mut outcome, progress)).map_err(part("fleet"))?,
+            "lan" => block_on(transfer::play(options, &mut outcome, progress)).map_err(part("lan"))?,
+            "calibrate" => {
+                block_on(calibrate::play(options, &mut outcome, progress)).map_err(part("calibrate"))?
+            }
             _ => {}
         }
     }
     Ok(outcome)
 }
 
-/// A multi-threaded runtime for the parts that drive real processes.
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+/// Runs a part that drives real processes on a multi-threaded runtime of its own.
+fn block_on(part: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?
+        .block_on(part)
 }
 
 /// A fresh scratch directory `name` under the work directory.

@@ -41,16 +41,11 @@ fn shape(size: Size) -> (usize, usize) {
     }
 }
 
-pub(crate) fn run(
+pub(crate) async fn play(
     options: &Options,
     outcome: &mut Outcome,
     progress: &mut dyn Progress,
 ) -> Result<(), String> {
-    let rt = crate::suite::runtime()?;
-    rt.block_on(play(options, outcome, progress))
-}
-
-async fn play(options: &Options, outcome: &mut Outcome, progress: &mut dyn Progress) -> Result<(), String> {
     let (mib, runs) = shape(options.size);
     let dir = scratch(options, "lan")?;
     let (key, trust) = publisher(&dir, 12)?;
