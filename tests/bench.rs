@@ -227,3 +227,17 @@ fn stress_bench_twelve_nodes_mesh_vs_central() {
         central_s / mesh_s
     );
 }
+
+#[test]
+fn the_site_part_counts_the_copies_of_a_release_the_origin_sent_per_site() {
+    let dir = TestDir::new();
+    let out = dir.path().join("out");
+    let (code, stdout, stderr) =
+        otamesh(&["bench", "--tiny", "--filter", "site", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let r = results(&out.join("results.json"));
+    // Random bytes: the site cannot have fetched less than one whole copy.
+    let copies = assert_metric(&r, "site/one_by_one_3_poll_2s", "wan-copies");
+    assert!(copies >= 1.0, "the origin sent {copies} copies of a release every device runs");
+    assert!(r.get("fleet/time_to_converge").is_none(), "--filter ran more");
+}

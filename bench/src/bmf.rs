@@ -112,6 +112,9 @@ pub enum Measure {
     FleetSeconds,
     /// Bytes the origin sent per site for one release.
     WanBytes,
+    /// Copies of a release the origin sent per site: its chunk bytes per site over the
+    /// release's size (1.0 is the ideal: each chunk crossed each site's WAN once).
+    WanCopies,
     /// Percent of fetched chunk bytes that came from site peers.
     LanSharePercent,
     /// MiB/s of a transfer.
@@ -132,9 +135,10 @@ pub enum Measure {
 
 impl Measure {
     /// Every measure, for documentation and lookups.
-    pub const ALL: [Measure; 10] = [
+    pub const ALL: [Measure; 11] = [
         Measure::FleetSeconds,
         Measure::WanBytes,
+        Measure::WanCopies,
         Measure::LanSharePercent,
         Measure::Throughput,
         Measure::Ratio,
@@ -150,6 +154,7 @@ impl Measure {
         match self {
             Measure::FleetSeconds => "seconds",
             Measure::WanBytes => "wan-bytes",
+            Measure::WanCopies => "wan-copies",
             Measure::LanSharePercent => "lan-share-percent",
             Measure::Throughput => "mib-per-second",
             Measure::Ratio => "ratio",
@@ -181,6 +186,8 @@ impl Measure {
         match self {
             Measure::FleetSeconds => 0.25,
             Measure::WanBytes => 0.15,
+            // One extra copy in twenty is the site planner's target (1.05x).
+            Measure::WanCopies => 0.05,
             Measure::LanSharePercent => 0.10,
             Measure::Throughput | Measure::Ratio => 0.30,
             Measure::SimSeconds => 0.01,
@@ -267,7 +274,7 @@ pub fn number(x: f64) -> String {
         format!("{:.3e}", x)
     } else if a >= 100.0 {
         format!("{x:.0}")
-    } else if a >= 1.0 {
+    } else if a >= 10.0 {
         format!("{x:.2}")
     } else {
         format!("{x:.3}")

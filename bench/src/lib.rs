@@ -16,6 +16,7 @@ mod micro;
 pub mod report;
 mod rollout;
 mod simulation;
+mod site;
 pub mod suite;
 mod transfer;
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::bmf::Results;
-use crate::{calibrate, micro, rollout, simulation, transfer};
+use crate::{calibrate, micro, rollout, simulation, site, transfer};
 
 /// How big a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ impl Options {
 }
 
 /// The parts of the suite, in the order they run.
-pub const PARTS: [&str; 5] = ["core", "sim", "fleet", "lan", "calibrate"];
+pub const PARTS: [&str; 6] = ["core", "sim", "fleet", "site", "lan", "calibrate"];
 
 /// What a run produced besides its metrics.
 #[derive(Debug, Default)]
@@ -82,7 +82,9 @@ pub enum SuiteError {
         reason: String,
     },
     /// Nothing matched `--filter`; see docs/benchmarks.md for the names.
-    #[error("--filter {0:?} matches no part of the suite (core, sim, sim/SCENARIO, fleet, lan, calibrate)")]
+    #[error(
+        "--filter {0:?} matches no part of the suite (core, sim, sim/SCENARIO, fleet, site, lan, calibrate)"
+    )]
     NothingSelected(String),
 }
 
@@ -111,6 +113,7 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Result<Outcome, Su
             "core" => micro::run(options, &mut outcome, progress).map_err(part("core"))?,
             "sim" => simulation::run(options, &mut outcome, progress).map_err(part("sim"))?,
             "fleet" => block_on(rollout::play(options, &mut outcome, progress)).map_err(part("fleet"))?,
+            "site" => block_on(site::play(options, &mut outcome, progress)).map_err(part("site"))?,
             "lan" => block_on(transfer::play(options, &mut outcome, progress)).map_err(part("lan"))?,
             "calibrate" => {
                 block_on(calibrate::play(options, &mut outcome, progress)).map_err(part("calibrate"))?

@@ -179,52 +179,60 @@ pub enum FleetError {
 }
 
 impl Fleet {
-    /// Starts one node per spec (see the module doc for who peers with whom).
+    /// Starts one node per spec (see the module doc for who peers with whom), all at
+    /// once.
     pub fn start(setup: &Setup<'_>, specs: &[NodeSpec]) -> Result<Self, FleetError> {
         let mut fleet = Fleet::default();
         for spec in specs {
-            let port = free_port().map_err(FleetError::Port)?;
-            let api_addr = format!("127.0.0.1:{}", free_port().map_err(FleetError::Port)?);
-            let addr = format!("/ip4/127.0.0.1/tcp/{port}");
-            let data = setup.nodes_dir.join(&spec.name);
-            let log = setup.logs_dir.join(format!("{}.log", spec.name));
-            process::enrol(&spec.name, setup.publisher, &data, &spec.site, setup.class)?;
-            let mut extra: Vec<String> = vec!["--origin".into(), setup.origin.into(), "--no-mdns".into()];
-            if let Some(check) = &spec.health_check {
-                extra.extend(["--health-check".into(), check.clone()]);
-            }
-            let first_of_site = !fleet.nodes.iter().any(|n| n.site_index == spec.site_index);
-            for other in &fleet.nodes {
-                let same_site = other.site_index == spec.site_index;
-                let gateways = first_of_site && is_first_of_site(&fleet.nodes, other);
-                if same_site || gateways {
-                    extra.extend(["--peer".into(), other.addr.clone()]);
-                }
-            }
-            let args = NodeArgs {
-                data: &data,
-                site: &spec.site,
-                class: setup.class,
-                listen: &addr,
-                api: &api_addr,
-                trust: setup.trust,
-                poll_interval_s: setup.poll_interval_s,
-                extra: &extra,
-            };
-            let mut process = NodeProcess::new(&spec.name, setup.exe, args.to_vec(), log);
-            process.cwd = Some(setup.cwd.to_owned());
-            process.spawn()?;
-            fleet.nodes.push(Member {
-                name: spec.name.clone(),
-                site: spec.site.clone(),
-                site_index: spec.site_index,
-                device: None,
-                addr,
-                api: Client::new(&api_addr)?,
-                process,
-            });
+            fleet.add(setup, spec)?;
         }
         Ok(fleet)
+    }
+
+    /// Enrols and starts one more node, peered with the nodes already started (see the
+    /// module doc); does not wait for it to answer.
+    pub fn add(&mut self, setup: &Setup<'_>, spec: &NodeSpec) -> Result<(), FleetError> {
+        let port = free_port().map_err(FleetError::Port)?;
+        let api_addr = format!("127.0.0.1:{}", free_port().map_err(FleetError::Port)?);
+        let addr = format!("/ip4/127.0.0.1/tcp/{port}");
+        let data = setup.nodes_dir.join(&spec.name);
+        let log = setup.logs_dir.join(format!("{}.log", spec.name));
+        process::enrol(&spec.name, setup.publisher, &data, &spec.site, setup.class)?;
+        let mut extra: Vec<String> = vec!["--origin".into(), setup.origin.into(), "--no-mdns".into()];
+        if let Some(check) = &spec.health_check {
+            extra.extend(["--health-check".into(), check.clone()]);
+        }
+        let first_of_site = !self.nodes.iter().any(|n| n.site_index == spec.site_index);
+        for other in &self.nodes {
+            let same_site = other.site_index == spec.site_index;
+            let gateways = first_of_site && is_first_of_site(&self.nodes, other);
+            if same_site || gateways {
+                extra.extend(["--peer".into(), other.addr.clone()]);
+            }
+        }
+        let args = NodeArgs {
+            data: &data,
+            site: &spec.site,
+            class: setup.class,
+            listen: &addr,
+            api: &api_addr,
+            trust: setup.trust,
+            poll_interval_s: setup.poll_interval_s,
+            extra: &extra,
+        };
+        let mut process = NodeProcess::new(&spec.name, setup.exe, args.to_vec(), log);
+        process.cwd = Some(setup.cwd.to_owned());
+        process.spawn()?;
+        self.nodes.push(Member {
+            name: spec.name.clone(),
+            site: spec.site.clone(),
+            site_index: spec.site_index,
+            device: None,
+            addr,
+            api: Client::new(&api_addr)?,
+            process,
+        });
+        Ok(())
     }
 
     /// Fails, naming the node and the end of its log, when a node process has exited.

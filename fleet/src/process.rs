@@ -162,7 +162,10 @@ impl NodeProcess {
             wrapper: Vec::new(),
             cwd: None,
             log,
-            rust_log: "info,libp2p_gossipsub=warn".into(),
+            // `OTAMESH_NODE_LOG` (a `RUST_LOG` filter) turns up the nodes' logs for a
+            // look into a benchmark or demo run.
+            rust_log: std::env::var("OTAMESH_NODE_LOG")
+                .unwrap_or_else(|_| "info,libp2p_gossipsub=warn".into()),
             child: None,
         }
     }
