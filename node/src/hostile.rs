@@ -18,7 +18,8 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, noise, tcp, yamux};
 use otamesh_core::enrolment::SignedEnrolment;
 use otamesh_core::site::SlotClaim;
-use otamesh_core::{ReleaseId, codec};
+use otamesh_core::trust::MAX_SIGNATURES;
+use otamesh_core::{ReleaseId, SignedManifest, codec};
 use tokio::sync::oneshot;
 
 use crate::wire::{self, CHUNK_PROTOCOL, ChunkCodec, Have, Item, Response, SiteMessage, Status, Want};
@@ -45,6 +46,24 @@ pub struct Plan {
     pub rate: u32,
     /// Nodes it dials.
     pub peers: Vec<Multiaddr>,
+    /// What it publishes at `rate`, one kind per tick in turn; empty: its site message.
+    pub floods: Vec<Flood>,
+}
+
+/// A kind of crafted message. Each message of a kind differs from the last, so that
+/// gossip de-duplication does not stop the flood at the sender.
+#[derive(Debug, Clone)]
+pub enum Flood {
+    /// Its site message (claims, slot) as set by the plan.
+    SiteMessage,
+    /// A genuine manifest carrying more signatures than any trust root has keys:
+    /// `MAX_SIGNATURES + 1` copies of its first signature.
+    SignatureBomb(SignedManifest),
+    /// A genuine manifest re-encoded: its format field as a wider integer than the
+    /// canonical encoding (three ways).
+    ReEncoding(SignedManifest),
+    /// A site message naming 20,000 releases.
+    HugeSiteMessage,
 }
 
 /// A running hostile peer; dropped, it stops.
@@ -66,7 +85,7 @@ impl Hostile {
         Self { stop: Some(stop), thread: Some(thread) }
     }
 
-    /// Stops the peer; returns how many site messages it published.
+    /// Stops the peer; returns how many messages it published.
     pub fn stop(mut self) -> u64 {
         self.halt()
     }
@@ -122,6 +141,16 @@ async fn run(plan: Plan, mut stopped: oneshot::Receiver<()>) -> u64 {
     };
     let topic = IdentTopic::new(wire::site_topic(&plan.site));
     let _ = swarm.behaviour_mut().gossipsub.subscribe(&topic);
+    let releases = IdentTopic::new(wire::RELEASES_TOPIC);
+    let _ = swarm.behaviour_mut().gossipsub.subscribe(&releases);
+    let many: Vec<Have> = (0..20_000u32)
+        .map(|i| Have {
+            release: ReleaseId::from_bytes(*blake3::hash(&i.to_le_bytes()).as_bytes()),
+            bits: vec![0xff],
+            fetching: Vec::new(),
+        })
+        .collect();
+    let floods = if plan.floods.is_empty() { vec![Flood::SiteMessage] } else { plan.floods.clone() };
     let _ = swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"));
     for addr in &plan.peers {
         let _ = swarm.dial(addr.clone());
@@ -132,19 +161,42 @@ async fn run(plan: Plan, mut stopped: oneshot::Receiver<()>) -> u64 {
     let mut tick = tokio::time::interval(Duration::from_secs(1) / plan.rate.max(1));
     // Requests are kept open, unanswered, until the requester gives up.
     let mut unanswered: Vec<ResponseChannel<Response>> = Vec::new();
-    let mut sent = 0u64;
+    let (mut sent, mut ticks) = (0u64, 0u64);
     loop {
         tokio::select! {
             _ = &mut stopped => return sent,
             _ = tick.tick() => {
-                let msg = SiteMessage {
-                    sent_at: sent,
+                ticks += 1;
+                let n = ticks / floods.len() as u64;
+                let site_message = |haves: Vec<Have>| SiteMessage {
+                    sent_at: ticks,
                     class: plan.class.clone(),
-                    haves: haves.clone(),
+                    haves,
                     slot: plan.holds_slot.then_some(SlotClaim { since: 0, holding: true }),
                     enrolment: plan.enrolment.clone(),
                 };
-                if swarm.behaviour_mut().gossipsub.publish(topic.clone(), codec::encode(&msg)).is_ok() {
+                let (to, bytes) = match &floods[(ticks % floods.len() as u64) as usize] {
+                    Flood::SiteMessage => (&topic, codec::encode(&site_message(haves.clone()))),
+                    Flood::SignatureBomb(genuine) => {
+                        let mut bomb = genuine.clone();
+                        bomb.signatures = vec![genuine.signatures[0].clone(); MAX_SIGNATURES + 1];
+                        // The last copy's bytes count the messages, so each is new.
+                        bomb.signatures[MAX_SIGNATURES].bytes.0[..8].copy_from_slice(&ticks.to_le_bytes());
+                        (&releases, bomb.to_bytes())
+                    }
+                    Flood::ReEncoding(genuine) => {
+                        // The format field, one byte canonically, as u16, u32 or u64.
+                        let wide: &[u8] = match n % 3 {
+                            0 => &[0xfb, 2, 0],
+                            1 => &[0xfc, 2, 0, 0, 0],
+                            _ => &[0xfd, 2, 0, 0, 0, 0, 0, 0, 0],
+                        };
+                        let bytes = genuine.to_bytes();
+                        (&releases, [wide, &bytes[1..]].concat())
+                    }
+                    Flood::HugeSiteMessage => (&topic, codec::encode(&site_message(many.clone()))),
+                };
+                if swarm.behaviour_mut().gossipsub.publish(to.clone(), bytes).is_ok() {
                     sent += 1;
                 }
             }
