@@ -75,8 +75,12 @@ pub struct PlannerConfig {
     /// one peer: an honest member never has more in flight.
     pub max_origin: usize,
     /// A peer request not answered within this strikes the peer; the chunk is
-    /// re-planned elsewhere.
+    /// re-planned elsewhere. The floor: when the site's LAN is slow, the timeout grows
+    /// with the time recent requests took to be answered, up to
+    /// `max_request_timeout`.
     pub request_timeout: Millis,
+    /// The longest a peer request is waited for, however slow the LAN.
+    pub max_request_timeout: Millis,
     /// An origin download not finished within this is abandoned and retried.
     pub origin_timeout: Millis,
     /// The member ranked `r` for a chunk nobody has fetches it from the origin once the
@@ -110,6 +114,8 @@ impl Default for PlannerConfig {
             max_peer_total: 256,
             max_origin: 4,
             request_timeout: 10_000,
+            // The node's request-response protocol gives up after 60 s.
+            max_request_timeout: 60_000,
             origin_timeout: 120_000,
             owner_timeout: 15_000,
             settle: 2_000,
@@ -287,13 +293,19 @@ pub struct Planner {
     /// The latest `now` seen; timeouts at or before it are not reported again.
     now: Millis,
     next_timeout: Option<Millis>,
+    /// How long the last [`ANSWER_SAMPLES`] peer requests took to be answered with a
+    /// verified chunk, oldest first.
+    answers: VecDeque<Millis>,
 }
+
+/// Answer times kept for the request timeout.
+const ANSWER_SAMPLES: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
     Have,
     Missing { since: Millis, not_before: Millis, origin_failures: u32 },
-    InFlight { source: Source, deadline: Millis, since: Millis, origin_failures: u32 },
+    InFlight { source: Source, sent: Millis, since: Millis, origin_failures: u32 },
 }
 
 #[derive(Debug)]
@@ -378,6 +390,7 @@ impl Planner {
             complete_sent: false,
             now,
             next_timeout: None,
+            answers: VecDeque::new(),
         };
         planner.plan(now);
         planner
@@ -530,8 +543,14 @@ impl Planner {
         for chunk in chunks {
             let Some(&slot) = self.slot_of.get(&chunk) else { continue };
             delivered += 1;
-            if let ChunkState::InFlight { source: asked, .. } = self.state[slot] {
+            if let ChunkState::InFlight { source: asked, sent, .. } = self.state[slot] {
                 self.release_slot(asked);
+                if asked == source && matches!(source, Source::Peer(_)) {
+                    if self.answers.len() == ANSWER_SAMPLES {
+                        self.answers.pop_front();
+                    }
+                    self.answers.push_back(now.saturating_sub(sent));
+                }
             }
             if self.state[slot] != ChunkState::Have {
                 self.state[slot] = ChunkState::Have;
@@ -679,6 +698,33 @@ impl Planner {
         base.saturating_add(wait)
     }
 
+    /// When a request to `source` sent at `sent` is overdue.
+    fn deadline(&self, source: Source, sent: Millis) -> Millis {
+        let timeout = match source {
+            Source::Origin => self.config.origin_timeout,
+            Source::Peer(_) => self.request_timeout(),
+        };
+        sent.saturating_add(timeout)
+    }
+
+    /// How long a peer request is waited for: four times the 90th percentile of the
+    /// last [`ANSWER_SAMPLES`] answer times on this site (only chunks that arrived
+    /// verified from the peer asked count), within `request_timeout` and
+    /// `max_request_timeout`. A congested LAN or a busy site (every member serving
+    /// every other at once) makes honest answers slow; without this they were struck
+    /// as silent and their chunks fetched over the WAN again (25 devices on 2 busy
+    /// cores: up to 1.15x the release). A liar cannot shorten it, and can lengthen it
+    /// only by delivering, slowly, up to the cap.
+    fn request_timeout(&self) -> Millis {
+        if self.answers.len() < ANSWER_SAMPLES / 4 {
+            return self.config.request_timeout;
+        }
+        let mut sorted: Vec<Millis> = self.answers.iter().copied().collect();
+        sorted.sort_unstable();
+        let p90 = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)];
+        p90.saturating_mul(4).clamp(self.config.request_timeout, self.config.max_request_timeout)
+    }
+
     fn room(&self, p: &Peer) -> usize {
         p.window.min(self.config.max_per_peer).saturating_sub(p.inflight)
     }
@@ -792,19 +838,18 @@ impl Planner {
             .missing
             .iter()
             .filter_map(|&s| match self.state[s] {
-                ChunkState::InFlight { source, deadline, .. } if deadline <= now => {
-                    Some((s, source, deadline))
+                ChunkState::InFlight { source, sent, .. } if self.deadline(source, sent) <= now => {
+                    Some((s, source, sent))
                 }
                 _ => None,
             })
             .collect();
         // Per peer, when its oldest overdue request was sent.
         let mut overdue: BTreeMap<DeviceId, Millis> = BTreeMap::new();
-        for (slot, source, deadline) in expired {
+        for (slot, source, sent) in expired {
             match source {
                 Source::Origin => self.fail_origin(now, slot),
                 Source::Peer(peer) => {
-                    let sent = deadline.saturating_sub(self.config.request_timeout);
                     overdue.entry(peer).and_modify(|s| *s = (*s).min(sent)).or_insert(sent);
                 }
             }
@@ -834,7 +879,7 @@ impl Planner {
         };
         for &slot in &self.missing {
             match self.state[slot] {
-                ChunkState::InFlight { deadline, .. } => consider(deadline),
+                ChunkState::InFlight { source, sent, .. } => consider(self.deadline(source, sent)),
                 ChunkState::Missing { since, not_before, .. } => {
                     if self.holders[slot] > 0 {
                         consider(not_before);
@@ -963,11 +1008,7 @@ impl Planner {
 
     fn start(&mut self, now: Millis, slot: usize, source: Source) {
         let ChunkState::Missing { since, origin_failures, .. } = self.state[slot] else { return };
-        let timeout = match source {
-            Source::Origin => self.config.origin_timeout,
-            Source::Peer(_) => self.config.request_timeout,
-        };
-        self.state[slot] = ChunkState::InFlight { source, deadline: now + timeout, since, origin_failures };
+        self.state[slot] = ChunkState::InFlight { source, sent: now, since, origin_failures };
     }
 }
 
@@ -1246,6 +1287,38 @@ mod tests {
         // The late answer of the first peer is accepted and completes the release.
         p.handle_chunk_verified(deadline + 1, Source::Peer(first), chunks[0]);
         assert_eq!(drain(&mut p), vec![Output::Complete]);
+    }
+
+    #[test]
+    fn a_slow_site_lengthens_the_request_timeout_so_slow_honest_peers_are_not_struck() {
+        let chunks = ids(20);
+        let mut p = Planner::new(dev(0), chunks.clone(), |_| false, T0, lan_cfg());
+        // Peer 1 holds the first 12 chunks and answers every request after 8 s.
+        p.handle_peer_have(T0, dev(1), &bits_of(20, |i| i < 12), &[]).unwrap();
+        let mut now = T0;
+        while p.chunks_have() < 12 {
+            let asked: Vec<ChunkId> = drain(&mut p)
+                .into_iter()
+                .filter_map(|o| if let Output::Request { chunk, .. } = o { Some(chunk) } else { None })
+                .collect();
+            assert!(!asked.is_empty(), "requests go out while chunks are missing");
+            now += 8_000;
+            p.handle_chunks_verified(now, Source::Peer(dev(1)), asked);
+        }
+        // Peer 2 joins with the rest; it has served nothing yet, so a timeout would
+        // strike it. The site's answers took 8 s: it is waited for 4 x 8 s.
+        p.handle_peer_have(now, dev(2), &bits_of(20, |i| i >= 12), &[]).unwrap();
+        assert!(drain(&mut p).iter().any(|o| matches!(o, Output::Request { peer, .. } if *peer == dev(2))));
+        assert_eq!(p.poll_timeout(), Some(now + 32_000));
+        p.handle_timeout(now + cfg().request_timeout);
+        assert!(drain(&mut p).is_empty(), "not struck at the 10 s floor");
+        p.handle_timeout(now + 32_000);
+        assert!(
+            drain(&mut p).iter().any(
+                |o| matches!(o, Output::Stalled { peer, reason: Stall::TimedOut, .. } if *peer == dev(2))
+            ),
+            "struck once the longer timeout passed"
+        );
     }
 
     #[test]
