@@ -603,6 +603,25 @@ impl Planner {
         self.plan(now);
     }
 
+    /// The transport gave up waiting for `peer`'s answer to a request for `chunks`
+    /// (before this planner's own timeout: a protocol timer, a stream that could not
+    /// open in time). Judged like this planner's timeout: slow if the peer served this
+    /// device verified chunks since the request was sent, otherwise struck.
+    pub fn handle_request_timed_out(&mut self, now: Millis, peer: DeviceId, chunks: &[ChunkId]) {
+        let sent = chunks
+            .iter()
+            .filter_map(|c| self.slot_of.get(c))
+            .filter_map(|&slot| match self.state[slot] {
+                ChunkState::InFlight { source: Source::Peer(asked), sent, .. } if asked == peer => Some(sent),
+                _ => None,
+            })
+            .min();
+        if let Some(sent) = sent {
+            self.overdue(now, peer, sent);
+        }
+        self.plan(now);
+    }
+
     /// Chunks in the manifest (counting repeats).
     pub fn chunks_total(&self) -> usize {
         self.index_slot.len()
@@ -855,17 +874,22 @@ impl Planner {
             }
         }
         for (peer, sent) in overdue {
-            // A peer that served verified chunks since it was asked is slow (a busy
-            // device, a congested LAN), not silent: its requests are planned again and
-            // its window halves, without a strike. One that served nothing is struck.
-            if self.peers.get(&peer).is_some_and(|p| p.served > sent) {
-                self.recall(now, peer);
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.window = (p.window / 2).max(self.config.initial_window);
-                }
-            } else {
-                self.strike(now, peer, Stall::TimedOut);
+            self.overdue(now, peer, sent);
+        }
+    }
+
+    /// A request to `peer` sent at `sent` is overdue. A peer that served verified chunks
+    /// since it was asked is slow (a busy device, a congested LAN), not silent: its
+    /// requests are planned again and its window halves, without a strike. One that
+    /// served nothing is struck.
+    fn overdue(&mut self, now: Millis, peer: DeviceId, sent: Millis) {
+        if self.peers.get(&peer).is_some_and(|p| p.served > sent) {
+            self.recall(now, peer);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.window = (p.window / 2).max(self.config.initial_window);
             }
+        } else {
+            self.strike(now, peer, Stall::TimedOut);
         }
     }
 
@@ -1957,6 +1981,38 @@ mod tests {
         // Asked again and silent since: struck.
         let deadline = p.poll_timeout().unwrap();
         p.handle_timeout(deadline + 20_000);
+        let out = drain(&mut p);
+        assert!(
+            out.iter().any(
+                |o| matches!(o, Output::Stalled { peer, reason: Stall::TimedOut, .. } if *peer == dev(1))
+            ),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_transport_timeout_is_judged_like_the_planners_own() {
+        let chunks = ids(8);
+        let mut p = Planner::new(dev(0), chunks.clone(), |_| false, T0, lan_cfg());
+        p.handle_peer_have(T0, dev(1), &all_bits(8), &[]).unwrap();
+        let asked: Vec<ChunkId> = drain(&mut p)
+            .into_iter()
+            .filter_map(|o| if let Output::Request { chunk, .. } = o { Some(chunk) } else { None })
+            .collect();
+        // It served one of the two since they were asked: the other timing out in the
+        // transport makes it slow, not struck, and the chunk is asked again.
+        p.handle_chunk_verified(T0 + 3_000, Source::Peer(dev(1)), asked[0]);
+        drain(&mut p);
+        p.handle_request_timed_out(T0 + 5_000, dev(1), &asked[1..]);
+        let out = drain(&mut p);
+        assert!(!out.iter().any(|o| matches!(o, Output::Stalled { .. } | Output::Banned { .. })), "{out:?}");
+        assert!(
+            out.iter().any(|o| matches!(o, Output::Request { chunk, .. } if *chunk == asked[1])),
+            "{out:?}"
+        );
+        // Asked again and nothing served since: the next transport timeout strikes.
+        let pending: Vec<ChunkId> = chunks.iter().copied().filter(|c| *c != asked[0]).collect();
+        p.handle_request_timed_out(T0 + 20_000, dev(1), &pending);
         let out = drain(&mut p);
         assert!(
             out.iter().any(

@@ -1198,6 +1198,13 @@ impl Node {
                 self.metrics.peer_request_failures.inc();
                 tracing::debug!(%peer, %error, "chunk request failed");
                 match pending.want {
+                    // Judged like the planner's own timeout: slow if it served since.
+                    Want::Chunks(chunks) if matches!(error, request_response::OutboundFailure::Timeout) => {
+                        let now = now_ms();
+                        for r in self.releases.values_mut() {
+                            r.planner.handle_request_timed_out(now, pending.peer, &chunks);
+                        }
+                    }
                     Want::Chunks(chunks) => {
                         for chunk in chunks {
                             self.fail_everywhere(Source::Peer(pending.peer), chunk);
