@@ -26,8 +26,8 @@ use otamesh_core::rollout::{ReleaseInfo, RolloutPolicy};
 use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, SecretKey, TrustRoot};
 
 use crate::gossip::{self, Spread};
-use crate::owner::Owners;
 use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, NO_LINK, NO_ROUTE, Net, Path, RouteId, Timer};
+use crate::owner::Owners;
 use crate::queue::RadixQueue;
 use crate::rng::{self, Purpose};
 use crate::scenario::{AnnounceMode, GossipStyle, Mode, Scenario, SiteSize, SizeDist};
@@ -173,7 +173,7 @@ enum Ev {
     Admit(u32),
     Wake,
     Net(Timer),
-    FetchStep { d: u32, epoch: u32 },
+    FetchSteps,
     Installed { d: u32, epoch: u32 },
     Activated { d: u32, epoch: u32 },
     Health { d: u32, epoch: u32 },
@@ -321,6 +321,8 @@ struct World<'a> {
     seq: u64,
     important: u64,
     calendar: BTreeMap<Micros, Vec<u32>>,
+    /// Pending fetch steps by time: (device, its fetch epoch when scheduled).
+    steps: BTreeMap<Micros, Vec<(u32, u32)>>,
     now: Micros,
 
     // Metrics.
@@ -634,6 +636,7 @@ impl<'a> World<'a> {
             seq: 0,
             important: 0,
             calendar: BTreeMap::new(),
+            steps: BTreeMap::new(),
             now: 0,
             counts: [0, 0, 0, 0, 0, 0, 0, 0, 0, u64::from(n)],
             offline_count: 0,
@@ -832,12 +835,15 @@ impl<'a> World<'a> {
                 }
                 self.ended = ended;
             }
-            Ev::FetchStep { d, epoch } => {
-                let i = d as usize;
-                if epoch == self.net_epoch[i] && self.requesting[i] {
-                    self.requesting[i] = false;
-                    if self.online[i] && self.state[i] == FETCHING && self.download[i] == NONE {
-                        self.fetch_select(d);
+            Ev::FetchSteps => {
+                let bucket = self.steps.remove(&self.now).unwrap_or_default();
+                for (d, epoch) in bucket {
+                    let i = d as usize;
+                    if epoch == self.net_epoch[i] && self.requesting[i] {
+                        self.requesting[i] = false;
+                        if self.online[i] && self.state[i] == FETCHING && self.download[i] == NONE {
+                            self.fetch_select(d);
+                        }
                     }
                 }
             }
@@ -1451,7 +1457,22 @@ impl<'a> World<'a> {
         } else if !self.requesting[i] {
             self.requesting[i] = true;
             let epoch = self.net_epoch[i];
-            self.push(self.now + latency, Ev::FetchStep { d, epoch }, true);
+            self.schedule_step(self.now + latency, d, epoch);
+        }
+    }
+
+    /// Device `d` takes its next fetch step at `t` (unless its fetch was cut meanwhile:
+    /// `epoch`). Steps due at the same microsecond share one event: a gossip round's
+    /// devices all finish their connection set-up together, and a site's all wait for
+    /// the same owner to settle, so the queue holds one entry for each, and each site's
+    /// flows are re-solved once for all its devices' steps.
+    fn schedule_step(&mut self, t: Micros, d: u32, epoch: u32) {
+        match self.steps.get_mut(&t) {
+            Some(bucket) => bucket.push((d, epoch)),
+            None => {
+                self.steps.insert(t, vec![(d, epoch)]);
+                self.push(t, Ev::FetchSteps, true);
+            }
         }
     }
 
@@ -1552,7 +1573,7 @@ impl<'a> World<'a> {
             } else if !self.requesting[i] {
                 self.requesting[i] = true;
                 let epoch = self.net_epoch[i];
-                self.push(settled, Ev::FetchStep { d, epoch }, true);
+                self.schedule_step(settled, d, epoch);
             }
         }
         if !self.in_waiters[i] {
