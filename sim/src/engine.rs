@@ -23,10 +23,11 @@ use otamesh_core::directive::{
 use otamesh_core::gate::Verdict;
 use otamesh_core::lifecycle::{Phase, Reason, State};
 use otamesh_core::rollout::{ReleaseInfo, RolloutPolicy};
-use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, SecretKey, TrustRoot, fetch};
+use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, SecretKey, TrustRoot};
 
 use crate::gossip::{self, Spread};
 use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, NO_LINK, NO_ROUTE, Net, Path, RouteId, Timer};
+use crate::owner::Owners;
 use crate::queue::RadixQueue;
 use crate::rng::{self, Purpose};
 use crate::scenario::{AnnounceMode, GossipStyle, Mode, Scenario, SiteSize, SizeDist};
@@ -172,7 +173,7 @@ enum Ev {
     Admit(u32),
     Wake,
     Net(Timer),
-    FetchStep { d: u32, epoch: u32 },
+    FetchSteps,
     Installed { d: u32, epoch: u32 },
     Activated { d: u32, epoch: u32 },
     Health { d: u32, epoch: u32 },
@@ -292,6 +293,8 @@ struct World<'a> {
     inflight: Vec<u64>,
     wan_count: Vec<u32>,
     wan_flow: Vec<FlowId>,
+    /// p2p-dedup: each piece's rendezvous owner on each site, kept as members change.
+    owners: Owners,
     waiters: Vec<Vec<u32>>,
     staged: Vec<Vec<u32>>,
     installing: Vec<u32>,
@@ -318,6 +321,8 @@ struct World<'a> {
     seq: u64,
     important: u64,
     calendar: BTreeMap<Micros, Vec<u32>>,
+    /// Pending fetch steps by time: (device, its fetch epoch when scheduled).
+    steps: BTreeMap<Micros, Vec<(u32, u32)>>,
     now: Micros,
 
     // Metrics.
@@ -610,6 +615,7 @@ impl<'a> World<'a> {
             inflight: vec![0; sites as usize],
             wan_count: vec![0; sites as usize],
             wan_flow: vec![NONE; sites as usize * k as usize],
+            owners: Owners::new(sites, k),
             waiters: vec![Vec::new(); sites as usize],
             staged: vec![Vec::new(); sites as usize],
             installing: vec![0; sites as usize],
@@ -630,6 +636,7 @@ impl<'a> World<'a> {
             seq: 0,
             important: 0,
             calendar: BTreeMap::new(),
+            steps: BTreeMap::new(),
             now: 0,
             counts: [0, 0, 0, 0, 0, 0, 0, 0, 0, u64::from(n)],
             offline_count: 0,
@@ -828,12 +835,15 @@ impl<'a> World<'a> {
                 }
                 self.ended = ended;
             }
-            Ev::FetchStep { d, epoch } => {
-                let i = d as usize;
-                if epoch == self.net_epoch[i] && self.requesting[i] {
-                    self.requesting[i] = false;
-                    if self.online[i] && self.state[i] == FETCHING && self.download[i] == NONE {
-                        self.fetch_select(d);
+            Ev::FetchSteps => {
+                let bucket = self.steps.remove(&self.now).unwrap_or_default();
+                for (d, epoch) in bucket {
+                    let i = d as usize;
+                    if epoch == self.net_epoch[i] && self.requesting[i] {
+                        self.requesting[i] = false;
+                        if self.online[i] && self.state[i] == FETCHING && self.download[i] == NONE {
+                            self.fetch_select(d);
+                        }
                     }
                 }
             }
@@ -1061,6 +1071,9 @@ impl<'a> World<'a> {
         self.counts[old as usize] -= 1;
         self.counts[new as usize] += 1;
         self.state[i] = new;
+        if self.online[i] && (old == FETCHING) != (new == FETCHING) {
+            self.member_changed(d, new == FETCHING);
+        }
         let spent = (self.now - self.state_at[i]) as f64 / 1e6;
         self.state_at[i] = self.now;
         match old {
@@ -1288,6 +1301,9 @@ impl<'a> World<'a> {
     fn go_online(&mut self, d: u32) {
         let i = d as usize;
         self.online[i] = true;
+        if self.state[i] == FETCHING {
+            self.member_changed(d, true);
+        }
         self.offline_count -= 1;
         self.schedule_toggle(d);
         let s = self.site[i];
@@ -1315,6 +1331,9 @@ impl<'a> World<'a> {
     fn go_offline(&mut self, d: u32) {
         let i = d as usize;
         self.online[i] = false;
+        if self.state[i] == FETCHING {
+            self.member_changed(d, false);
+        }
         self.offline_count += 1;
         self.schedule_toggle(d);
         self.net_epoch[i] += 1;
@@ -1438,7 +1457,22 @@ impl<'a> World<'a> {
         } else if !self.requesting[i] {
             self.requesting[i] = true;
             let epoch = self.net_epoch[i];
-            self.push(self.now + latency, Ev::FetchStep { d, epoch }, true);
+            self.schedule_step(self.now + latency, d, epoch);
+        }
+    }
+
+    /// Device `d` takes its next fetch step at `t` (unless its fetch was cut meanwhile:
+    /// `epoch`). Steps due at the same microsecond share one event: a gossip round's
+    /// devices all finish their connection set-up together, and a site's all wait for
+    /// the same owner to settle, so the queue holds one entry for each, and each site's
+    /// flows are re-solved once for all its devices' steps.
+    fn schedule_step(&mut self, t: Micros, d: u32, epoch: u32) {
+        match self.steps.get_mut(&t) {
+            Some(bucket) => bucket.push((d, epoch)),
+            None => {
+                self.steps.insert(t, vec![(d, epoch)]);
+                self.push(t, Ev::FetchSteps, true);
+            }
         }
     }
 
@@ -1539,7 +1573,7 @@ impl<'a> World<'a> {
             } else if !self.requesting[i] {
                 self.requesting[i] = true;
                 let epoch = self.net_epoch[i];
-                self.push(settled, Ev::FetchStep { d, epoch }, true);
+                self.schedule_step(settled, d, epoch);
             }
         }
         if !self.in_waiters[i] {
@@ -1578,16 +1612,27 @@ impl<'a> World<'a> {
         best
     }
 
-    fn wan_owner(&self, s: u32, p: u32) -> u32 {
+    fn wan_owner(&mut self, s: u32, p: u32) -> u32 {
         let range = self.site_start[s as usize]..self.site_start[s as usize + 1];
-        let members = range
-            .clone()
-            .filter(|&e| self.online[e as usize] && self.state[e as usize] == FETCHING)
-            .map(|e| self.ids[e as usize]);
-        let owner = fetch::wan_owner(self.chunk_ids[p as usize], members);
+        let (online, state) = (&self.online, &self.state);
+        let members = range.filter(|&e| online[e as usize] && state[e as usize] == FETCHING);
+        let owner = self.owners.owner(s, p, self.chunk_ids[p as usize], &self.ids, members);
         // Invariant: the caller is an online fetching member, so there is an owner.
-        let owner = owner.expect("the asking device is a member");
-        range.into_iter().find(|&e| self.ids[e as usize] == owner).expect("the owner is a site member")
+        owner.expect("the asking device is a member")
+    }
+
+    /// Device `d` joined or left its site's members (online and fetching), whom the
+    /// WAN owners are chosen among.
+    fn member_changed(&mut self, d: u32, joined: bool) {
+        if self.mode != Mode::P2pDedup {
+            return;
+        }
+        let s = self.site[d as usize];
+        if joined {
+            self.owners.joined(s, d, &self.ids, &self.chunk_ids);
+        } else {
+            self.owners.left(s, d);
+        }
     }
 
     /// A flow's group, path and ceiling. A receiver's downlink is its flow's ceiling

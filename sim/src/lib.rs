@@ -19,6 +19,7 @@ pub mod cli;
 pub mod engine;
 pub mod gossip;
 pub mod net;
+pub mod owner;
 pub mod plot;
 pub mod queue;
 pub mod report;
