@@ -65,7 +65,10 @@ impl Intake {
         let report = signed.verify(trust).map_err(|e| Refusal::of_report(&e))?;
         let r = report.report();
         if self.fleet.is_stale(&report)
-            || self.held.get(&report.device()).is_some_and(|h| h.report().sequence >= r.sequence)
+            || self
+                .held
+                .get(&report.device())
+                .is_some_and(|h| h.report().release == r.release && h.report().sequence >= r.sequence)
         {
             return Err(Refusal::Replayed);
         }
