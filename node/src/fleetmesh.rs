@@ -241,6 +241,9 @@ pub struct FleetMetrics {
     pub reports: Family<Vec<(&'static str, String)>, Counter>,
     /// Chunk requests refused because they came over a relayed connection.
     pub relayed_chunk_requests: Counter,
+    /// Messages published again ([`otamesh_core::reannounce`]), by `topic` (`reports`,
+    /// `directives`).
+    pub reannounced: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl FleetMetrics {
@@ -254,6 +257,7 @@ impl FleetMetrics {
             hole_punches: Family::default(),
             reports: Family::default(),
             relayed_chunk_requests: Counter::default(),
+            reannounced: Family::default(),
         }
     }
 
@@ -285,6 +289,11 @@ impl FleetMetrics {
             "otamesh_relayed_chunk_requests",
             "Chunk requests refused because they came over a relayed connection",
             self.relayed_chunk_requests.clone(),
+        );
+        registry.register(
+            "otamesh_reannounced",
+            "Own reports (re-signed) and applied directives published again, by topic",
+            self.reannounced.clone(),
         );
         let _ = self.registry.set(registry);
     }
@@ -474,6 +483,12 @@ impl FleetMesh {
             self.metrics.reservations.set(self.reservations.len() as i64);
         }
         self.count_peers();
+    }
+
+    /// Counts messages published again ([`otamesh_core::reannounce`]).
+    pub fn reannounced(&self, reports: u64, directives: u64) {
+        self.metrics.reannounced.get_or_create(&vec![("topic", "reports")]).inc_by(reports);
+        self.metrics.reannounced.get_or_create(&vec![("topic", "directives")]).inc_by(directives);
     }
 
     /// A signed report (already verified and taken) came in from the mesh; counts it by
