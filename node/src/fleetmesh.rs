@@ -64,6 +64,14 @@ const DISCOVER_SATISFIED: Duration = Duration::from_secs(30);
 /// A peer must have been connected this long before it can be trimmed, so a site peer
 /// whose first site message is still on its way is not mistaken for a remote one.
 const TRIM_GRACE: Duration = Duration::from_secs(15);
+/// How long a relayed connection outlives the direct one that replaces it. Closed at
+/// once, the relayed one may go down at the peer before the peer's side of the direct
+/// one is up: for that instant the peer has no connection to this node, and its
+/// gossipsub forgets this node's subscriptions; they are sent only when a peer is new,
+/// and this node, which never saw a gap, never sends them again. The peer would then
+/// never publish a report to this node (seen in the NAT test: one site's reports never
+/// left it). A few seconds later both sides hold the direct connection.
+const RELAYED_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Sites counted separately in the reports-per-site figures; the rest are `other`.
 const MAX_SITES_COUNTED: usize = 1024;
 /// Bootstrap nodes kept, at most (the origin's index names them too).
@@ -328,6 +336,8 @@ struct Conn {
     address: Multiaddr,
     relayed: bool,
     since: Instant,
+    /// Asked to close (a relayed connection a direct one replaced).
+    closing: bool,
 }
 
 /// The fleet mesh's state, driven by the node's event loop. See the module docs.
@@ -438,14 +448,9 @@ impl FleetMesh {
     }
 
     /// A connection came up. A direct one to a peer also reached through a relay makes
-    /// the relayed one redundant: it is closed, so nothing more crosses the relay.
-    pub fn connected<B: Carrier>(
-        &mut self,
-        swarm: &mut Swarm<B>,
-        peer: PeerId,
-        connection: ConnectionId,
-        endpoint: &ConnectedPoint,
-    ) {
+    /// the relayed one redundant: the heartbeat closes it [`RELAYED_CLOSE_GRACE`] later,
+    /// so nothing more crosses the relay.
+    pub fn connected(&mut self, peer: PeerId, connection: ConnectionId, endpoint: &ConnectedPoint) {
         let relayed = endpoint.is_relayed();
         let address = match endpoint {
             ConnectedPoint::Dialer { address, .. } => address.clone(),
@@ -457,18 +462,10 @@ impl FleetMesh {
                 }
             }
         };
-        self.connections.insert(connection, Conn { peer, address, relayed, since: Instant::now() });
-        if !relayed {
-            let redundant: Vec<ConnectionId> = self
-                .connections
-                .iter()
-                .filter(|(_, c)| c.peer == peer && c.relayed)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in redundant {
-                tracing::info!(%peer, "direct connection up; closing the relayed one");
-                swarm.close_connection(id);
-            }
+        let conn = Conn { peer, address, relayed, since: Instant::now(), closing: false };
+        self.connections.insert(connection, conn);
+        if !relayed && self.connections.values().any(|c| c.peer == peer && c.relayed) {
+            tracing::info!(%peer, "direct connection up; the relayed one closes in a few seconds");
         }
         self.count_peers();
     }
@@ -559,6 +556,7 @@ impl FleetMesh {
     /// Once a second: (re)announce, discover, trim; true when `/status` should change.
     /// `site_peers` are the peers known to be members of this node's site.
     pub fn heartbeat<B: Carrier>(&mut self, swarm: &mut Swarm<B>, site_peers: &BTreeSet<PeerId>) -> bool {
+        self.close_superseded(swarm);
         if self.bootstrap.is_empty() {
             return self.changed();
         }
@@ -602,6 +600,25 @@ impl FleetMesh {
             }
         }
         self.changed()
+    }
+
+    /// Closes relayed connections to peers reached directly for [`RELAYED_CLOSE_GRACE`],
+    /// so nothing more crosses the relay.
+    fn close_superseded<B: Carrier>(&mut self, swarm: &mut Swarm<B>) {
+        let now = Instant::now();
+        let settled: BTreeSet<PeerId> = self
+            .connections
+            .values()
+            .filter(|c| !c.relayed && now.duration_since(c.since) >= RELAYED_CLOSE_GRACE)
+            .map(|c| c.peer)
+            .collect();
+        for (id, c) in &mut self.connections {
+            if c.relayed && !c.closing && settled.contains(&c.peer) {
+                tracing::info!(peer = %c.peer, "direct connection settled; closing the relayed one");
+                c.closing = true;
+                swarm.close_connection(*id);
+            }
+        }
     }
 
     /// The mesh for `/status`.

@@ -584,7 +584,7 @@ impl Node {
             SwarmEvent::ConnectionEstablished {
                 peer_id, connection_id, endpoint, num_established, ..
             } => {
-                self.mesh.connected(&mut self.swarm, peer_id, connection_id, &endpoint);
+                self.mesh.connected(peer_id, connection_id, &endpoint);
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                 }
