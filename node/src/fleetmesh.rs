@@ -72,6 +72,11 @@ const TRIM_GRACE: Duration = Duration::from_secs(15);
 /// never publish a report to this node (seen in the NAT test: one site's reports never
 /// left it). A few seconds later both sides hold the direct connection.
 const RELAYED_CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a peer may be connected without this node knowing any of its gossip
+/// subscriptions (every otamesh node subscribes to the fleet topics at once; only
+/// bootstrap nodes speak no gossip). Past it, the peer is disconnected and dialled
+/// again: see [`FleetMesh::reset_deaf_peers`].
+const SUBSCRIPTIONS_DUE: Duration = Duration::from_secs(10);
 /// Sites counted separately in the reports-per-site figures; the rest are `other`.
 const MAX_SITES_COUNTED: usize = 1024;
 /// Bootstrap nodes kept, at most (the origin's index names them too).
@@ -357,6 +362,8 @@ pub struct FleetMesh {
     next_discovery: Instant,
     metrics: FleetMetrics,
     shown: Option<MeshStatus>,
+    /// Peers disconnected by [`FleetMesh::reset_deaf_peers`], dialled again once gone.
+    redial: BTreeSet<PeerId>,
 }
 
 impl FleetMesh {
@@ -375,6 +382,7 @@ impl FleetMesh {
             next_discovery: Instant::now() + DISCOVER_SHORT,
             metrics,
             shown: None,
+            redial: BTreeSet::new(),
         };
         mesh.set_reachability(Reachability::Unknown);
         for (peer, addr) in bootstrap {
@@ -600,6 +608,37 @@ impl FleetMesh {
             }
         }
         self.changed()
+    }
+
+    /// Disconnects peers connected for [`SUBSCRIPTIONS_DUE`] whose gossip subscriptions
+    /// this node does not know (`unsubscribed`, bootstrap nodes aside), and dials them
+    /// again once they are gone. Gossipsub sends its subscriptions only to a peer it has
+    /// no other connection to; when a peer's connections to this node were replaced with
+    /// an instant of none at this end only (a relayed connection closed just before the
+    /// direct one was up here, two simultaneous dials over the per-peer limit), this node
+    /// forgot the peer's subscriptions and the peer, which saw no gap, never sends them
+    /// again: this node would never publish to it. A fresh connection on both ends
+    /// exchanges them again.
+    pub fn reset_deaf_peers<B: Carrier>(&mut self, swarm: &mut Swarm<B>, unsubscribed: &BTreeSet<PeerId>) {
+        let now = Instant::now();
+        for peer in std::mem::take(&mut self.redial) {
+            if self.connections.values().any(|c| c.peer == peer) {
+                self.redial.insert(peer);
+            } else if let Err(e) = swarm.dial(DialOpts::peer_id(peer).build()) {
+                tracing::debug!(%peer, error = %e, "cannot dial a peer again after resetting it");
+            }
+        }
+        for peer in unsubscribed {
+            if self.bootstrap.contains_key(peer) || self.redial.contains(peer) {
+                continue;
+            }
+            let since = self.connections.values().filter(|c| c.peer == *peer).map(|c| c.since).min();
+            if since.is_some_and(|t| now.duration_since(t) >= SUBSCRIPTIONS_DUE) {
+                tracing::info!(%peer, "connected without known gossip subscriptions; reconnecting");
+                let _ = swarm.disconnect_peer_id(*peer);
+                self.redial.insert(*peer);
+            }
+        }
     }
 
     /// Closes relayed connections to peers reached directly for [`RELAYED_CLOSE_GRACE`],

@@ -804,6 +804,11 @@ impl Node {
         self.flush_announcements();
         let site_peers = self.site.members().filter_map(|d| self.site.peer(*d)).collect();
         self.mesh.heartbeat(&mut self.swarm, &site_peers);
+        let unsubscribed: BTreeSet<PeerId> = (self.swarm.behaviour().gossipsub.all_peers())
+            .filter(|(_, topics)| topics.is_empty())
+            .map(|(peer, _)| *peer)
+            .collect();
+        self.mesh.reset_deaf_peers(&mut self.swarm, &unsubscribed);
         self.publish_status();
         self.intake.publish_if_changed(&self.device);
     }
