@@ -70,8 +70,9 @@ const TRIM_GRACE: Duration = Duration::from_secs(15);
 /// gossipsub forgets this node's subscriptions; they are sent only when a peer is new,
 /// and this node, which never saw a gap, never sends them again. The peer would then
 /// never publish a report to this node (seen in the NAT test: one site's reports never
-/// left it). A few seconds later both sides hold the direct connection.
-const RELAYED_CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// left it). Seconds later both sides hold the direct connection (a hole punch
+/// completes within a round trip or so); [`FleetMesh::reset_deaf_peers`] catches the rest.
+const RELAYED_CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// How long a peer may be connected without this node knowing any of its gossip
 /// subscriptions (every otamesh node subscribes to the fleet topics at once; only
 /// bootstrap nodes speak no gossip). Past it, the peer is disconnected and dialled
