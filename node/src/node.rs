@@ -640,6 +640,14 @@ impl Node {
                 tracing::debug!(%addr, error = %e, "cannot dial static peer");
             }
         }
+        // LAN peers mDNS found and that are not connected: two nodes dialling each other
+        // at once can end with neither connection, and mDNS reports a peer only once.
+        let lan: BTreeSet<PeerId> = (self.swarm.behaviour().mdns.as_ref())
+            .map(|m| m.discovered_nodes().copied().collect())
+            .unwrap_or_default();
+        for peer in lan.into_iter().filter(|p| !self.connected.contains(p)) {
+            let _ = self.swarm.dial(peer);
+        }
     }
 
     // ---- gossip ----
