@@ -81,37 +81,51 @@ pub struct RolloutReport {
 }
 
 impl FleetView {
-    /// Records a verified report; a report not newer than the device's last is stale.
+    /// Records a verified report. A report is stale when one at least as new (by its
+    /// sequence) from the same device *about the same release* was recorded: a device
+    /// re-announces its reports with new sequences ([`crate::reannounce`]), oldest
+    /// release first, and gossip may deliver them in any order, so an older release's
+    /// report arriving after a newer release's is still that release's news. The device's
+    /// entry (what it runs, its newest outcome) follows only its highest sequence.
     pub fn record(&mut self, report: &VerifiedReport) -> Recorded {
         let r = report.report();
         let device = report.device();
-        let previous = self.devices.get(&device).map(|e| e.sequence);
-        if previous.is_some_and(|seq| seq >= r.sequence) {
+        if self.is_stale(report) {
             return Recorded::Stale;
         }
-        self.devices.insert(
-            device,
-            DeviceEntry {
+        let seen = self.devices.get(&device).map(|e| e.sequence);
+        if seen.is_none_or(|seq| seq < r.sequence) {
+            self.devices.insert(
                 device,
-                site: r.site.clone(),
-                class: r.class.clone(),
-                active: r.active,
-                release: r.release,
-                outcome: r.outcome.clone(),
-                sequence: r.sequence,
-                last_seen: r.sent_at,
-            },
-        );
-        self.outcomes
+                DeviceEntry {
+                    device,
+                    site: r.site.clone(),
+                    class: r.class.clone(),
+                    active: r.active,
+                    release: r.release,
+                    outcome: r.outcome.clone(),
+                    sequence: r.sequence,
+                    last_seen: r.sent_at,
+                },
+            );
+        }
+        let previous = self
+            .outcomes
             .entry(r.release)
             .or_default()
             .insert(device, (r.sequence, r.outcome.clone(), r.sent_at));
         if previous.is_some() { Recorded::Updated } else { Recorded::New }
     }
 
-    /// True when `report` is not newer than the last one recorded from its device.
+    /// True when a report at least as new as `report` from its device about its release
+    /// was recorded: a duplicate or a replay, to be ignored (not held against whoever
+    /// passed it on: an honest re-announcement crosses paths with its older copies).
     pub fn is_stale(&self, report: &VerifiedReport) -> bool {
-        self.devices.get(&report.device()).is_some_and(|e| e.sequence >= report.report().sequence)
+        let r = report.report();
+        self.outcomes
+            .get(&r.release)
+            .and_then(|per_device| per_device.get(&report.device()))
+            .is_some_and(|(seq, ..)| *seq >= r.sequence)
     }
 
     /// Every device heard of, by id.
@@ -219,6 +233,33 @@ mod tests {
         assert_eq!(fleet.record(&report(1, r, failed.clone(), 6)), Recorded::Updated);
         assert_eq!(fleet.devices().count(), 1);
         assert_eq!(fleet.devices().next().unwrap().outcome, failed);
+    }
+
+    /// Reports are news per device and release: a device's report about an older release
+    /// that arrives after one about a newer release still counts for the older release,
+    /// but the device's entry keeps its highest sequence. Duplicates are stale.
+    #[test]
+    fn an_older_releases_report_arriving_late_counts_for_that_release() {
+        let (v1, v2) = (ReleaseId::from_bytes([1; 32]), ReleaseId::from_bytes([2; 32]));
+        let failed = Outcome::RolledBack { reason: "health".into(), revoked: false };
+        let mut fleet = FleetView::default();
+        // Re-announced together: v1's report (sequence 7), then v2's (8); v2's came first.
+        assert_eq!(fleet.record(&report(1, v2, failed.clone(), 8)), Recorded::New);
+        let late = report(1, v1, Outcome::Committed, 7);
+        assert!(!fleet.is_stale(&late));
+        assert_eq!(fleet.record(&late), Recorded::New);
+        let entry = fleet.devices().next().unwrap();
+        assert_eq!((entry.release, entry.sequence), (v2, 8), "the entry follows the highest sequence");
+        assert_eq!(
+            fleet.rollout(v1, UpdateKind::Firmware, 0, &RolloutPolicy::default()).outcomes["committed"],
+            1
+        );
+        // The same report again, or an older one about v1, is stale; a newer one updates.
+        assert!(fleet.is_stale(&late));
+        assert_eq!(fleet.record(&late), Recorded::Stale);
+        assert_eq!(fleet.record(&report(1, v1, Outcome::Committed, 3)), Recorded::Stale);
+        assert_eq!(fleet.record(&report(1, v1, Outcome::Committed, 9)), Recorded::Updated);
+        assert_eq!(fleet.devices().next().unwrap().release, v1);
     }
 
     #[test]

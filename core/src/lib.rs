@@ -26,6 +26,8 @@
 //! - [`fetch`]: rendezvous hashing and the chunk fetch planner.
 //! - [`site`]: who may speak on a site topic (enrolled members) and install-slot leases.
 //! - [`fleet`]: the fleet inventory and rollout reports built from signed reports.
+//! - [`reannounce`]: when a node publishes its own reports and the directives it applied
+//!   again, so that what gossip lost still reaches every site.
 
 pub mod chunking;
 pub mod codec;
@@ -39,6 +41,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod manifest;
 pub mod metadata;
+pub mod reannounce;
 pub mod report;
 pub mod rollout;
 pub mod root;

@@ -415,6 +415,15 @@ impl Device {
         }
     }
 
+    /// This device's own `report` signed again with a new sequence, above every one it
+    /// signed before, so that it is news to every node ([`otamesh_core::reannounce`]);
+    /// nothing else in it changes.
+    pub fn resign(&mut self, now: Millis, mut report: Report) -> SignedReport {
+        self.report_seq = self.report_seq.saturating_add(1).max(now);
+        report.sequence = self.report_seq;
+        SignedReport::sign(report, &self.key, self.config.enrolment.clone())
+    }
+
     fn sign_report(&mut self, now: Millis, release: ReleaseId, outcome: Outcome) {
         self.report_seq = self.report_seq.saturating_add(1).max(now);
         let report = Report {

@@ -64,6 +64,20 @@ const DISCOVER_SATISFIED: Duration = Duration::from_secs(30);
 /// A peer must have been connected this long before it can be trimmed, so a site peer
 /// whose first site message is still on its way is not mistaken for a remote one.
 const TRIM_GRACE: Duration = Duration::from_secs(15);
+/// How long a relayed connection outlives the direct one that replaces it. Closed at
+/// once, the relayed one may go down at the peer before the peer's side of the direct
+/// one is up: for that instant the peer has no connection to this node, and its
+/// gossipsub forgets this node's subscriptions; they are sent only when a peer is new,
+/// and this node, which never saw a gap, never sends them again. The peer would then
+/// never publish a report to this node (seen in the NAT test: one site's reports never
+/// left it). Seconds later both sides hold the direct connection (a hole punch
+/// completes within a round trip or so); [`FleetMesh::reset_deaf_peers`] catches the rest.
+const RELAYED_CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// How long a peer may be connected without this node knowing any of its gossip
+/// subscriptions (every otamesh node subscribes to the fleet topics at once; only
+/// bootstrap nodes speak no gossip). Past it, the peer is disconnected and dialled
+/// again: see [`FleetMesh::reset_deaf_peers`].
+const SUBSCRIPTIONS_DUE: Duration = Duration::from_secs(10);
 /// Sites counted separately in the reports-per-site figures; the rest are `other`.
 const MAX_SITES_COUNTED: usize = 1024;
 /// Bootstrap nodes kept, at most (the origin's index names them too).
@@ -241,6 +255,9 @@ pub struct FleetMetrics {
     pub reports: Family<Vec<(&'static str, String)>, Counter>,
     /// Chunk requests refused because they came over a relayed connection.
     pub relayed_chunk_requests: Counter,
+    /// Messages published again ([`otamesh_core::reannounce`]), by `topic` (`reports`,
+    /// `directives`).
+    pub reannounced: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl FleetMetrics {
@@ -254,6 +271,7 @@ impl FleetMetrics {
             hole_punches: Family::default(),
             reports: Family::default(),
             relayed_chunk_requests: Counter::default(),
+            reannounced: Family::default(),
         }
     }
 
@@ -285,6 +303,11 @@ impl FleetMetrics {
             "otamesh_relayed_chunk_requests",
             "Chunk requests refused because they came over a relayed connection",
             self.relayed_chunk_requests.clone(),
+        );
+        registry.register(
+            "otamesh_reannounced",
+            "Own reports (re-signed) and applied directives published again, by topic",
+            self.reannounced.clone(),
         );
         let _ = self.registry.set(registry);
     }
@@ -319,6 +342,8 @@ struct Conn {
     address: Multiaddr,
     relayed: bool,
     since: Instant,
+    /// Asked to close (a relayed connection a direct one replaced).
+    closing: bool,
 }
 
 /// The fleet mesh's state, driven by the node's event loop. See the module docs.
@@ -338,6 +363,8 @@ pub struct FleetMesh {
     next_discovery: Instant,
     metrics: FleetMetrics,
     shown: Option<MeshStatus>,
+    /// Peers disconnected by [`FleetMesh::reset_deaf_peers`], dialled again once gone.
+    redial: BTreeSet<PeerId>,
 }
 
 impl FleetMesh {
@@ -356,6 +383,7 @@ impl FleetMesh {
             next_discovery: Instant::now() + DISCOVER_SHORT,
             metrics,
             shown: None,
+            redial: BTreeSet::new(),
         };
         mesh.set_reachability(Reachability::Unknown);
         for (peer, addr) in bootstrap {
@@ -429,14 +457,9 @@ impl FleetMesh {
     }
 
     /// A connection came up. A direct one to a peer also reached through a relay makes
-    /// the relayed one redundant: it is closed, so nothing more crosses the relay.
-    pub fn connected<B: Carrier>(
-        &mut self,
-        swarm: &mut Swarm<B>,
-        peer: PeerId,
-        connection: ConnectionId,
-        endpoint: &ConnectedPoint,
-    ) {
+    /// the relayed one redundant: the heartbeat closes it [`RELAYED_CLOSE_GRACE`] later,
+    /// so nothing more crosses the relay.
+    pub fn connected(&mut self, peer: PeerId, connection: ConnectionId, endpoint: &ConnectedPoint) {
         let relayed = endpoint.is_relayed();
         let address = match endpoint {
             ConnectedPoint::Dialer { address, .. } => address.clone(),
@@ -448,18 +471,10 @@ impl FleetMesh {
                 }
             }
         };
-        self.connections.insert(connection, Conn { peer, address, relayed, since: Instant::now() });
-        if !relayed {
-            let redundant: Vec<ConnectionId> = self
-                .connections
-                .iter()
-                .filter(|(_, c)| c.peer == peer && c.relayed)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in redundant {
-                tracing::info!(%peer, "direct connection up; closing the relayed one");
-                swarm.close_connection(id);
-            }
+        let conn = Conn { peer, address, relayed, since: Instant::now(), closing: false };
+        self.connections.insert(connection, conn);
+        if !relayed && self.connections.values().any(|c| c.peer == peer && c.relayed) {
+            tracing::info!(%peer, "direct connection up; the relayed one closes in a few seconds");
         }
         self.count_peers();
     }
@@ -474,6 +489,12 @@ impl FleetMesh {
             self.metrics.reservations.set(self.reservations.len() as i64);
         }
         self.count_peers();
+    }
+
+    /// Counts messages published again ([`otamesh_core::reannounce`]).
+    pub fn reannounced(&self, reports: u64, directives: u64) {
+        self.metrics.reannounced.get_or_create(&vec![("topic", "reports")]).inc_by(reports);
+        self.metrics.reannounced.get_or_create(&vec![("topic", "directives")]).inc_by(directives);
     }
 
     /// A signed report (already verified and taken) came in from the mesh; counts it by
@@ -544,6 +565,7 @@ impl FleetMesh {
     /// Once a second: (re)announce, discover, trim; true when `/status` should change.
     /// `site_peers` are the peers known to be members of this node's site.
     pub fn heartbeat<B: Carrier>(&mut self, swarm: &mut Swarm<B>, site_peers: &BTreeSet<PeerId>) -> bool {
+        self.close_superseded(swarm);
         if self.bootstrap.is_empty() {
             return self.changed();
         }
@@ -587,6 +609,56 @@ impl FleetMesh {
             }
         }
         self.changed()
+    }
+
+    /// Disconnects peers connected for [`SUBSCRIPTIONS_DUE`] whose gossip subscriptions
+    /// this node does not know (`unsubscribed`, bootstrap nodes aside), and dials them
+    /// again once they are gone. Gossipsub sends its subscriptions only to a peer it has
+    /// no other connection to; when a peer's connections to this node were replaced with
+    /// an instant of none at this end only (a relayed connection closed just before the
+    /// direct one was up here, two simultaneous dials over the per-peer limit), this node
+    /// forgot the peer's subscriptions and the peer, which saw no gap, never sends them
+    /// again: this node would never publish to it. A fresh connection on both ends
+    /// exchanges them again.
+    pub fn reset_deaf_peers<B: Carrier>(&mut self, swarm: &mut Swarm<B>, unsubscribed: &BTreeSet<PeerId>) {
+        let now = Instant::now();
+        for peer in std::mem::take(&mut self.redial) {
+            if self.connections.values().any(|c| c.peer == peer) {
+                self.redial.insert(peer);
+            } else if let Err(e) = swarm.dial(DialOpts::peer_id(peer).build()) {
+                tracing::debug!(%peer, error = %e, "cannot dial a peer again after resetting it");
+            }
+        }
+        for peer in unsubscribed {
+            if self.bootstrap.contains_key(peer) || self.redial.contains(peer) {
+                continue;
+            }
+            let since = self.connections.values().filter(|c| c.peer == *peer).map(|c| c.since).min();
+            if since.is_some_and(|t| now.duration_since(t) >= SUBSCRIPTIONS_DUE) {
+                tracing::info!(%peer, "connected without known gossip subscriptions; reconnecting");
+                let _ = swarm.disconnect_peer_id(*peer);
+                self.redial.insert(*peer);
+            }
+        }
+    }
+
+    /// Closes relayed connections to peers reached directly for [`RELAYED_CLOSE_GRACE`],
+    /// so nothing more crosses the relay.
+    fn close_superseded<B: Carrier>(&mut self, swarm: &mut Swarm<B>) {
+        let now = Instant::now();
+        let settled: BTreeSet<PeerId> = self
+            .connections
+            .values()
+            .filter(|c| !c.relayed && now.duration_since(c.since) >= RELAYED_CLOSE_GRACE)
+            .map(|c| c.peer)
+            .collect();
+        for (id, c) in &mut self.connections {
+            if c.relayed && !c.closing && settled.contains(&c.peer) {
+                tracing::info!(peer = %c.peer, "direct connection settled; closing the relayed one");
+                c.closing = true;
+                swarm.close_connection(*id);
+            }
+        }
     }
 
     /// The mesh for `/status`.

@@ -65,7 +65,10 @@ impl Intake {
         let report = signed.verify(trust).map_err(|e| Refusal::of_report(&e))?;
         let r = report.report();
         if self.fleet.is_stale(&report)
-            || self.held.get(&report.device()).is_some_and(|h| h.report().sequence >= r.sequence)
+            || self
+                .held
+                .get(&report.device())
+                .is_some_and(|h| h.report().release == r.release && h.report().sequence >= r.sequence)
         {
             return Err(Refusal::Replayed);
         }
@@ -123,6 +126,12 @@ impl Intake {
     ) -> Result<(), Refusal> {
         let signed = SignedDirective::from_bytes(data).map_err(|_| Refusal::Malformed)?;
         let verified = trust.verify_directive(signed, now).map_err(|_| Refusal::Forged)?;
+        let d = verified.directive();
+        if device.heard().directives().standing(d.release).sequence == d.sequence {
+            // The very directive applied here, re-announced by a peer
+            // ([`otamesh_core::reannounce`]): not a replay worth an audit row.
+            return Err(Refusal::Replayed);
+        }
         match device.directive(now, &verified) {
             Ok(()) => Ok(()),
             Err(NotTaken::Replayed(_)) => Err(Refusal::Replayed),

@@ -296,6 +296,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         listen_addrs: Vec::new(),
         rejected_from_origin: BTreeSet::new(),
         mesh,
+        reannounce: otamesh_core::reannounce::Reannounce::new(),
     };
     node.start()?;
     let api = tokio::spawn(crate::api::serve(api_listener, status_rx, fleet_rx, metrics));
@@ -474,7 +475,17 @@ struct Node {
     rejected_from_origin: BTreeSet<String>,
     /// Peers at other sites, across NATs ([`crate::fleetmesh`]).
     mesh: crate::fleetmesh::FleetMesh,
+    /// This device's reports and the directives it applied, published again in rounds so
+    /// that what gossip lost still crosses sites ([`otamesh_core::reannounce`]).
+    reannounce: otamesh_core::reannounce::Reannounce,
 }
+
+// A round re-sends up to MAX_RELEASES reports of this device; rounds that far apart
+// stay within the per-device budget every receiver enforces, so none is refused.
+const _: () = assert!(
+    otamesh_core::reannounce::MIN_GAP
+        >= otamesh_core::reannounce::MAX_RELEASES as u64 * crate::feedback::REPORT_REFILL_MS
+);
 
 impl Node {
     fn start(&mut self) -> Result<(), NodeError> {
@@ -537,6 +548,7 @@ impl Node {
                         r.planner.handle_timeout(now);
                     }
                     self.device.timeout(now);
+                    self.publish_reannounced();
                 }
                 _ = heartbeat.tick() => self.on_heartbeat(),
                 _ = redial.tick() => self.dial_static_peers(),
@@ -571,6 +583,7 @@ impl Node {
             .filter_map(|r| r.planner.poll_timeout())
             .chain(self.device.poll_timeout())
             .chain(self.site.slots.poll_timeout())
+            .chain(self.reannounce.poll_timeout())
             .min();
         match next {
             Some(t) => Instant::now() + Duration::from_millis(t.saturating_sub(now)),
@@ -590,7 +603,7 @@ impl Node {
             SwarmEvent::ConnectionEstablished {
                 peer_id, connection_id, endpoint, num_established, ..
             } => {
-                self.mesh.connected(&mut self.swarm, peer_id, connection_id, &endpoint);
+                self.mesh.connected(peer_id, connection_id, &endpoint);
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                 }
@@ -654,14 +667,28 @@ impl Node {
             p.due = now + p.wait;
             p.wait = (p.wait * 2).min(REDIAL);
         }
+        // LAN peers mDNS found and that are not connected: two nodes dialling each other
+        // at once can end with neither connection, and mDNS reports a peer only once.
+        let lan: BTreeSet<PeerId> = (self.swarm.behaviour().mdns.as_ref())
+            .map(|m| m.discovered_nodes().copied().collect())
+            .unwrap_or_default();
+        for peer in lan.into_iter().filter(|p| !self.connected.contains(p)) {
+            let _ = self.swarm.dial(peer);
+        }
     }
 
     // ---- gossip ----
 
     fn on_gossip(&mut self, event: gossipsub::Event) {
         let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
-            if let gossipsub::Event::Subscribed { .. } = event {
+            if let gossipsub::Event::Subscribed { peer_id, topic } = event {
                 self.flush_announcements();
+                // A peer not (yet) known as a member of this site: most likely a new link
+                // to another site, over which what was lost before can now cross.
+                let member = self.site.members().any(|d| self.site.peer(*d) == Some(peer_id));
+                if topic == self.reports_topic.hash() && !member {
+                    self.reannounce.handle_peer_joined(now_ms());
+                }
             }
             return;
         };
@@ -814,6 +841,11 @@ impl Node {
         self.flush_announcements();
         let site_peers = self.site.members().filter_map(|d| self.site.peer(*d)).collect();
         self.mesh.heartbeat(&mut self.swarm, &site_peers);
+        let unsubscribed: BTreeSet<PeerId> = (self.swarm.behaviour().gossipsub.all_peers())
+            .filter(|(_, topics)| topics.is_empty())
+            .map(|(peer, _)| *peer)
+            .collect();
+        self.mesh.reset_deaf_peers(&mut self.swarm, &unsubscribed);
         self.publish_status();
         self.intake.publish_if_changed(&self.device);
     }
@@ -965,6 +997,7 @@ impl Node {
                     let bytes = report.to_bytes();
                     // Unenrolled, its reports would only be refused by every peer.
                     if let Ok(verified) = report.verify(&self.trust) {
+                        self.reannounce.handle_reported(now_ms(), verified.report());
                         self.intake.take(now_ms(), verified, &mut self.device);
                         // Queued like announcements: retried until some peer is subscribed.
                         self.announce_queue.push_back((self.reports_topic.clone(), bytes, now_ms()));
@@ -1001,12 +1034,57 @@ impl Node {
 
     fn on_directive_message(&mut self, data: &[u8], from: PeerId) -> MessageAcceptance {
         match self.intake.directive(now_ms(), data, &self.trust, &mut self.device) {
-            Ok(()) => MessageAcceptance::Accept,
+            Ok(()) => {
+                self.directive_applied(data);
+                MessageAcceptance::Accept
+            }
             Err(refusal) => {
                 self.metrics.refused("directives", refusal);
                 tracing::warn!(%from, reason = refusal.label(), "directive not taken; not forwarded");
                 refusal.acceptance()
             }
+        }
+    }
+
+    /// A directive was verified and applied: it is re-announced in the next rounds.
+    fn directive_applied(&mut self, data: &[u8]) {
+        if let Ok(signed) = otamesh_core::directive::SignedDirective::from_bytes(data) {
+            self.reannounce.handle_directive(now_ms(), &signed);
+        }
+    }
+
+    /// Publishes again what [`otamesh_core::reannounce`] says is due: this device's
+    /// reports re-signed with a new sequence, the directives it applied as they are.
+    fn publish_reannounced(&mut self) {
+        use otamesh_core::reannounce::Output as Again;
+        let now = now_ms();
+        self.reannounce.handle_timeout(now);
+        let (mut reports, mut directives) = (0, 0);
+        while let Some(again) = self.reannounce.poll_output() {
+            let (topic, bytes) = match again {
+                Again::Report(body) => {
+                    let signed = self.device.resign(now, body);
+                    let bytes = signed.to_bytes();
+                    let Ok(verified) = signed.verify(&self.trust) else { continue };
+                    self.intake.take(now, verified, &mut self.device);
+                    reports += 1;
+                    (self.reports_topic.clone(), bytes)
+                }
+                Again::Directive(d) => {
+                    directives += 1;
+                    (self.directives_topic.clone(), d.to_bytes())
+                }
+            };
+            self.announce_queue.push_back((topic, bytes, now));
+        }
+        if reports + directives > 0 {
+            tracing::info!(
+                reports,
+                directives,
+                "re-announced this device's reports and the directives applied"
+            );
+            self.mesh.reannounced(reports, directives);
+            self.flush_announcements();
         }
     }
 
@@ -1354,6 +1432,7 @@ impl Node {
                     // Tell the mesh, so nodes without an origin learn it too.
                     // Queued like announcements: retried until some peer is subscribed.
                     Ok(()) => {
+                        self.directive_applied(&bytes);
                         self.announce_queue.push_back((self.directives_topic.clone(), bytes, now_ms()));
                         self.flush_announcements();
                     }
