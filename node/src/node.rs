@@ -288,6 +288,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         next_request_id: 1,
         connected: BTreeSet::new(),
         static_peers: Vec::new(),
+        lan_redial_due: Instant::now(),
         announce_queue: VecDeque::new(),
         manifests_asked: BTreeSet::new(),
         have_dirty: true,
@@ -463,6 +464,8 @@ struct Node {
     /// Static peers: the address to dial, the peer id it turned out to have, and when
     /// to dial it again.
     static_peers: Vec<StaticPeer>,
+    /// When LAN peers found by mDNS and not connected are dialled next.
+    lan_redial_due: Instant,
     /// Manifests, reports and directives to publish once someone is subscribed to their
     /// topic (retried for `ANNOUNCE_RETRY_FOR`).
     announce_queue: VecDeque<(IdentTopic, Vec<u8>, Millis)>,
@@ -667,8 +670,13 @@ impl Node {
             p.due = now + p.wait;
             p.wait = (p.wait * 2).min(REDIAL);
         }
-        // LAN peers mDNS found and that are not connected: two nodes dialling each other
-        // at once can end with neither connection, and mDNS reports a peer only once.
+        // LAN peers mDNS found and that are not connected, every REDIAL: two nodes
+        // dialling each other at once can end with neither connection, and mDNS
+        // reports a peer only once.
+        if self.lan_redial_due > now {
+            return;
+        }
+        self.lan_redial_due = now + REDIAL;
         let lan: BTreeSet<PeerId> = (self.swarm.behaviour().mdns.as_ref())
             .map(|m| m.discovered_nodes().copied().collect())
             .unwrap_or_default();
