@@ -1096,6 +1096,14 @@ mod tests {
         PlannerConfig { settle: Millis::MAX / 4, ..PlannerConfig::default() }
     }
 
+    /// The chunks asked of peers among the planner's outputs (the rest are dropped).
+    fn requested(p: &mut Planner) -> Vec<ChunkId> {
+        drain(p)
+            .into_iter()
+            .filter_map(|o| if let Output::Request { chunk, .. } = o { Some(chunk) } else { None })
+            .collect()
+    }
+
     fn drain(p: &mut Planner) -> Vec<Output> {
         std::iter::from_fn(|| p.poll_output()).collect()
     }
@@ -1321,10 +1329,7 @@ mod tests {
         p.handle_peer_have(T0, dev(1), &bits_of(20, |i| i < 12), &[]).unwrap();
         let mut now = T0;
         while p.chunks_have() < 12 {
-            let asked: Vec<ChunkId> = drain(&mut p)
-                .into_iter()
-                .filter_map(|o| if let Output::Request { chunk, .. } = o { Some(chunk) } else { None })
-                .collect();
+            let asked = requested(&mut p);
             assert!(!asked.is_empty(), "requests go out while chunks are missing");
             now += 8_000;
             p.handle_chunks_verified(now, Source::Peer(dev(1)), asked);
@@ -1963,10 +1968,7 @@ mod tests {
         let chunks = ids(8);
         let mut p = Planner::new(dev(0), chunks.clone(), |_| false, T0, lan_cfg());
         p.handle_peer_have(T0, dev(1), &all_bits(8), &[]).unwrap();
-        let asked: Vec<ChunkId> = drain(&mut p)
-            .into_iter()
-            .filter_map(|o| if let Output::Request { chunk, .. } = o { Some(chunk) } else { None })
-            .collect();
+        let asked = requested(&mut p);
         assert_eq!(asked.len(), 2);
         // It serves the first chunk late but within the deadline (the window grows to
         // three), then the rest are overdue: a busy peer, not a silent one.
@@ -1995,10 +1997,7 @@ mod tests {
         let chunks = ids(8);
         let mut p = Planner::new(dev(0), chunks.clone(), |_| false, T0, lan_cfg());
         p.handle_peer_have(T0, dev(1), &all_bits(8), &[]).unwrap();
-        let asked: Vec<ChunkId> = drain(&mut p)
-            .into_iter()
-            .filter_map(|o| if let Output::Request { chunk, .. } = o { Some(chunk) } else { None })
-            .collect();
+        let asked = requested(&mut p);
         // It served one of the two since they were asked: the other timing out in the
         // transport makes it slow, not struck, and the chunk is asked again.
         p.handle_chunk_verified(T0 + 3_000, Source::Peer(dev(1)), asked[0]);
