@@ -162,7 +162,7 @@ mod tests {
         let md = summary("otamesh bench", &now, Some(&base), &regs, &["a note".into()], &["x.png".into()]);
         assert!(md.contains("**1 regression(s):**"), "{md}");
         assert!(
-            md.contains("| `fleet/time_to_converge` | seconds | 10.50 | 10.00 – 11.00 | 7.00 | 50% worse | 25% | regressed |"),
+            md.contains("| `fleet/time_to_converge` | seconds | 10.50 | 10.00 – 11.00 | 7.000 | 50% worse | 25% | regressed |"),
             "{md}"
         );
         assert!(
