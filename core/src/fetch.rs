@@ -717,11 +717,12 @@ impl Planner {
         base.saturating_add(wait)
     }
 
-    /// When a request to `source` sent at `sent` is overdue.
-    fn deadline(&self, source: Source, sent: Millis) -> Millis {
+    /// When a request to `source` sent at `sent` is overdue, peer requests waiting
+    /// `peer_timeout` ([`Planner::request_timeout`], worked out once per pass).
+    fn deadline(&self, source: Source, sent: Millis, peer_timeout: Millis) -> Millis {
         let timeout = match source {
             Source::Origin => self.config.origin_timeout,
-            Source::Peer(_) => self.request_timeout(),
+            Source::Peer(_) => peer_timeout,
         };
         sent.saturating_add(timeout)
     }
@@ -853,11 +854,14 @@ impl Planner {
     /// Requests past their deadline: a peer is struck (once for all its overdue
     /// requests), the origin retried with backoff.
     fn expire(&mut self, now: Millis) {
+        let peer_timeout = self.request_timeout();
         let expired: Vec<(usize, Source, Millis)> = self
             .missing
             .iter()
             .filter_map(|&s| match self.state[s] {
-                ChunkState::InFlight { source, sent, .. } if self.deadline(source, sent) <= now => {
+                ChunkState::InFlight { source, sent, .. }
+                    if self.deadline(source, sent, peer_timeout) <= now =>
+                {
                     Some((s, source, sent))
                 }
                 _ => None,
@@ -894,6 +898,7 @@ impl Planner {
     }
 
     fn compute_timeout(&self) -> Option<Millis> {
+        let peer_timeout = self.request_timeout();
         let mut next: Option<Millis> = None;
         // Work due now but not started waits for capacity, which only an input frees.
         let mut consider = |t: Millis| {
@@ -903,7 +908,9 @@ impl Planner {
         };
         for &slot in &self.missing {
             match self.state[slot] {
-                ChunkState::InFlight { source, sent, .. } => consider(self.deadline(source, sent)),
+                ChunkState::InFlight { source, sent, .. } => {
+                    consider(self.deadline(source, sent, peer_timeout))
+                }
                 ChunkState::Missing { since, not_before, .. } => {
                     if self.holders[slot] > 0 {
                         consider(not_before);
@@ -1094,6 +1101,17 @@ mod tests {
     /// The origin stays closed (settle never ends), to look at LAN behaviour alone.
     fn lan_cfg() -> PlannerConfig {
         PlannerConfig { settle: Millis::MAX / 4, ..PlannerConfig::default() }
+    }
+
+    /// Whether `out` strikes `peer` for a request it did not answer in time.
+    fn struck_timed_out(out: &[Output], peer: DeviceId) -> bool {
+        out.iter()
+            .any(|o| matches!(o, Output::Stalled { peer: p, reason: Stall::TimedOut, .. } if *p == peer))
+    }
+
+    /// Whether `out` stalls or bans anyone.
+    fn stalls_anyone(out: &[Output]) -> bool {
+        out.iter().any(|o| matches!(o, Output::Stalled { .. } | Output::Banned { .. }))
     }
 
     /// The chunks asked of peers among the planner's outputs (the rest are dropped).
@@ -1342,12 +1360,7 @@ mod tests {
         p.handle_timeout(now + cfg().request_timeout);
         assert!(drain(&mut p).is_empty(), "not struck at the 10 s floor");
         p.handle_timeout(now + 32_000);
-        assert!(
-            drain(&mut p).iter().any(
-                |o| matches!(o, Output::Stalled { peer, reason: Stall::TimedOut, .. } if *peer == dev(2))
-            ),
-            "struck once the longer timeout passed"
-        );
+        assert!(struck_timed_out(&drain(&mut p), dev(2)), "struck once the longer timeout passed");
     }
 
     #[test]
@@ -1977,19 +1990,14 @@ mod tests {
         let deadline = p.poll_timeout().unwrap();
         p.handle_timeout(deadline);
         let out = drain(&mut p);
-        assert!(!out.iter().any(|o| matches!(o, Output::Stalled { .. } | Output::Banned { .. })), "{out:?}");
+        assert!(!stalls_anyone(&out), "{out:?}");
         assert!(!p.is_suspended(dev(1)));
         assert!(p.members().any(|m| m == dev(1)), "it keeps its place");
         // Asked again and silent since: struck.
         let deadline = p.poll_timeout().unwrap();
         p.handle_timeout(deadline + 20_000);
         let out = drain(&mut p);
-        assert!(
-            out.iter().any(
-                |o| matches!(o, Output::Stalled { peer, reason: Stall::TimedOut, .. } if *peer == dev(1))
-            ),
-            "{out:?}"
-        );
+        assert!(struck_timed_out(&out, dev(1)), "{out:?}");
     }
 
     #[test]
@@ -2004,7 +2012,7 @@ mod tests {
         drain(&mut p);
         p.handle_request_timed_out(T0 + 5_000, dev(1), &asked[1..]);
         let out = drain(&mut p);
-        assert!(!out.iter().any(|o| matches!(o, Output::Stalled { .. } | Output::Banned { .. })), "{out:?}");
+        assert!(!stalls_anyone(&out), "{out:?}");
         assert!(
             out.iter().any(|o| matches!(o, Output::Request { chunk, .. } if *chunk == asked[1])),
             "{out:?}"
@@ -2013,12 +2021,7 @@ mod tests {
         let pending: Vec<ChunkId> = chunks.iter().copied().filter(|c| *c != asked[0]).collect();
         p.handle_request_timed_out(T0 + 20_000, dev(1), &pending);
         let out = drain(&mut p);
-        assert!(
-            out.iter().any(
-                |o| matches!(o, Output::Stalled { peer, reason: Stall::TimedOut, .. } if *peer == dev(1))
-            ),
-            "{out:?}"
-        );
+        assert!(struck_timed_out(&out, dev(1)), "{out:?}");
     }
 
     #[test]
