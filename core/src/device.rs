@@ -531,9 +531,14 @@ impl Device {
     }
 
     /// [`Heard::apply_directive`] refused `directive` as a replay: nothing changes; the
-    /// refusal is audited once per release and sequence.
+    /// refusal is audited once per release and sequence. The directive applied itself,
+    /// heard again (peers re-announce what they applied, [`crate::reannounce`]), is no
+    /// replay worth a row.
     pub fn handle_replayed(&mut self, directive: &VerifiedDirective, refused: Refused) {
         let d = directive.directive();
+        if matches!(refused, Refused::Replayed { sequence, applied } if sequence == applied) {
+            return;
+        }
         let replays = &mut self.memory_mut().replays;
         if replays.len() < MAX_REPLAYS_AUDITED && replays.insert((d.release, d.sequence)) {
             let audit = Audit::DirectiveRefused { release: d.release, sequence: d.sequence, refused };
@@ -921,6 +926,30 @@ mod tests {
             seen.iter().any(refused)
                 || drain(&mut d).iter().any(refused)
                 || d.memory.as_ref().is_some_and(|m| m.refused.contains(&v2.id()))
+        );
+    }
+
+    #[test]
+    fn the_directive_applied_heard_again_is_not_audited_and_an_older_one_is() {
+        let v1 = release(1, 1);
+        let mut heard = heard_with(std::slice::from_ref(&v1));
+        let mut d = device();
+        let (old, new) = (directive(v1.id(), Order::Halt, 1), directive(v1.id(), Order::Resume, 2));
+        for applied in [&old, &new] {
+            heard.apply_directive(applied).unwrap();
+            d.handle_directive(T0, &heard, applied);
+        }
+        drain(&mut d);
+        let again = heard.apply_directive(&new).unwrap_err();
+        d.handle_replayed(&new, again);
+        assert!(drain(&mut d).is_empty(), "the applied directive, re-announced by a peer");
+        let replayed = heard.apply_directive(&old).unwrap_err();
+        d.handle_replayed(&old, replayed);
+        assert!(
+            drain(&mut d)
+                .iter()
+                .any(|o| matches!(o, Output::Audit(Audit::DirectiveRefused { sequence: 1, .. }))),
+            "an older one is a replay, audited"
         );
     }
 

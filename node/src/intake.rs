@@ -126,12 +126,6 @@ impl Intake {
     ) -> Result<(), Refusal> {
         let signed = SignedDirective::from_bytes(data).map_err(|_| Refusal::Malformed)?;
         let verified = trust.verify_directive(signed, now).map_err(|_| Refusal::Forged)?;
-        let d = verified.directive();
-        if device.heard().directives().standing(d.release).sequence == d.sequence {
-            // The very directive applied here, re-announced by a peer
-            // ([`otamesh_core::reannounce`]): not a replay worth an audit row.
-            return Err(Refusal::Replayed);
-        }
         match device.directive(now, &verified) {
             Ok(()) => Ok(()),
             Err(NotTaken::Replayed(_)) => Err(Refusal::Replayed),
