@@ -1002,13 +1002,8 @@ impl Node {
                         Outcome::Failed { .. } => self.metrics.install_failures.inc(),
                         Outcome::RolledBack { .. } => self.metrics.rollbacks.inc(),
                     };
-                    let bytes = report.to_bytes();
-                    // Unenrolled, its reports would only be refused by every peer.
-                    if let Ok(verified) = report.verify(&self.trust) {
-                        self.reannounce.handle_reported(now_ms(), verified.report());
-                        self.intake.take(now_ms(), verified, &mut self.device);
-                        // Queued like announcements: retried until some peer is subscribed.
-                        self.announce_queue.push_back((self.reports_topic.clone(), bytes, now_ms()));
+                    if let Some(body) = self.vouch_for(now_ms(), *report) {
+                        self.reannounce.handle_reported(now_ms(), &body);
                         self.flush_announcements();
                     }
                 }
@@ -1054,6 +1049,22 @@ impl Node {
         }
     }
 
+    /// This device's own signed report: counted here like anyone's and queued for the
+    /// mesh (retried until some peer is subscribed). `None` when it does not verify: an
+    /// unenrolled device's reports would only be refused by every peer.
+    fn vouch_for(
+        &mut self,
+        now: Millis,
+        report: otamesh_core::report::SignedReport,
+    ) -> Option<otamesh_core::report::Report> {
+        let bytes = report.to_bytes();
+        let verified = report.verify(&self.trust).ok()?;
+        let body = verified.report().clone();
+        self.intake.take(now, verified, &mut self.device);
+        self.announce_queue.push_back((self.reports_topic.clone(), bytes, now));
+        Some(body)
+    }
+
     /// A directive was verified and applied: it is re-announced in the next rounds.
     fn directive_applied(&mut self, data: &[u8]) {
         if let Ok(signed) = otamesh_core::directive::SignedDirective::from_bytes(data) {
@@ -1069,21 +1080,16 @@ impl Node {
         self.reannounce.handle_timeout(now);
         let (mut reports, mut directives) = (0, 0);
         while let Some(again) = self.reannounce.poll_output() {
-            let (topic, bytes) = match again {
+            match again {
                 Again::Report(body) => {
                     let signed = self.device.resign(now, body);
-                    let bytes = signed.to_bytes();
-                    let Ok(verified) = signed.verify(&self.trust) else { continue };
-                    self.intake.take(now, verified, &mut self.device);
-                    reports += 1;
-                    (self.reports_topic.clone(), bytes)
+                    reports += u64::from(self.vouch_for(now, signed).is_some());
                 }
                 Again::Directive(d) => {
                     directives += 1;
-                    (self.directives_topic.clone(), d.to_bytes())
+                    self.announce_queue.push_back((self.directives_topic.clone(), d.to_bytes(), now));
                 }
-            };
-            self.announce_queue.push_back((topic, bytes, now));
+            }
         }
         if reports + directives > 0 {
             tracing::info!(
