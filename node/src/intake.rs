@@ -116,18 +116,18 @@ impl Intake {
 
     /// A directive from the mesh or the origin: verified, then applied by the device,
     /// which refuses a replay (an older one than already applied for its release) before
-    /// anything is written.
+    /// anything is written. Returns the directive applied.
     pub fn directive(
         &mut self,
         now: Millis,
         data: &[u8],
         trust: &TrustRoot,
         device: &mut Device,
-    ) -> Result<(), Refusal> {
+    ) -> Result<SignedDirective, Refusal> {
         let signed = SignedDirective::from_bytes(data).map_err(|_| Refusal::Malformed)?;
         let verified = trust.verify_directive(signed, now).map_err(|_| Refusal::Forged)?;
         match device.directive(now, &verified) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(verified.signed().clone()),
             Err(NotTaken::Replayed(_)) => Err(Refusal::Replayed),
             Err(NotTaken::Busy(_)) => Err(Refusal::Busy),
         }

@@ -1037,8 +1037,8 @@ impl Node {
 
     fn on_directive_message(&mut self, data: &[u8], from: PeerId) -> MessageAcceptance {
         match self.intake.directive(now_ms(), data, &self.trust, &mut self.device) {
-            Ok(()) => {
-                self.directive_applied(data);
+            Ok(applied) => {
+                self.reannounce.handle_directive(now_ms(), &applied);
                 MessageAcceptance::Accept
             }
             Err(refusal) => {
@@ -1063,13 +1063,6 @@ impl Node {
         self.intake.take(now, verified, &mut self.device);
         self.announce_queue.push_back((self.reports_topic.clone(), bytes, now));
         Some(body)
-    }
-
-    /// A directive was verified and applied: it is re-announced in the next rounds.
-    fn directive_applied(&mut self, data: &[u8]) {
-        if let Ok(signed) = otamesh_core::directive::SignedDirective::from_bytes(data) {
-            self.reannounce.handle_directive(now_ms(), &signed);
-        }
     }
 
     /// Publishes again what [`otamesh_core::reannounce`] says is due: this device's
@@ -1445,8 +1438,8 @@ impl Node {
                 match self.intake.directive(now, &bytes, &self.trust, &mut self.device) {
                     // Tell the mesh, so nodes without an origin learn it too.
                     // Queued like announcements: retried until some peer is subscribed.
-                    Ok(()) => {
-                        self.directive_applied(&bytes);
+                    Ok(applied) => {
+                        self.reannounce.handle_directive(now, &applied);
                         self.announce_queue.push_back((self.directives_topic.clone(), bytes, now_ms()));
                         self.flush_announcements();
                     }
