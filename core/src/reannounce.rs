@@ -108,36 +108,20 @@ impl Reannounce {
     /// This device published `report` (a new outcome): held, and the scheduled rounds
     /// start again from `now`.
     pub fn handle_reported(&mut self, now: Millis, report: &Report) {
-        if self.reports.get(&report.release).is_some_and(|(r, _)| r.sequence >= report.sequence) {
-            return;
+        if hold(&mut self.reports, report.release, report, now, MAX_RELEASES, |r| r.sequence, |r| r.sequence)
+        {
+            self.schedule(now);
         }
-        self.reports.insert(report.release, (report.clone(), now));
-        while self.reports.len() > MAX_RELEASES {
-            // Invariant: the map holds more than MAX_RELEASES >= 1 entries here.
-            let oldest = self.reports.values().min_by_key(|(r, _)| r.sequence).map(|(r, _)| r.release);
-            self.reports.remove(&oldest.expect("non-empty"));
-        }
-        self.schedule(now);
     }
 
     /// This node applied `directive` (verified, newer than any before for its release):
     /// held, and the scheduled rounds start again from `now`.
     pub fn handle_directive(&mut self, now: Millis, directive: &SignedDirective) {
-        let d = &directive.directive;
-        if self.directives.get(&d.release).is_some_and(|(h, _)| h.directive.sequence >= d.sequence) {
-            return;
+        let (release, max) = (directive.directive.release, MAX_DIRECTIVES);
+        let issued = |s: &SignedDirective| s.directive.issued_at;
+        if hold(&mut self.directives, release, directive, now, max, |s| s.directive.sequence, issued) {
+            self.schedule(now);
         }
-        self.directives.insert(d.release, (directive.clone(), now));
-        while self.directives.len() > MAX_DIRECTIVES {
-            // Invariant: the map holds more than MAX_DIRECTIVES >= 1 entries here.
-            let oldest = self
-                .directives
-                .values()
-                .min_by_key(|(s, _)| s.directive.issued_at)
-                .map(|(s, _)| s.directive.release);
-            self.directives.remove(&oldest.expect("non-empty"));
-        }
-        self.schedule(now);
     }
 
     /// A peer not known as a member of this site subscribed to the reports topic: a
@@ -177,7 +161,7 @@ impl Reannounce {
         self.out.extend(reports.into_iter().map(|r| Output::Report(r.clone())));
         self.directives.retain(|_, (s, _)| s.directive.expires_at > now.saturating_add(EXPIRY_MARGIN));
         let directives = self.directives.values().filter(|(_, at)| for_peer || recent(at));
-        self.out.extend(directives.map(|(s, _)| Output::Directive(s.clone())).collect::<Vec<_>>());
+        self.out.extend(directives.map(|(s, _)| Output::Directive(s.clone())));
     }
 
     /// The next message to publish again.
@@ -188,6 +172,29 @@ impl Reannounce {
     fn schedule(&mut self, now: Millis) {
         self.scheduled = SCHEDULE.iter().map(|d| now.saturating_add(*d)).collect();
     }
+}
+
+/// Holds `item` as `release`'s newest (unless one at least as new, by `sequence`, is
+/// held) and keeps at most `max`, dropping the oldest by `age` first. True if held.
+fn hold<T: Clone>(
+    held: &mut BTreeMap<ReleaseId, (T, Millis)>,
+    release: ReleaseId,
+    item: &T,
+    now: Millis,
+    max: usize,
+    sequence: impl Fn(&T) -> u64,
+    age: impl Fn(&T) -> u64,
+) -> bool {
+    if held.get(&release).is_some_and(|(h, _)| sequence(h) >= sequence(item)) {
+        return false;
+    }
+    held.insert(release, (item.clone(), now));
+    while held.len() > max {
+        let oldest = held.iter().min_by_key(|(_, (h, _))| age(h)).map(|(r, _)| *r);
+        // Invariant: the map holds more than `max` entries, so it has an oldest.
+        held.remove(&oldest.expect("non-empty"));
+    }
+    true
 }
 
 #[cfg(test)]
