@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use otamesh_core::directive::{DEFAULT_LIFETIME, Directive, Order, SignedDirective};
 use otamesh_core::gate::HealthGate;
-use otamesh_core::rollout::{RolloutPolicy, Wave, position};
+use otamesh_core::rollout::{RolloutPolicy, Wave};
 use otamesh_core::{DeviceId, ReleaseId, SecretKey, TrustRoot};
 use serde_json::Value;
 
@@ -203,29 +203,6 @@ fn sigkill_during_install_leaves_the_active_slot_intact_and_the_audit_log_valid(
     assert_eq!(std::fs::read(node.data.join("slots/active/payload")).unwrap(), d2);
     let (code, text) = verify_audit(&node.data);
     assert_eq!(code, 0, "after the restart: {text}");
-}
-
-/// Picks a `created_at` (now, or a few ms before) for `m` with `policy` such that the
-/// wave split of `devices` satisfies `ok`; returns the manifest and each device's wave.
-fn pick_manifest(
-    data: &[u8],
-    sequence: u64,
-    policy: RolloutPolicy,
-    devices: &[DeviceId],
-    ok: impl Fn(&[usize]) -> bool,
-) -> (otamesh_core::manifest::Manifest, Vec<usize>) {
-    let mut m = manifest_for(data, "gw", sequence);
-    m.rollout = policy;
-    for _ in 0..10_000 {
-        let id = m.release_id();
-        let waves: Vec<usize> =
-            devices.iter().map(|d| m.rollout.wave_of(m.kind, position(id, *d)).unwrap()).collect();
-        if ok(&waves) {
-            return (m, waves);
-        }
-        m.created_at -= 1;
-    }
-    panic!("no created_at gives the wanted wave split");
 }
 
 /// One fleet of six nodes in two sites, through four releases' worth of operations:

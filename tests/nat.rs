@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use otamesh_core::directive::{DEFAULT_LIFETIME, Directive, Order, SignedDirective};
 use otamesh_core::gate::HealthGate;
-use otamesh_core::rollout::{RolloutPolicy, Wave, position};
+use otamesh_core::rollout::{RolloutPolicy, Wave};
 use otamesh_core::{DeviceId, ReleaseId, SecretKey, TrustRoot};
 use otamesh_fleet::process::NodeProcess;
 use otamesh_node::store::Store;
@@ -276,28 +276,6 @@ fn directive(store: &Path, key: &SecretKey, release: ReleaseId, order: Order, se
     let d = Directive { release, order, sequence, issued_at: now, expires_at: now + DEFAULT_LIFETIME };
     let v = TrustRoot::single(key.public()).verify_directive(SignedDirective::sign(d, key), now).unwrap();
     Store::create(store).unwrap().put_directive(&v).unwrap();
-}
-
-/// A manifest for `data` whose wave split over `devices` satisfies `ok`.
-fn pick_manifest(
-    data: &[u8],
-    sequence: u64,
-    policy: RolloutPolicy,
-    devices: &[DeviceId],
-    ok: impl Fn(&[usize]) -> bool,
-) -> (otamesh_core::manifest::Manifest, Vec<usize>) {
-    let mut m = manifest_for(data, "gw", sequence);
-    m.rollout = policy;
-    for _ in 0..10_000 {
-        let id = m.release_id();
-        let waves: Vec<usize> =
-            devices.iter().map(|d| m.rollout.wave_of(m.kind, position(id, *d)).unwrap()).collect();
-        if ok(&waves) {
-            return (m, waves);
-        }
-        m.created_at -= 1;
-    }
-    panic!("no created_at gives the wanted wave split");
 }
 
 /// Starts the relay on the internet, lists it in the origins' index (`stores`: the

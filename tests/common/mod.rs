@@ -9,8 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use otamesh_core::manifest::{Manifest, SignedManifest, UpdateKind};
-use otamesh_core::rollout::RolloutPolicy;
-use otamesh_core::{ReleaseId, SecretKey};
+use otamesh_core::rollout::{RolloutPolicy, position};
+use otamesh_core::{DeviceId, ReleaseId, SecretKey};
 pub use otamesh_fleet::Origin;
 use otamesh_fleet::process::{self, NodeArgs, NodeProcess};
 use otamesh_fleet::release::{self, Describe};
@@ -394,4 +394,27 @@ pub fn audit_rows(data: &Path) -> Vec<serde_json::Value> {
     let (code, out, err) = otamesh(&["audit", "--data", data.to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "otamesh audit failed: {err}");
     serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().cloned().unwrap_or_default()
+}
+
+/// Picks a `created_at` (now, or a few ms before) for `m` with `policy` such that the
+/// wave split of `devices` satisfies `ok`; returns the manifest and each device's wave.
+pub fn pick_manifest(
+    data: &[u8],
+    sequence: u64,
+    policy: RolloutPolicy,
+    devices: &[DeviceId],
+    ok: impl Fn(&[usize]) -> bool,
+) -> (Manifest, Vec<usize>) {
+    let mut m = manifest_for(data, "gw", sequence);
+    m.rollout = policy;
+    for _ in 0..10_000 {
+        let id = m.release_id();
+        let waves: Vec<usize> =
+            devices.iter().map(|d| m.rollout.wave_of(m.kind, position(id, *d)).unwrap()).collect();
+        if ok(&waves) {
+            return (m, waves);
+        }
+        m.created_at -= 1;
+    }
+    panic!("no created_at gives the wanted wave split");
 }
