@@ -15,7 +15,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -278,6 +278,26 @@ fn directive(store: &Path, key: &SecretKey, release: ReleaseId, order: Order, se
     Store::create(store).unwrap().put_directive(&v).unwrap();
 }
 
+/// Site 3's own origin, on the internet: its store and server.
+fn site3_origin(net: &Internet, dir: &Path) -> (PathBuf, otamesh_fleet::Origin) {
+    let store = dir.join("origin3");
+    Store::create(&store).unwrap();
+    let origin =
+        otamesh_fleet::Origin::start(&store, format!("{}:0", net.wan(1)).parse().unwrap(), None).unwrap();
+    (store, origin)
+}
+
+/// Waits until AutoNAT found every device private and each holds a relay reservation.
+fn wait_private_with_a_reservation(devices: &[Device]) {
+    wait_for(Duration::from_secs(60), "every device private with a relay reservation", || {
+        devices.iter().all(|d| {
+            let s = status_of(&d.node);
+            s["fleet_mesh"]["reachability"] == "private"
+                && s["fleet_mesh"]["relay_reservations"].as_array().is_some_and(|r| r.len() == 1)
+        })
+    });
+}
+
 /// Starts the relay on the internet, lists it in the origins' index (`stores`: the
 /// main origin, then site 3's), and the devices of every site (site 3 polls its own
 /// origin; site 1's health check fails on sequence 2). Returns the relay, its API and
@@ -404,23 +424,14 @@ fn nated_sites_share_reports_and_directives_over_a_hole_punched_mesh() {
     };
     let World { dir, key, trust, store, origin } = World::with_origin(&format!("{}:0", net.wan(1)), None);
     // Site 3's own origin: what is pushed into it reaches the other sites only by gossip.
-    let store3 = dir.path().join("origin3");
-    Store::create(&store3).unwrap();
-    let origin3 =
-        otamesh_fleet::Origin::start(&store3, format!("{}:0", net.wan(1)).parse().unwrap(), None).unwrap();
+    let (store3, origin3) = site3_origin(&net, dir.path());
 
     let (mut relay, relay_api, devices) =
         start_fleet(&net, dir.path(), &trust, [(&store, &origin.url), (&store3, &origin3.url)]);
     let site_of: BTreeMap<String, usize> = devices.iter().map(|d| (d.peer.clone(), d.site)).collect();
 
     // ---- the mesh: reachability, reservations, then direct links between sites ----
-    wait_for(Duration::from_secs(60), "every device private with a relay reservation", || {
-        devices.iter().all(|d| {
-            let s = status_of(&d.node);
-            s["fleet_mesh"]["reachability"] == "private"
-                && s["fleet_mesh"]["relay_reservations"].as_array().is_some_and(|r| r.len() == 1)
-        })
-    });
+    wait_private_with_a_reservation(&devices);
     let mut linked: BTreeSet<(usize, usize)> = BTreeSet::new();
     wait_for(Duration::from_secs(120), "direct links joining the three sites", || {
         for d in &devices {
@@ -571,20 +582,11 @@ fn symmetric_nats_defeat_hole_punching_and_leave_sites_relayed() {
         return;
     };
     let World { dir, trust, store, origin, .. } = World::with_origin(&format!("{}:0", net.wan(1)), None);
-    let store3 = dir.path().join("origin3");
-    Store::create(&store3).unwrap();
-    let origin3 =
-        otamesh_fleet::Origin::start(&store3, format!("{}:0", net.wan(1)).parse().unwrap(), None).unwrap();
+    let (store3, origin3) = site3_origin(&net, dir.path());
     let (_relay, _api, devices) =
         start_fleet(&net, dir.path(), &trust, [(&store, &origin.url), (&store3, &origin3.url)]);
     let site_of: BTreeMap<String, usize> = devices.iter().map(|d| (d.peer.clone(), d.site)).collect();
-    wait_for(Duration::from_secs(60), "every device private with a relay reservation", || {
-        devices.iter().all(|d| {
-            let s = status_of(&d.node);
-            s["fleet_mesh"]["reachability"] == "private"
-                && s["fleet_mesh"]["relay_reservations"].as_array().is_some_and(|r| r.len() == 1)
-        })
-    });
+    wait_private_with_a_reservation(&devices);
     let relayed_remote = |d: &Device| {
         status_of(&d.node)["fleet_mesh"]["connections"].as_array().into_iter().flatten().any(|c| {
             c["relayed"] == true
