@@ -367,6 +367,15 @@ pub struct FleetMesh {
     redial: BTreeSet<PeerId>,
 }
 
+/// What [`FleetMesh::remember_bootstrap`] did with an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Remembered {
+    /// A bootstrap node not known before.
+    New,
+    /// A better transport of a known one, in place of its address.
+    Preferred,
+}
+
 impl FleetMesh {
     /// The mesh of node `me` with the bootstrap nodes given on the command line.
     pub fn new(me: PeerId, bootstrap: &[(PeerId, Multiaddr)], metrics: FleetMetrics) -> Self {
@@ -387,11 +396,7 @@ impl FleetMesh {
         };
         mesh.set_reachability(Reachability::Unknown);
         for (peer, addr) in bootstrap {
-            // One address per bootstrap node, QUIC preferred (see `add_bootstrap`).
-            let better = mesh.bootstrap.get(peer).is_none_or(|known| transport_of(known) == "tcp");
-            if better && mesh.bootstrap.len() < MAX_BOOTSTRAP {
-                mesh.bootstrap.insert(*peer, addr.clone());
-            }
+            mesh.remember_bootstrap(*peer, addr);
         }
         mesh
     }
@@ -413,22 +418,36 @@ impl FleetMesh {
             if peer == self.me {
                 continue;
             }
-            if let Some(known) = self.bootstrap.get_mut(&peer) {
-                // Another transport of a known bootstrap node: dialled too, so that it
-                // observes this node on both; QUIC is preferred for the reservation
-                // (UDP holes punch more often than TCP ones).
-                if *known != addr && transport_of(&addr) == "quic" && transport_of(known) == "tcp" {
-                    *known = addr.clone();
-                    let _ = swarm.dial(addr.clone().with(Protocol::P2p(peer)));
+            match self.remember_bootstrap(peer, &addr) {
+                Some(Remembered::New) => {
+                    tracing::info!(%peer, %addr, "bootstrap node from the origin's index");
+                    self.join(swarm, peer, addr);
                 }
-                continue;
+                // Another transport of a known bootstrap node: dialled too, so that it
+                // observes this node on both.
+                Some(Remembered::Preferred) => {
+                    let _ = swarm.dial(addr.with(Protocol::P2p(peer)));
+                }
+                None => {}
             }
-            if self.bootstrap.len() >= MAX_BOOTSTRAP {
-                continue;
+        }
+    }
+
+    /// Keeps one address per bootstrap node, at most [`MAX_BOOTSTRAP`] nodes, QUIC
+    /// preferred for the reservation (UDP holes punch more often than TCP ones).
+    fn remember_bootstrap(&mut self, peer: PeerId, addr: &Multiaddr) -> Option<Remembered> {
+        let room = self.bootstrap.len() < MAX_BOOTSTRAP;
+        match self.bootstrap.get_mut(&peer) {
+            Some(known) if transport_of(addr) == "quic" && transport_of(known) == "tcp" => {
+                *known = addr.clone();
+                Some(Remembered::Preferred)
             }
-            tracing::info!(%peer, %addr, "bootstrap node from the origin's index");
-            self.bootstrap.insert(peer, addr.clone());
-            self.join(swarm, peer, addr);
+            Some(_) => None,
+            None if room => {
+                self.bootstrap.insert(peer, addr.clone());
+                Some(Remembered::New)
+            }
+            None => None,
         }
     }
 
