@@ -25,6 +25,7 @@ use otamesh_core::lifecycle::{Phase, Reason, State};
 use otamesh_core::rollout::{ReleaseInfo, RolloutPolicy};
 use otamesh_core::{ChunkId, DeviceId, Millis, ReleaseId, SecretKey, TrustRoot};
 
+use crate::churn;
 use crate::gossip::{self, Spread};
 use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, NO_LINK, NO_ROUTE, Net, Path, RouteId, Timer};
 use crate::owner::Owners;
@@ -547,9 +548,15 @@ impl<'a> World<'a> {
             AnnounceMode::Gossip => {
                 let lan = gossip::Sites { site: &site, start: &site_start };
                 let relay = sc.announce.site_relay.then_some(lan);
-                match sc.announce.style {
-                    GossipStyle::Push => gossip::push(seed, n, sc.announce.fanout, relay),
-                    GossipStyle::PushPull => gossip::push_pull(seed, n, sc.announce.fanout, relay),
+                let (fanout, hop_delay_s) = (sc.announce.fanout, sc.announce.hop_delay_s);
+                // Devices offline at a round's time neither push nor hear in it.
+                let churned = sc.churn.as_ref().map(|c| churn::Schedule::new(seed, c));
+                let mut churned = churned.map(|s| gossip::Churned::new(s, n, hop_delay_s));
+                match (sc.announce.style, &mut churned) {
+                    (GossipStyle::Push, None) => gossip::push(seed, n, fanout, relay),
+                    (GossipStyle::Push, Some(c)) => gossip::push_with(seed, n, fanout, relay, c),
+                    (GossipStyle::PushPull, None) => gossip::push_pull(seed, n, fanout, relay),
+                    (GossipStyle::PushPull, Some(c)) => gossip::push_pull_with(seed, n, fanout, relay, c),
                 }
             }
             AnnounceMode::Poll => Spread::default(),
@@ -724,9 +731,9 @@ impl<'a> World<'a> {
     fn start(&mut self) {
         let sc = self.sc;
         if let Some(churn) = &sc.churn {
-            let p_on = churn.mean_online_s / (churn.mean_online_s + churn.mean_offline_s);
+            let schedule = churn::Schedule::new(self.seed, churn);
             for d in 0..self.n {
-                let on = rng::unit(self.seed, u64::from(d), Purpose::Churn, 0) < p_on;
+                let on = schedule.starts_online(d);
                 self.churn_n[d as usize] = 1;
                 if !on {
                     self.online[d as usize] = false;
@@ -744,7 +751,7 @@ impl<'a> World<'a> {
             AnnounceMode::Gossip => {
                 for round in 1..=self.spread.last_round() {
                     if !self.spread.heard_in(round).is_empty() {
-                        let t = self.secs(f64::from(round) * sc.announce.hop_delay_s);
+                        let t = gossip::round_at(round, sc.announce.hop_delay_s);
                         self.push(t, Ev::Announce(round), true);
                     }
                 }
@@ -775,7 +782,7 @@ impl<'a> World<'a> {
         match a.mode {
             AnnounceMode::Gossip => match self.spread.round[d as usize] {
                 gossip::UNHEARD => Micros::MAX,
-                round => self.secs(f64::from(round) * a.hop_delay_s),
+                round => gossip::round_at(round, a.hop_delay_s),
             },
             AnnounceMode::Poll => {
                 self.secs(rng::unit(self.seed, u64::from(d), Purpose::Announce, 0) * a.poll_interval_s)
@@ -786,11 +793,9 @@ impl<'a> World<'a> {
     fn schedule_toggle(&mut self, d: u32) {
         let Some(churn) = &self.sc.churn else { return };
         let i = d as usize;
-        let mean = if self.online[i] { churn.mean_online_s } else { churn.mean_offline_s };
         let n = self.churn_n[i];
         self.churn_n[i] += 1;
-        let t = self.now
-            + self.secs(rng::exponential(self.seed, u64::from(d), Purpose::Churn, u64::from(n), mean));
+        let t = self.now + churn::Schedule::new(self.seed, churn).period_us(d, n, self.online[i]);
         if self.online[i] {
             self.push(t, Ev::Offline(d), false);
         } else {

@@ -26,6 +26,8 @@
 //! round hears when it is back, as a reconnecting gossipsub peer catches up), message
 //! loss.
 
+use crate::churn;
+use crate::net::Micros;
 use crate::rng::{self, Purpose};
 
 /// The round of a device that never hears (rounds stop at [`MAX_ROUND`]).
@@ -43,6 +45,10 @@ pub struct Spread {
     pub order: Vec<u32>,
     /// Where each round's devices start in `order`; `starts[0] == starts[1] == 0`.
     pub starts: Vec<u32>,
+    /// Under churn, the last `late` devices of `order`: not reached while online in the
+    /// rounds played, they are put in the last round and hear then if online, or else
+    /// when they are next online (0 without churn).
+    pub late: u32,
 }
 
 impl Spread {
@@ -70,32 +76,123 @@ pub struct Sites<'a> {
     pub start: &'a [u32],
 }
 
+/// Who is online at each round's time, as the spread asks (see [`Churned`]).
+pub trait Presence {
+    /// Every device is online in every round: the spread is played as without churn,
+    /// with no work for presence at all.
+    const ALWAYS: bool;
+
+    /// Whether device `d` is online in round `r`. The rounds asked of a device only
+    /// grow.
+    fn online(&mut self, d: u32, r: u8) -> bool;
+
+    /// Whether device `d` has been online without a break from publication (time 0)
+    /// through round `r`.
+    fn online_throughout(&mut self, d: u32, r: u8) -> bool;
+}
+
+/// No churn: every device is online all the time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Everyone;
+
+impl Presence for Everyone {
+    const ALWAYS: bool = true;
+
+    fn online(&mut self, _: u32, _: u8) -> bool {
+        true
+    }
+
+    fn online_throughout(&mut self, _: u32, _: u8) -> bool {
+        true
+    }
+}
+
+/// Devices online and offline by the fleet's churn schedule ([`churn::Schedule`], the
+/// one the engine plays), round `r` at [`round_at`]`(r, hop_delay_s)`.
+#[derive(Debug, Clone)]
+pub struct Churned {
+    tracker: churn::Tracker,
+    /// Each round's time.
+    at: Vec<Micros>,
+}
+
+impl Churned {
+    /// The presence of devices `0..n` under `schedule`, with rounds `hop_delay_s` apart.
+    pub fn new(schedule: churn::Schedule, n: u32, hop_delay_s: f64) -> Self {
+        let at = (0..=UNHEARD).map(|r| round_at(r, hop_delay_s)).collect();
+        Self { tracker: churn::Tracker::new(schedule, n), at }
+    }
+}
+
+impl Presence for Churned {
+    const ALWAYS: bool = false;
+
+    fn online(&mut self, d: u32, r: u8) -> bool {
+        self.tracker.online_at(d, self.at[usize::from(r)])
+    }
+
+    fn online_throughout(&mut self, d: u32, r: u8) -> bool {
+        self.tracker.online_throughout(d, self.at[usize::from(r)])
+    }
+}
+
+/// When round `r` is played, `hop_delay_s` seconds a round after publication, to the
+/// microsecond: the engine announces round `r` at this time too.
+pub fn round_at(r: u8, hop_delay_s: f64) -> Micros {
+    (f64::from(r) * hop_delay_s * 1e6).round() as Micros
+}
+
 /// Plays push gossip over `n` devices with `fanout` pushes per informed device and
 /// round, until every device knows or [`MAX_ROUND`] is reached; with `sites`, a site
-/// hears on its LAN the round after its first device heard.
+/// hears on its LAN the round after its first device heard. Nobody goes offline: see
+/// [`push_with`] for churn.
 pub fn push(seed: u64, n: u32, fanout: u32, sites: Option<Sites<'_>>) -> Spread {
+    push_with(seed, n, fanout, sites, &mut Everyone)
+}
+
+/// [`push`] with devices online and offline as `presence` says: in each round only
+/// the informed devices online then push, a push to a device offline then is lost,
+/// and only online site members tell and hear on the LAN. Under churn the rounds
+/// stop once every device online since publication has heard, and the devices not
+/// reached by then hear late (see [`Spread::late`]).
+pub fn push_with<P: Presence>(
+    seed: u64,
+    n: u32,
+    fanout: u32,
+    sites: Option<Sites<'_>>,
+    presence: &mut P,
+) -> Spread {
     let mut round = vec![UNHEARD; n as usize];
     let mut order: Vec<u32> = Vec::with_capacity(n as usize);
     let mut starts = vec![0u32, 0];
     if n == 0 || fanout == 0 {
-        return Spread { round, order, starts };
+        return Spread { round, order, starts, late: 0 };
     }
-    publish(seed, n, fanout, &mut round, &mut order);
+    let mut waiting = Waiting::new(n, presence);
+    publish(seed, n, fanout, 1, presence, &mut round, &mut order);
     starts.push(order.len() as u32);
     let mut told = vec![false; sites.map_or(0, |s| s.start.len().saturating_sub(1))];
     let mut r: u8 = 1;
-    while order.len() < n as usize && r < MAX_ROUND && n > 1 {
+    while order.len() < n as usize && r < MAX_ROUND && n > 1 && waiting.any(presence, &round, r) {
         r += 1;
         // Synchronous rounds: only devices that knew before this round push in it.
         let informed = order.len();
         if let Some(sites) = sites {
-            tell_sites(sites, r, starts[usize::from(r) - 1] as usize, &mut told, &mut round, &mut order);
+            let fresh = starts[usize::from(r) - 1] as usize;
+            tell_sites(sites, r, fresh, &mut told, presence, &mut round, &mut order);
+        }
+        if informed == 0 {
+            // Under churn every push of the publisher's may have been lost.
+            publish(seed, n, fanout, r, presence, &mut round, &mut order);
         }
         for k in 0..informed {
             let d = order[k];
+            if !P::ALWAYS && !presence.online(d, r) {
+                continue;
+            }
             for j in 0..u64::from(fanout) {
                 let target = partner(seed, n, fanout, d, r, j);
-                if round[target as usize] == UNHEARD {
+                if round[target as usize] == UNHEARD && (P::ALWAYS || presence.online(target, r)) {
                     round[target as usize] = r;
                     order.push(target);
                 }
@@ -103,7 +200,7 @@ pub fn push(seed: u64, n: u32, fanout: u32, sites: Option<Sites<'_>>) -> Spread 
         }
         starts.push(order.len() as u32);
     }
-    Spread { round, order, starts }
+    finish::<P>(round, order, starts, r)
 }
 
 /// Plays push-pull gossip over `n` devices: in every round each device calls `fanout`
@@ -115,31 +212,56 @@ pub fn push(seed: u64, n: u32, fanout: u32, sites: Option<Sites<'_>>) -> Spread 
 /// `log3 n + O(ln ln n)` rounds; pull finishes the tail that push leaves to chance.
 /// The work is `n * fanout` draws per round (every device calls), against push's
 /// draws per informed device. With `sites`, delivery is also per site, as in [`push`].
+/// Nobody goes offline: see [`push_pull_with`] for churn.
 pub fn push_pull(seed: u64, n: u32, fanout: u32, sites: Option<Sites<'_>>) -> Spread {
+    push_pull_with(seed, n, fanout, sites, &mut Everyone)
+}
+
+/// [`push_pull`] with devices online and offline as `presence` says: a device offline
+/// in a round neither calls nor answers (a call to it is lost), and the rounds stop
+/// and late devices hear as in [`push_with`].
+pub fn push_pull_with<P: Presence>(
+    seed: u64,
+    n: u32,
+    fanout: u32,
+    sites: Option<Sites<'_>>,
+    presence: &mut P,
+) -> Spread {
     let mut round = vec![UNHEARD; n as usize];
     let mut order: Vec<u32> = Vec::with_capacity(n as usize);
     let mut starts = vec![0u32, 0];
     if n == 0 || fanout == 0 {
-        return Spread { round, order, starts };
+        return Spread { round, order, starts, late: 0 };
     }
-    publish(seed, n, fanout, &mut round, &mut order);
+    let mut waiting = Waiting::new(n, presence);
+    publish(seed, n, fanout, 1, presence, &mut round, &mut order);
     starts.push(order.len() as u32);
     let mut told = vec![false; sites.map_or(0, |s| s.start.len().saturating_sub(1))];
     let mut r: u8 = 1;
-    while order.len() < n as usize && r < MAX_ROUND && n > 1 {
+    while order.len() < n as usize && r < MAX_ROUND && n > 1 && waiting.any(presence, &round, r) {
         r += 1;
         if let Some(sites) = sites {
-            tell_sites(sites, r, starts[usize::from(r) - 1] as usize, &mut told, &mut round, &mut order);
+            let fresh = starts[usize::from(r) - 1] as usize;
+            tell_sites(sites, r, fresh, &mut told, presence, &mut round, &mut order);
+        }
+        if order.is_empty() {
+            // Under churn every push of the publisher's may have been lost.
+            publish(seed, n, fanout, r, presence, &mut round, &mut order);
         }
         for d in 0..n {
+            if !P::ALWAYS && !presence.online(d, r) {
+                continue;
+            }
             for j in 0..u64::from(fanout) {
                 let partner = partner(seed, n, fanout, d, r, j);
                 // "Knew before this round": heard in an earlier round.
                 let (me, them) = (round[d as usize], round[partner as usize]);
                 if me < r && them == UNHEARD {
-                    round[partner as usize] = r;
-                    order.push(partner);
-                } else if me == UNHEARD && them < r {
+                    if P::ALWAYS || presence.online(partner, r) {
+                        round[partner as usize] = r;
+                        order.push(partner);
+                    }
+                } else if me == UNHEARD && them < r && (P::ALWAYS || presence.online(partner, r)) {
                     round[d as usize] = r;
                     order.push(d);
                 }
@@ -147,38 +269,103 @@ pub fn push_pull(seed: u64, n: u32, fanout: u32, sites: Option<Sites<'_>>) -> Sp
         }
         starts.push(order.len() as u32);
     }
-    Spread { round, order, starts }
+    finish::<P>(round, order, starts, r)
 }
 
-/// Round 1: the publisher (not a device) tells `fanout` devices drawn at random.
-fn publish(seed: u64, n: u32, fanout: u32, round: &mut [u8], order: &mut Vec<u32>) {
-    for j in 0..u64::from(fanout) {
+/// The devices that have been online since publication and not heard yet: under churn
+/// the rounds go on while there is one. Without churn, no work: the rounds go on
+/// until everyone heard.
+struct Waiting(Vec<u32>);
+
+impl Waiting {
+    fn new<P: Presence>(n: u32, presence: &mut P) -> Self {
+        if P::ALWAYS {
+            return Self(Vec::new());
+        }
+        Self((0..n).filter(|&d| presence.online_throughout(d, 0)).collect())
+    }
+
+    /// Whether a device has been online from publication through round `r` without
+    /// hearing. A device that heard or went offline never waits again, so each is
+    /// dropped once: the work is the fleet's size over the whole spread.
+    fn any<P: Presence>(&mut self, presence: &mut P, round: &[u8], r: u8) -> bool {
+        if P::ALWAYS {
+            return true;
+        }
+        while let Some(&d) = self.0.last() {
+            if round[d as usize] == UNHEARD && presence.online_throughout(d, r) {
+                return true;
+            }
+            self.0.pop();
+        }
+        false
+    }
+}
+
+/// Ends a spread whose last round was `last`: under churn, the devices not reached
+/// while online hear late, in round `last` (see [`Spread::late`]).
+fn finish<P: Presence>(mut round: Vec<u8>, mut order: Vec<u32>, mut starts: Vec<u32>, last: u8) -> Spread {
+    let mut late = 0;
+    if !P::ALWAYS && order.len() < round.len() {
+        for (d, r) in round.iter_mut().enumerate() {
+            if *r == UNHEARD {
+                *r = last;
+                order.push(d as u32);
+                late += 1;
+            }
+        }
+        if let Some(end) = starts.last_mut() {
+            *end = order.len() as u32;
+        }
+    }
+    Spread { round, order, starts, late }
+}
+
+/// The publisher (not a device, always online) tells `fanout` devices drawn at
+/// random in round `r`: round 1, and under churn again in every round until one of
+/// its pushes reached a device online then (its peers are the devices it is
+/// connected to).
+fn publish<P: Presence>(
+    seed: u64,
+    n: u32,
+    fanout: u32,
+    r: u8,
+    presence: &mut P,
+    round: &mut [u8],
+    order: &mut Vec<u32>,
+) {
+    // Round 1's draws are 0..fanout; round r's follow on from r * fanout.
+    let first = if r == 1 { 0 } else { u64::from(r) * u64::from(fanout) };
+    for j in first..first + u64::from(fanout) {
         let target = (rng::draw(seed, u64::MAX, Purpose::Announce, j) % u64::from(n)) as u32;
-        if round[target as usize] == UNHEARD {
-            round[target as usize] = 1;
+        if round[target as usize] == UNHEARD && (P::ALWAYS || presence.online(target, r)) {
+            round[target as usize] = r;
             order.push(target);
         }
     }
 }
 
 /// Sites whose first devices heard in the last round (`order[fresh..]`) hear now, all
-/// at once: the work is each site's size, once.
-fn tell_sites(
+/// at once: the work is each site's size, once. Under churn a site is told by those
+/// of its fresh devices that are online now, and its members offline now miss it.
+fn tell_sites<P: Presence>(
     sites: Sites<'_>,
     r: u8,
     fresh: usize,
     told: &mut [bool],
+    presence: &mut P,
     round: &mut [u8],
     order: &mut Vec<u32>,
 ) {
     for k in fresh..order.len() {
-        let s = sites.site[order[k] as usize] as usize;
-        if told[s] {
+        let d = order[k];
+        let s = sites.site[d as usize] as usize;
+        if told[s] || !(P::ALWAYS || presence.online(d, r)) {
             continue;
         }
         told[s] = true;
         for e in sites.start[s]..sites.start[s + 1] {
-            if round[e as usize] == UNHEARD {
+            if round[e as usize] == UNHEARD && (P::ALWAYS || presence.online(e, r)) {
                 round[e as usize] = r;
                 order.push(e);
             }

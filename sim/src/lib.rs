@@ -15,6 +15,7 @@
 //! The same scenario and seed give a byte-identical `summary.json` (apart from the
 //! measured `wall_s`, which `--reproducible` writes as `null`).
 
+pub mod churn;
 pub mod cli;
 pub mod engine;
 pub mod gossip;
