@@ -11,7 +11,7 @@
 //! [`Schedule::period_us`]); the gossip asks "is device `d` online at `t`" for round
 //! times that only grow ([`Tracker`]). Both read the same draws through the same two
 //! functions, so they cannot disagree (`sim/tests/gossip_churn.rs` checks the engine's
-//! offline counts against [`Schedule::online_at`]).
+//! offline count, sample by sample, against a [`Tracker`]).
 //!
 //! **Goals:** pure and deterministic for a seed; draws made only when asked, so a
 //! device whose periods outlast the question costs two draws (its first state and its

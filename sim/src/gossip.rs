@@ -12,7 +12,7 @@
 //! **Goals:** pure and deterministic for a seed (every push is the counter-based draw
 //! (seed, pushing device, mixed (round, j))); work proportional to the pushes made, that is to
 //! the informed devices of each round, never to the fleet per round; a few bytes per
-//! device.
+//! device (under churn, 26 more while the spread is drawn).
 //!
 //! With [`Sites`], delivery is also per site: the first devices of a site to hear tell
 //! the whole site on its LAN in the next round (a site's peers are each other's
@@ -21,10 +21,30 @@
 //! [`push_pull`] adds pull: every device calls partners each round, and an uninformed
 //! caller learns from an informed partner, which removes push's slow tail.
 //!
-//! **Non-goals:** churn while spreading (the spread is drawn for the whole fleet; the
-//! engine delivers a round to the devices online then, and a device offline at its
-//! round hears when it is back, as a reconnecting gossipsub peer catches up), message
-//! loss.
+//! **Churn while spreading** ([`push_with`], [`push_pull_with`] and a [`Presence`]; the
+//! engine uses [`Churned`], the fleet's `[churn]` schedule from [`crate::churn`], the
+//! one its own online and offline events follow). Round `r` is played at
+//! [`round_at`]`(r, hop_delay_s)`, and a device offline then takes no part in it: it
+//! does not push, a push to it is lost, in push-pull it neither calls nor answers, and
+//! on a LAN only the online members of a site tell and hear. It takes part again in
+//! the rounds after it is back. The publisher is always online and pushes again in
+//! every round until one of its pushes reaches an online device (it publishes to the
+//! devices it is connected to). The rounds stop once every device that has been
+//! online since publication has heard: new rounds would mostly reach devices coming
+//! back, one by one, and their cost is the informed fleet per round. The devices not
+//! reached by then are *late* ([`Spread::late`]): they are put in the last round, so
+//! the engine announces to those online then at once and to the others when they
+//! come back, as a reconnecting gossipsub peer catches up from peers that know.
+//! That is optimistic by a round or two for a device back shortly before the end
+//! (random pushes would have found it soon), and more so when online periods are
+//! shorter than the spread (then few devices stay online throughout and the rounds
+//! stop early). Churn costs a few draws per device (each device's first periods,
+//! drawn when first needed) and a presence look-up per push; without churn the
+//! spread, its draws and its work are what they were.
+//!
+//! **Non-goals:** message loss other than to offline devices; a device's mesh peers
+//! (pushes go to uniform random devices, online or not, where gossipsub would send
+//! only to connected peers: a lost push is the pessimistic side of that).
 
 use crate::churn;
 use crate::net::Micros;

@@ -4,7 +4,8 @@
 //! ([`Device`](otamesh_core::device::Device)) that the real node runs, so what
 //! it says about a rollout strategy is said about the code devices run. The network is
 //! flow-level with max-min fair sharing ([`net`]); announcements spread by random push
-//! or push-pull gossip ([`gossip`]); named links and paths, open systems (arrivals,
+//! or push-pull gossip ([`gossip`]) against the online and offline periods the rest
+//! of the run follows ([`churn`]); named links and paths, open systems (arrivals,
 //! per-device release sizes) and per-device fetch and install durations come from the
 //! scenario ([`scenario`]); the fleet is struct-of-arrays
 //! ([`engine`]); scenarios are TOML ([`scenario`]); outputs are JSON, CSV and plots
