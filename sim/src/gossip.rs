@@ -12,7 +12,7 @@
 //! **Goals:** pure and deterministic for a seed (every push is the counter-based draw
 //! (seed, pushing device, mixed (round, j))); work proportional to the pushes made, that is to
 //! the informed devices of each round, never to the fleet per round; a few bytes per
-//! device (under churn, 26 more while the spread is drawn).
+//! device (under churn, 28 more while the spread is drawn).
 //!
 //! With [`Sites`], delivery is also per site: the first devices of a site to hear tell
 //! the whole site on its LAN in the next round (a site's peers are each other's
@@ -36,9 +36,10 @@
 //! the engine announces to those online then at once and to the others when they
 //! come back, as a reconnecting gossipsub peer catches up from peers that know.
 //! That is optimistic by a round or two for a device back shortly before the end
-//! (random pushes would have found it soon), and more so when online periods are
-//! shorter than the spread (then few devices stay online throughout and the rounds
-//! stop early). Churn costs a few draws per device (each device's first periods,
+//! (random pushes would have found it soon), and more so when the rumour has not
+//! reached most online devices by then: when online periods are shorter than the
+//! spread (few devices stay online throughout, so the rounds stop early), or when few
+//! devices are online at all (the rounds then run to [`MAX_ROUND`]). Churn costs a few draws per device (each device's first periods,
 //! drawn when first needed) and a presence look-up per push; without churn the
 //! spread, its draws and its work are what they were.
 //!
@@ -134,12 +135,13 @@ pub struct Churned {
     tracker: churn::Tracker,
     /// Each round's time.
     at: Vec<Micros>,
-    /// Per device, what its period last asked says, for the rounds it covers: the first
-    /// round past it (bits 2 and up), whether it is the device's first period (bit 1)
-    /// and online (bit 0); 0 before the first question. Two bytes a device answer
-    /// almost every question (a period lasts many rounds) where the tracker's period
-    /// records, ten times larger, would be read at random across the fleet.
-    known: Vec<u16>,
+    /// Per device, what the period it was last asked about says, for the rounds it
+    /// covers: its first round (bits 11 and up), the first round past it (bits 2 to
+    /// 10), whether it is the device's first period (bit 1) and online (bit 0); 0
+    /// before the first question. Four bytes a device answer almost every question (a
+    /// period lasts many rounds) where the tracker's period records, six times larger,
+    /// would be read at random across the fleet.
+    known: Vec<u32>,
 }
 
 impl Churned {
@@ -150,15 +152,17 @@ impl Churned {
     }
 
     /// What device `d`'s period holding round `r` says (encoded as in `known`).
-    fn ask(&mut self, d: u32, r: u8) -> u16 {
+    fn ask(&mut self, d: u32, r: u8) -> u32 {
+        let r32 = u32::from(r);
         let k = self.known[d as usize];
-        if k >> 2 > u16::from(r) {
+        if (k >> 11) <= r32 && r32 < (k >> 2 & 0x1ff) {
             return k;
         }
         let p = self.tracker.period(d, self.at[usize::from(r)]);
-        // The rounds whose time falls before the period's end (at most 256).
-        let past = self.at.partition_point(|&t| t < p.until) as u16;
-        let k = past << 2 | u16::from(p.n == 1) << 1 | u16::from(p.online);
+        // The rounds whose time falls in the period (`first..past`, past at most 256).
+        let first = self.at.partition_point(|&t| t < p.from) as u32;
+        let past = self.at.partition_point(|&t| t < p.until) as u32;
+        let k = first << 11 | past << 2 | u32::from(p.n == 1) << 1 | u32::from(p.online);
         self.known[d as usize] = k;
         k
     }
@@ -470,6 +474,24 @@ mod tests {
             assert!(rounds.iter().all(|&r| r <= first + 1), "site {s}: {rounds:?}");
         }
         assert!(lan.last_round() + 5 < plain.last_round(), "{} vs {}", lan.last_round(), plain.last_round());
+    }
+
+    #[test]
+    fn churned_presence_agrees_with_the_schedule_whatever_the_order_asked() {
+        // Periods of a few rounds, so answers change often; rounds asked out of order too.
+        let churn = crate::scenario::Churn { mean_online_s: 5.0, mean_offline_s: 3.0 };
+        for hop in [0.7, 0.0] {
+            let schedule = churn::Schedule::new(2, &churn);
+            let mut c = Churned::new(schedule, 50, hop);
+            for r in [0u8, 1, 5, 5, 6, 30, 2, 200, 254, 0, 100] {
+                let t = round_at(r, hop);
+                for d in 0..50 {
+                    assert_eq!(c.online(d, r), schedule.online_at(d, t), "device {d}, round {r}, hop {hop}");
+                    let first = schedule.periods(d).next().expect("endless");
+                    assert_eq!(c.online_throughout(d, r), first.online && t < first.until);
+                }
+            }
+        }
     }
 
     #[test]

@@ -250,3 +250,27 @@ fn a_churned_gossip_run_is_reproducible() {
     assert_eq!(Summary::of(&a, None).to_json(), Summary::of(&b, None).to_json());
     assert_eq!(a.committed, 1000, "offline devices hear and fetch when back");
 }
+
+#[test]
+fn the_publisher_tries_again_until_an_online_device_hears() {
+    // One device in a hundred online at a time: the publisher's first pushes are lost.
+    let (n, hop, seed) = (5_000, 1.0, 9);
+    let schedule = Schedule::new(seed, &Churn { mean_online_s: 600.0, mean_offline_s: 59_400.0 });
+    let s = gossip::push_with(seed, n, 1, None, &mut Churned::new(schedule, n, hop));
+    check_heard_online(&s, schedule, hop);
+    let first = (1..=s.last_round()).find(|&r| !s.heard_in(r).is_empty()).expect("someone is placed");
+    let on_time = n - s.late;
+    eprintln!("first hearer in round {first}, {on_time} heard on time, {} rounds", s.last_round());
+    assert!(first > 1, "round 1's push was lost (this seed)");
+    assert!(on_time > 1, "the publisher tried again and the rumour spread among the online devices");
+}
+
+#[test]
+fn tiny_churned_fleets() {
+    let schedule = Schedule::new(1, &Churn { mean_online_s: 1.0, mean_offline_s: 1e6 });
+    // Offline at every round: placed late, to hear when it comes back.
+    let one = gossip::push_with(1, 1, 1, None, &mut Churned::new(schedule, 1, 1.0));
+    assert_eq!((one.late, one.round.clone()), (1, vec![1]));
+    let none = gossip::push_pull_with(1, 0, 1, None, &mut Churned::new(schedule, 0, 1.0));
+    assert!(none.order.is_empty());
+}
