@@ -39,9 +39,10 @@
 //! (random pushes would have found it soon), and more so when the rumour has not
 //! reached most online devices by then: when online periods are shorter than the
 //! spread (few devices stay online throughout, so the rounds stop early), or when few
-//! devices are online at all (the rounds then run to [`MAX_ROUND`]). Churn costs a few draws per device (each device's first periods,
-//! drawn when first needed) and a presence look-up per push; without churn the
-//! spread, its draws and its work are what they were.
+//! devices are online at all (the rounds then run to [`MAX_ROUND`]). Churn costs a
+//! few draws per device (each device's first periods, drawn when first needed) and a
+//! presence look-up per pushing device and per push to a device that has not heard;
+//! without churn the spread, its draws and its work are what they were.
 //!
 //! **Non-goals:** message loss other than to offline devices; a device's mesh peers
 //! (pushes go to uniform random devices, online or not, where gossipsub would send
