@@ -207,29 +207,8 @@ pub fn push_with<P: Presence>(
     sites: Option<Sites<'_>>,
     presence: &mut P,
 ) -> Spread {
-    let mut round = vec![UNHEARD; n as usize];
-    let mut order: Vec<u32> = Vec::with_capacity(n as usize);
-    let mut starts = vec![0u32, 0];
-    if n == 0 || fanout == 0 {
-        return Spread { round, order, starts, late: 0 };
-    }
-    let mut waiting = Waiting::new(n, presence);
-    publish(seed, n, fanout, 1, presence, &mut round, &mut order);
-    starts.push(order.len() as u32);
-    let mut told = vec![false; sites.map_or(0, |s| s.start.len().saturating_sub(1))];
-    let mut r: u8 = 1;
-    while order.len() < n as usize && r < MAX_ROUND && n > 1 && waiting.any(presence, &round, r) {
-        r += 1;
+    play(seed, n, fanout, sites, presence, |r, informed, presence, round, order| {
         // Synchronous rounds: only devices that knew before this round push in it.
-        let informed = order.len();
-        if let Some(sites) = sites {
-            let fresh = starts[usize::from(r) - 1] as usize;
-            tell_sites(sites, r, fresh, &mut told, presence, &mut round, &mut order);
-        }
-        if informed == 0 {
-            // Under churn every push of the publisher's may have been lost.
-            publish(seed, n, fanout, r, presence, &mut round, &mut order);
-        }
         for k in 0..informed {
             let d = order[k];
             if !P::ALWAYS && !presence.online(d, r) {
@@ -243,9 +222,7 @@ pub fn push_with<P: Presence>(
                 }
             }
         }
-        starts.push(order.len() as u32);
-    }
-    finish::<P>(round, order, starts, r)
+    })
 }
 
 /// Plays push-pull gossip over `n` devices: in every round each device calls `fanout`
@@ -272,27 +249,7 @@ pub fn push_pull_with<P: Presence>(
     sites: Option<Sites<'_>>,
     presence: &mut P,
 ) -> Spread {
-    let mut round = vec![UNHEARD; n as usize];
-    let mut order: Vec<u32> = Vec::with_capacity(n as usize);
-    let mut starts = vec![0u32, 0];
-    if n == 0 || fanout == 0 {
-        return Spread { round, order, starts, late: 0 };
-    }
-    let mut waiting = Waiting::new(n, presence);
-    publish(seed, n, fanout, 1, presence, &mut round, &mut order);
-    starts.push(order.len() as u32);
-    let mut told = vec![false; sites.map_or(0, |s| s.start.len().saturating_sub(1))];
-    let mut r: u8 = 1;
-    while order.len() < n as usize && r < MAX_ROUND && n > 1 && waiting.any(presence, &round, r) {
-        r += 1;
-        if let Some(sites) = sites {
-            let fresh = starts[usize::from(r) - 1] as usize;
-            tell_sites(sites, r, fresh, &mut told, presence, &mut round, &mut order);
-        }
-        if order.is_empty() {
-            // Under churn every push of the publisher's may have been lost.
-            publish(seed, n, fanout, r, presence, &mut round, &mut order);
-        }
+    play(seed, n, fanout, sites, presence, |r, _, presence, round, order| {
         for d in 0..n {
             if !P::ALWAYS && !presence.online(d, r) {
                 continue;
@@ -312,6 +269,45 @@ pub fn push_pull_with<P: Presence>(
                 }
             }
         }
+    })
+}
+
+/// The rounds both styles share: the publisher's round 1, then round after round
+/// until every device knows, [`MAX_ROUND`], or (under churn) nobody online since
+/// publication is still waiting. Each round delivers on site LANs, has the publisher
+/// try again while its every push was lost, then lets `gossip` play the round given
+/// how many devices knew before it.
+fn play<P: Presence>(
+    seed: u64,
+    n: u32,
+    fanout: u32,
+    sites: Option<Sites<'_>>,
+    presence: &mut P,
+    mut gossip: impl FnMut(u8, usize, &mut P, &mut [u8], &mut Vec<u32>),
+) -> Spread {
+    let mut round = vec![UNHEARD; n as usize];
+    let mut order: Vec<u32> = Vec::with_capacity(n as usize);
+    let mut starts = vec![0u32, 0];
+    if n == 0 || fanout == 0 {
+        return Spread { round, order, starts, late: 0 };
+    }
+    let mut waiting = Waiting::new(n, presence);
+    publish(seed, n, fanout, 1, presence, &mut round, &mut order);
+    starts.push(order.len() as u32);
+    let mut told = vec![false; sites.map_or(0, |s| s.start.len().saturating_sub(1))];
+    let mut r: u8 = 1;
+    while order.len() < n as usize && r < MAX_ROUND && n > 1 && waiting.any(presence, &round, r) {
+        r += 1;
+        let informed = order.len();
+        if let Some(sites) = sites {
+            let fresh = starts[usize::from(r) - 1] as usize;
+            tell_sites(sites, r, fresh, &mut told, presence, &mut round, &mut order);
+        }
+        if informed == 0 {
+            // Under churn every push of the publisher's may have been lost.
+            publish(seed, n, fanout, r, presence, &mut round, &mut order);
+        }
+        gossip(r, informed, presence, &mut round, &mut order);
         starts.push(order.len() as u32);
     }
     finish::<P>(round, order, starts, r)
