@@ -14,7 +14,8 @@
 //! fleet: device timeouts that fall on the same millisecond (a wave opening, a
 //! maintenance window) share one calendar entry, and each flow group has one timer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 
 use otamesh_core::device::{Device, Heard, Installed, Output, Release, Slots};
 use otamesh_core::directive::{
@@ -39,6 +40,9 @@ use crate::trace::{Input, Trace, TraceSetup};
 const MIDNIGHT_MS: Millis = 1_700_006_400_000;
 
 const NONE: u32 = u32::MAX;
+/// The first event's insertion sequence: above every report's (device << 32 | its
+/// sequence), so that reports due in an instant go first (see `World::push_report`).
+const FIRST_SEQ: u64 = 1 << 63;
 
 /// The device class of the simulated release and fleet (hardware profiles are the
 /// scenario's `classes`; every device takes the release).
@@ -154,18 +158,121 @@ pub struct Progress {
 
 /// Runs a scenario with a master seed. `progress` is called every few thousand events.
 pub fn run(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunResult {
-    let mut w = World::new(sc, seed, None);
+    if sc.sim.shards > 1 {
+        return run_sharded(sc, seed, progress);
+    }
+    let mut w = World::new(sc, seed, None, 0, 1);
     w.run(progress);
-    w.result()
+    let part = w.part();
+    assemble(vec![part])
+}
+
+/// Plays the fleet as `sim.shards` shards of whole sites, one thread each. Sites are
+/// coupled only by reports (the scenario check makes sure), and a report reaches the
+/// tally `report_delay_s` after it is sent, so every shard can play the events due
+/// before the soonest pending event anywhere plus that delay without hearing from the
+/// others (conservative synchronization with that lookahead); then the reports each
+/// sent in the window are delivered to the others, and the next window starts. Every
+/// shard keeps the whole fleet's tally, fed the same reports at the same times.
+fn run_sharded(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunResult {
+    let shards = sc.sim.shards;
+    let mut worlds: Vec<World<'_>> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            (0..shards).map(|i| s.spawn(move || World::new(sc, seed, None, i, shards))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    for w in &mut worlds {
+        w.start();
+        w.note_idle();
+    }
+    let window = ((sc.directives.report_delay_s * 1e6).round() as Micros).max(1);
+    let end_us = worlds[0].end_us;
+    // The run stops where one world would have stopped it: at the first instant when
+    // nothing important is pending and no transfer is live anywhere, or at the
+    // scenario's end. A shard with nothing important left keeps playing its churn and
+    // samples meanwhile (a device coming back online may still send a report), noting
+    // since when it has been idle.
+    let end = loop {
+        let next = worlds.iter().filter_map(|w| w.heap.peek()).map(|(t, _)| t).min();
+        let Some(next) = next.filter(|&t| t <= end_us) else {
+            let all_idle = worlds.iter().all(|w| w.idle_from.is_some());
+            break worlds.iter().filter_map(|w| w.idle_from).max().filter(|_| all_idle).unwrap_or(end_us);
+        };
+        let until = next.saturating_add(window);
+        std::thread::scope(|s| {
+            let (first, rest) = worlds.split_first_mut().expect("at least one shard");
+            let handles: Vec<_> =
+                rest.iter_mut().map(|w| s.spawn(move || w.run_until(until, None))).collect();
+            first.run_until(until, None);
+            for h in handles {
+                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            }
+        });
+        let mail: Vec<Vec<Mail>> = worlds.iter_mut().map(|w| std::mem::take(&mut w.outbox)).collect();
+        for (i, w) in worlds.iter_mut().enumerate() {
+            for (j, letters) in mail.iter().enumerate() {
+                if i != j {
+                    w.receive(letters);
+                }
+            }
+        }
+        progress(Progress {
+            t_s: worlds.iter().map(|w| w.now).max().unwrap_or(0) as f64 / 1e6,
+            duration_s: sc.sim.duration_s,
+            committed: worlds.iter().map(|w| w.counts[COMMITTED as usize]).sum(),
+            events: worlds.iter().map(|w| w.events).sum(),
+        });
+        if mail.iter().all(Vec::is_empty) && worlds.iter().all(|w| w.idle_from.is_some()) {
+            break worlds.iter().filter_map(|w| w.idle_from).max().unwrap_or(0);
+        }
+    };
+    let parts = std::thread::scope(|s| {
+        let handles: Vec<_> = worlds
+            .iter_mut()
+            .map(|w| {
+                s.spawn(move || {
+                    if w.idle_from.is_some_and(|t| t <= end) && end < end_us {
+                        w.stop_at(end);
+                    } else {
+                        w.finish(end);
+                    }
+                    w.part()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    assemble(parts)
+}
+
+/// Why [`World::run_until`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    /// The next event is at or after the window's end.
+    Window,
+    /// Nothing important is pending and no transfer is live.
+    Idle,
+    /// The next event is after the scenario's end.
+    Beyond,
+}
+
+/// A report sent by a device of one shard, for the tallies of the others.
+#[derive(Debug, Clone, Copy)]
+struct Mail {
+    at: Micros,
+    d: u32,
+    verdict: Verdict,
+    seq: u32,
 }
 
 /// Runs a scenario and records, for the devices `setup` names, every input their
 /// machine was fed and every output it gave (see [`crate::trace`]).
+/// Traced runs play the fleet as one shard, whatever `sim.shards` says.
 pub fn run_traced(sc: &Scenario, seed: u64, setup: &TraceSetup) -> (RunResult, Vec<Trace>) {
-    let mut w = World::new(sc, seed, Some(setup));
+    let mut w = World::new(sc, seed, Some(setup), 0, 1);
     w.run(&mut |_| {});
     let traces = std::mem::take(&mut w.traces);
-    (w.result(), traces)
+    (assemble(vec![w.part()]), traces)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -310,7 +417,7 @@ struct World<'a> {
     ended: Vec<Ended>,
 
     // Rollout state.
-    blocked: BTreeMap<u16, Vec<u32>>,
+    blocked: BTreeMap<u16, VecDeque<u32>>,
     gate_breached: bool,
     op_halted: bool,
     halted_at: Option<Micros>,
@@ -347,10 +454,33 @@ struct World<'a> {
     traced: BTreeMap<u32, usize>,
     traces: Vec<Trace>,
     traced_site: Vec<Option<u32>>,
+
+    // Shards (see `run_sharded`): the sites this world plays and their devices (every
+    // one with one shard), reports for the other shards, and (sharded) the origin's
+    // egress after each change, for the fleet's peak.
+    site_range: Range<u32>,
+    devices: Range<u32>,
+    sharded: bool,
+    outbox: Vec<Mail>,
+    origin_log: Vec<(Micros, f64)>,
+    /// Sharded: since when nothing important is pending here, and the devices offline
+    /// after each change since then (see `World::note_idle`).
+    idle_from: Option<Micros>,
+    idle_offline: Vec<(Micros, u64)>,
+}
+
+/// What one shard measured, for [`assemble`].
+struct Part {
+    result: RunResult,
+    commit_times: Vec<Micros>,
+    fetch_durations: Vec<f64>,
+    install_durations: Vec<f64>,
+    origin_log: Vec<(Micros, f64)>,
 }
 
 impl<'a> World<'a> {
-    fn new(sc: &'a Scenario, seed: u64, setup: Option<&TraceSetup>) -> Self {
+    /// Shard `shard` of `shards` of the fleet (0 of 1: all of it).
+    fn new(sc: &'a Scenario, seed: u64, setup: Option<&TraceSetup>, shard: u32, shards: u32) -> Self {
         let n = sc.fleet.devices;
         let sites = sc.fleet.sites;
         let k = sc.pieces();
@@ -428,6 +558,14 @@ impl<'a> World<'a> {
             })
             .collect();
         let site_start = partition(n, &weights);
+        // Shards of whole sites, cut where a site's first device passes a share of the
+        // fleet.
+        let first_site = |i: u32| {
+            let share = u64::from(i) * u64::from(n);
+            site_start[..sites as usize].partition_point(|&d| u64::from(d) * u64::from(shards) < share) as u32
+        };
+        let site_range = first_site(shard)..if shard + 1 == shards { sites } else { first_site(shard + 1) };
+        let devices = site_start[site_range.start as usize]..site_start[site_range.end as usize];
         let mut site = vec![0u32; n as usize];
         for s in 0..sites as usize {
             for d in site_start[s]..site_start[s + 1] {
@@ -586,7 +724,7 @@ impl<'a> World<'a> {
             class,
             ids,
             online: vec![true; n as usize],
-            machine: (0..n).map(|_| None).collect(),
+            machine: devices.clone().map(|_| None).collect(),
             state: vec![UNANNOUNCED; n as usize],
             started: vec![false; n as usize],
             fetching_since: vec![0; n as usize],
@@ -640,12 +778,12 @@ impl<'a> World<'a> {
             revoked_at: None,
             in_flight_at_halt: 0,
             heap: RadixQueue::default(),
-            seq: 0,
+            seq: FIRST_SEQ,
             important: 0,
             calendar: BTreeMap::new(),
             steps: BTreeMap::new(),
             now: 0,
-            counts: [0, 0, 0, 0, 0, 0, 0, 0, 0, u64::from(n)],
+            counts: [0, 0, 0, 0, 0, 0, 0, 0, 0, u64::from(devices.end - devices.start)],
             offline_count: 0,
             commit_times: Vec::new(),
             wan_bytes: 0.0,
@@ -662,7 +800,49 @@ impl<'a> World<'a> {
             traced_site: vec![None; traces.len()],
             traced,
             traces,
+            site_range,
+            devices,
+            sharded: shards > 1,
+            outbox: Vec::new(),
+            origin_log: Vec::new(),
+            idle_from: None,
+            idle_offline: Vec::new(),
         }
+    }
+
+    /// Device `d`'s place in this shard's arrays of machines.
+    fn local(&self, d: u32) -> usize {
+        (d - self.devices.start) as usize
+    }
+
+    /// Device `d`'s report reaches the tally at `t`: this shard's, and (sharded) every
+    /// other's.
+    fn send_report(&mut self, t: Micros, d: u32, verdict: Verdict, seq: u32) {
+        self.push_report(t, d, verdict, seq);
+        if self.sharded {
+            self.outbox.push(Mail { at: t, d, verdict, seq });
+        }
+    }
+
+    /// Reports another shard's devices sent.
+    fn receive(&mut self, mail: &[Mail]) {
+        for m in mail {
+            self.push_report(m.at, m.d, m.verdict, m.seq);
+        }
+    }
+
+    /// Device `d`'s report `seq` reaches the tally at `t`. Reports due in one instant
+    /// are taken before anything else due then, in order of device and sequence: the
+    /// same order whether the fleet plays as one world or as shards, whose reports
+    /// arrive by mail at the end of a window. (A report due now, with no delay, takes
+    /// its turn like any event: the queue cannot go back within the instant.)
+    fn push_report(&mut self, t: Micros, d: u32, verdict: Verdict, seq: u32) {
+        if t == self.now {
+            self.push(t, Ev::Report { d, verdict, seq }, true);
+            return;
+        }
+        self.important += 1;
+        self.heap.push((t, u64::from(d) << 32 | u64::from(seq)), (true, Ev::Report { d, verdict, seq }));
     }
 
     /// Records what happened to device `d`, if it is traced.
@@ -701,11 +881,29 @@ impl<'a> World<'a> {
 
     fn run(&mut self, progress: &mut dyn FnMut(Progress)) {
         self.start();
-        while let Some(((t, _), (important, ev))) = self.heap.pop() {
-            if t > self.end_us {
-                self.now = self.end_us;
-                break;
+        let end = match self.run_until(Micros::MAX, Some(progress)) {
+            Pause::Beyond => self.end_us,
+            _ => self.now,
+        };
+        self.finish(end);
+    }
+
+    /// Plays the events due before `until`, up to the scenario's end, and stops early
+    /// when nothing important is pending and no transfer is live.
+    fn run_until(&mut self, until: Micros, mut progress: Option<&mut dyn FnMut(Progress)>) -> Pause {
+        loop {
+            if !self.sharded && self.important == 0 && self.live_flows == 0 {
+                return Pause::Idle;
             }
+            let Some((t, _)) = self.heap.peek() else { return Pause::Idle };
+            if t > self.end_us {
+                return Pause::Beyond;
+            }
+            if t >= until {
+                return Pause::Window;
+            }
+            // Invariant: peeked just now.
+            let ((t, _), (important, ev)) = self.heap.pop().expect("an event was peeked");
             self.now = t;
             if important {
                 self.important -= 1;
@@ -713,7 +911,12 @@ impl<'a> World<'a> {
             self.events += 1;
             self.handle(ev);
             self.after_event();
-            if self.events & 0xFFFF == 0 {
+            if self.sharded {
+                self.note_idle();
+            }
+            if self.events & 0xFFFF == 0
+                && let Some(progress) = progress.as_mut()
+            {
                 progress(Progress {
                     t_s: self.now as f64 / 1e6,
                     duration_s: self.sc.sim.duration_s,
@@ -721,10 +924,61 @@ impl<'a> World<'a> {
                     events: self.events,
                 });
             }
-            if self.important == 0 && self.live_flows == 0 {
-                break;
-            }
         }
+    }
+
+    /// A shard: notes since when nothing important is pending and no transfer is live
+    /// here (none: something is), and how many devices were offline after each event
+    /// since then, so the run can end at the instant every shard was idle.
+    fn note_idle(&mut self) {
+        if self.important == 0 && self.live_flows == 0 {
+            if self.idle_from.is_none() {
+                self.idle_from = Some(self.now);
+                self.idle_offline.clear();
+            }
+            if self.idle_offline.last().is_none_or(|&(_, n)| n != self.offline_count) {
+                self.idle_offline.push((self.now, self.offline_count));
+            }
+        } else {
+            self.idle_from = None;
+        }
+    }
+
+    /// Ends a shard's run at `end`, an instant since which it has been idle, though it
+    /// went on playing churn and samples after it: takes back the samples after `end`
+    /// and counts the devices offline as at `end`, then takes the last sample.
+    fn stop_at(&mut self, end: Micros) {
+        let t_end = end as f64 / 1e6;
+        while self.series.last().is_some_and(|s| s.t_s > t_end) {
+            self.series.pop();
+        }
+        let at = self.idle_offline.partition_point(|&(t, _)| t <= end);
+        if let Some(&(_, offline)) = at.checked_sub(1).and_then(|i| self.idle_offline.get(i)) {
+            self.offline_count = offline;
+        }
+        // Nothing flowed since the shard went idle.
+        self.flowed_at = self.flowed_at.min(end);
+        self.now = end;
+        self.sample();
+    }
+
+    /// Ends the run at `end`: plays what is left before it (in a shard that went idle
+    /// sooner than the fleet: samples and churn), then takes the last sample.
+    fn finish(&mut self, end: Micros) {
+        while let Some((t, _)) = self.heap.peek()
+            && t < end
+        {
+            // Invariant: peeked just now.
+            let ((t, _), (important, ev)) = self.heap.pop().expect("an event was peeked");
+            self.now = t;
+            if important {
+                self.important -= 1;
+            }
+            self.events += 1;
+            self.handle(ev);
+            self.after_event();
+        }
+        self.now = end;
         self.sample();
     }
 
@@ -732,7 +986,7 @@ impl<'a> World<'a> {
         let sc = self.sc;
         if let Some(churn) = &sc.churn {
             let schedule = churn::Schedule::new(self.seed, churn);
-            for d in 0..self.n {
+            for d in self.devices.clone() {
                 let on = schedule.starts_online(d);
                 self.churn_n[d as usize] = 1;
                 if !on {
@@ -744,7 +998,7 @@ impl<'a> World<'a> {
         }
         match sc.announce.mode {
             _ if sc.arrivals.is_some() => {
-                for d in 0..self.n {
+                for d in self.devices.clone() {
                     self.push(self.arrive_at[d as usize], Ev::Admit(d), true);
                 }
             }
@@ -757,7 +1011,7 @@ impl<'a> World<'a> {
                 }
             }
             AnnounceMode::Poll => {
-                for d in 0..self.n {
+                for d in self.devices.clone() {
                     let t = self.announce_at(d);
                     self.push(t, Ev::Admit(d), true);
                 }
@@ -812,7 +1066,10 @@ impl<'a> World<'a> {
                     (self.spread.starts[usize::from(round)], self.spread.starts[usize::from(round) + 1]);
                 for at in a..b {
                     let d = self.spread.order[at as usize];
-                    if self.online[d as usize] && self.state[d as usize] == UNANNOUNCED {
+                    if self.devices.contains(&d)
+                        && self.online[d as usize]
+                        && self.state[d as usize] == UNANNOUNCED
+                    {
                         self.admit(d);
                     }
                 }
@@ -826,7 +1083,8 @@ impl<'a> World<'a> {
                 let bucket = self.calendar.remove(&self.now).unwrap_or_default();
                 let ms = self.now_ms();
                 for d in bucket {
-                    let due = self.machine[d as usize].as_ref().is_some_and(|m| m.poll_timeout() == Some(ms));
+                    let due =
+                        self.machine[self.local(d)].as_ref().is_some_and(|m| m.poll_timeout() == Some(ms));
                     if due {
                         self.timeout(d);
                     }
@@ -955,7 +1213,7 @@ impl<'a> World<'a> {
         if self.heard.apply_directive(&verified).is_err() {
             return;
         }
-        for d in 0..self.n {
+        for d in self.devices.clone() {
             // A device that has not heard of the release yet hears the directive too: it
             // refuses the release when it arrives.
             if self.online[d as usize] {
@@ -969,8 +1227,9 @@ impl<'a> World<'a> {
     /// Feeds device `d`'s machine one input, then executes what it wants ([`World::sync`]).
     fn feed(&mut self, d: u32, f: impl FnOnce(&mut Device, &Heard, Millis)) {
         let now = self.now_ms();
+        let local = self.local(d);
         let Self { machine, heard, .. } = self;
-        if let Some(dev) = machine[d as usize].as_mut() {
+        if let Some(dev) = machine[local].as_mut() {
             f(dev, heard, now);
         }
         self.sync(d);
@@ -994,6 +1253,9 @@ impl<'a> World<'a> {
             self.lan_rate = (self.lan_rate + f.delta - f.metered_delta).max(0.0);
             if self.origin_rate > self.origin_peak {
                 self.origin_peak = self.origin_rate;
+            }
+            if self.sharded && f.metered_delta != 0.0 {
+                self.origin_log.push((self.now, self.origin_rate));
             }
             if let Some(timer) = f.timer
                 && timer.at != Micros::MAX
@@ -1023,11 +1285,11 @@ impl<'a> World<'a> {
 
     /// Device `d`'s machine, made when it first hears anything.
     fn ensure_machine(&mut self, d: u32) {
-        let i = d as usize;
-        if self.machine[i].is_none() {
+        let (i, local) = (d as usize, self.local(d));
+        if self.machine[local].is_none() {
             let zone = self.site_zone[self.site[i] as usize];
             let slots = Slots { active: Some(self.previous), inactive: None };
-            self.machine[i] = Some(Device::new(self.ids[i], zone, slots));
+            self.machine[local] = Some(Device::new(self.ids[i], zone, slots));
         }
     }
 
@@ -1044,10 +1306,12 @@ impl<'a> World<'a> {
     fn recover(&mut self, d: u32) {
         let i = d as usize;
         let now = self.now_ms();
-        let Some(old) = self.machine[i].as_ref() else { return };
+        let local = self.local(d);
+        let Some(old) = self.machine[local].as_ref() else { return };
         let last = old.current().map(|(r, s)| (r, s.clone()));
         let zone = self.site_zone[self.site[i] as usize];
-        self.machine[i] = Some(Device::restore(now, &self.heard, self.ids[i], zone, old.slots(), [], last));
+        self.machine[local] =
+            Some(Device::restore(now, &self.heard, self.ids[i], zone, old.slots(), [], last));
         self.sync(d);
     }
 
@@ -1121,8 +1385,8 @@ impl<'a> World<'a> {
     /// After any input to device `d`: record its state, schedule its timeout, execute
     /// its actions (the drain rule), and note it when only reports can move it.
     fn sync(&mut self, d: u32) {
-        let i = d as usize;
-        let Some(m) = self.machine[i].as_ref() else { return };
+        let (i, local) = (d as usize, self.local(d));
+        let Some(m) = self.machine[local].as_ref() else { return };
         // A device that refused the release (revoked before it heard of it) has none.
         let new = m.current().map_or(UNANNOUNCED, |(_, s)| state_index(s));
         let wake = m.poll_timeout();
@@ -1137,18 +1401,18 @@ impl<'a> World<'a> {
                 }
             }
         }
-        while let Some(output) = self.machine[i].as_mut().and_then(|m| m.poll_output()) {
+        while let Some(output) = self.machine[local].as_mut().and_then(|m| m.poll_output()) {
             if let Some(&t) = self.traced.get(&d) {
                 let now = self.now_ms();
                 self.traces[t].outputs.push((now, output.clone()));
             }
             self.execute(d, output);
         }
-        let Some(m) = self.machine[i].as_ref() else { return };
+        let Some(m) = self.machine[local].as_ref() else { return };
         if self.state[i] == WAITING && m.poll_timeout().is_none() && !m.is_halted() && !self.in_blocked[i] {
             self.in_blocked[i] = true;
             let key = m.wave(&self.heard).map_or(u16::MAX, |w| w as u16);
-            self.blocked.entry(key).or_default().push(d);
+            self.blocked.entry(key).or_default().push_back(d);
         }
     }
 
@@ -1201,7 +1465,7 @@ impl<'a> World<'a> {
                 let verdict = outcome.verdict();
                 if self.online[i] {
                     let t = self.now + self.secs(self.sc.directives.report_delay_s);
-                    self.push(t, Ev::Report { d, verdict, seq }, true);
+                    self.send_report(t, d, verdict, seq);
                 } else {
                     self.queued_reports.entry(d).or_default().push((verdict, seq));
                 }
@@ -1232,7 +1496,7 @@ impl<'a> World<'a> {
             self.mark_halted();
         }
         if !breached && self.gate_breached {
-            for s in 0..self.sites {
+            for s in self.site_range.clone() {
                 if !self.staged[s as usize].is_empty() {
                     self.mark_site(s);
                 }
@@ -1244,12 +1508,12 @@ impl<'a> World<'a> {
         for key in keys {
             let rep = loop {
                 let Some(list) = self.blocked.get_mut(&key) else { break None };
-                let Some(&d) = list.first() else { break None };
+                let Some(&d) = list.front() else { break None };
                 if self.still_blocked(d) {
                     break Some(d);
                 }
                 let list = self.blocked.get_mut(&key).expect("key exists: just read");
-                list.swap_remove(0);
+                list.pop_front();
                 self.in_blocked[d as usize] = false;
             };
             let Some(rep) = rep else {
@@ -1274,7 +1538,9 @@ impl<'a> World<'a> {
 
     fn still_blocked(&self, d: u32) -> bool {
         self.state[d as usize] == WAITING
-            && self.machine[d as usize].as_ref().is_some_and(|m| m.poll_timeout().is_none() && !m.is_halted())
+            && self.machine[self.local(d)]
+                .as_ref()
+                .is_some_and(|m| m.poll_timeout().is_none() && !m.is_halted())
     }
 
     fn mark_site(&mut self, s: u32) {
@@ -1316,7 +1582,7 @@ impl<'a> World<'a> {
         if let Some(reports) = self.queued_reports.remove(&d) {
             let t = self.now + self.secs(self.sc.directives.report_delay_s);
             for (verdict, seq) in reports {
-                self.push(t, Ev::Report { d, verdict, seq }, true);
+                self.send_report(t, d, verdict, seq);
             }
         }
         if self.state[i] == UNANNOUNCED {
@@ -1828,25 +2094,20 @@ impl<'a> World<'a> {
 
     // ---- Results ----------------------------------------------------------------
 
-    fn result(&self) -> RunResult {
+    /// What this shard measured (the whole run's figures with one shard).
+    fn part(&mut self) -> Part {
         let sc = self.sc;
-        let eligible = u64::from(self.n) - self.counts[UNANNOUNCED as usize];
-        let t_at = |share: f64| {
-            let needed = (share * eligible as f64).ceil() as usize;
-            if eligible == 0 || needed == 0 {
-                return None;
-            }
-            self.commit_times.get(needed - 1).map(|&t| t as f64 / 1e6)
-        };
+        let eligible = u64::from(self.devices.end - self.devices.start) - self.counts[UNANNOUNCED as usize];
         let (mut failed, mut rolled_back, mut never_started, mut first_wave) = (0, 0, 0, 0);
-        for d in 0..self.n as usize {
-            if !self.started[d] {
+        for d in self.devices.clone() {
+            let (i, local) = (d as usize, self.local(d));
+            if !self.started[i] {
                 never_started += 1;
             }
-            let Some(m) = self.machine[d].as_ref() else { continue };
+            let Some(m) = self.machine[local].as_ref() else { continue };
             let Some((_, state)) = m.current() else { continue };
             match state {
-                State::RolledBack(Reason::Revoked) if self.started[d] => rolled_back += 1,
+                State::RolledBack(Reason::Revoked) if self.started[i] => rolled_back += 1,
                 State::RolledBack(Reason::Revoked) => {}
                 State::RolledBack(_) => failed += 1,
                 _ => {}
@@ -1867,14 +2128,14 @@ impl<'a> World<'a> {
         } else {
             self.policy.waves.iter().map(|w| w.after_s as f64).collect()
         };
-        RunResult {
+        let result = RunResult {
             scenario: sc.name().to_owned(),
             seed: self.seed,
             devices: u64::from(self.n),
             sites: u64::from(self.sites),
             release_bytes: sc.release.bytes,
             mode: self.mode.as_str(),
-            t_s: [t_at(0.5), t_at(0.9), t_at(0.99), t_at(1.0)],
+            t_s: [None; 4],
             eligible,
             committed: self.counts[COMMITTED as usize],
             failed,
@@ -1889,14 +2150,132 @@ impl<'a> World<'a> {
             rollback_done_s: self.last_rollback.map(|t| t as f64 / 1e6),
             first_wave_devices: first_wave,
             in_flight_at_halt: self.in_flight_at_halt,
-            fetch_s: summarize(&self.fetch_durations),
-            install_s: summarize(&self.install_durations),
+            fetch_s: [None; 4],
+            install_s: [None; 4],
             events: self.events,
             end_s: self.now as f64 / 1e6,
             wave_starts_s,
-            series: self.series.clone(),
+            series: std::mem::take(&mut self.series),
+        };
+        Part {
+            result,
+            commit_times: std::mem::take(&mut self.commit_times),
+            fetch_durations: std::mem::take(&mut self.fetch_durations),
+            install_durations: std::mem::take(&mut self.install_durations),
+            origin_log: std::mem::take(&mut self.origin_log),
         }
     }
+}
+
+/// The run's figures from its shards' (one, or several played side by side).
+fn assemble(mut parts: Vec<Part>) -> RunResult {
+    let mut commit_times: Vec<Micros> = parts.iter().flat_map(|p| p.commit_times.iter().copied()).collect();
+    let mut fetch: Vec<f64> = parts.iter().flat_map(|p| p.fetch_durations.iter().copied()).collect();
+    let mut install: Vec<f64> = parts.iter().flat_map(|p| p.install_durations.iter().copied()).collect();
+    if parts.len() > 1 {
+        commit_times.sort_unstable();
+        fetch.sort_by(f64::total_cmp);
+        install.sort_by(f64::total_cmp);
+    }
+    let origin_peak = if parts.len() > 1 {
+        fleet_peak(parts.iter().map(|p| &p.origin_log[..]).collect())
+    } else {
+        parts[0].result.origin_peak
+    };
+    let series = merge_series(parts.iter().map(|p| &p.result.series[..]).collect());
+    let first = parts.swap_remove(0);
+    let mut r = first.result;
+    for p in &parts {
+        let q = &p.result;
+        r.eligible += q.eligible;
+        r.committed += q.committed;
+        r.failed += q.failed;
+        r.rolled_back += q.rolled_back;
+        r.never_started += q.never_started;
+        r.first_wave_devices += q.first_wave_devices;
+        r.in_flight_at_halt += q.in_flight_at_halt;
+        r.events += q.events;
+        r.wan_bytes += q.wan_bytes;
+        r.lan_bytes += q.lan_bytes;
+        r.end_s = r.end_s.max(q.end_s);
+        r.halted_at_s = earliest(r.halted_at_s, q.halted_at_s);
+        r.revoked_at_s = earliest(r.revoked_at_s, q.revoked_at_s);
+        r.rollback_done_s = match (r.rollback_done_s, q.rollback_done_s) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    let eligible = r.eligible;
+    let t_at = |share: f64| {
+        let needed = (share * eligible as f64).ceil() as usize;
+        if eligible == 0 || needed == 0 {
+            return None;
+        }
+        commit_times.get(needed - 1).map(|&t| t as f64 / 1e6)
+    };
+    r.t_s = [t_at(0.5), t_at(0.9), t_at(0.99), t_at(1.0)];
+    r.commit_s = commit_times.iter().map(|&t| t as f64 / 1e6).collect();
+    r.origin_peak = origin_peak;
+    r.fetch_s = summarize(&fetch);
+    r.install_s = summarize(&install);
+    r.series = series;
+    r
+}
+
+fn earliest(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The peak of the fleet's origin egress from each shard's egress after every change:
+/// the shards' rates summed at the end of every instant at which one changed.
+fn fleet_peak(logs: Vec<&[(Micros, f64)]>) -> f64 {
+    let mut changes: Vec<(Micros, usize, f64)> =
+        logs.iter().enumerate().flat_map(|(i, log)| log.iter().map(move |&(t, r)| (t, i, r))).collect();
+    // Stable: a shard's changes within one instant stay in order, the last one counts.
+    changes.sort_by_key(|&(t, i, _)| (t, i));
+    let mut rates = vec![0.0; logs.len()];
+    let mut peak: f64 = 0.0;
+    for (k, &(t, i, r)) in changes.iter().enumerate() {
+        rates[i] = r;
+        if changes.get(k + 1).is_none_or(|&(next, _, _)| next != t) {
+            peak = peak.max(rates.iter().sum());
+        }
+    }
+    peak
+}
+
+/// The fleet's time series from its shards': at every sample time, each shard's
+/// latest sample at or before it, summed.
+fn merge_series(parts: Vec<&[Sample]>) -> Vec<Sample> {
+    if parts.len() == 1 {
+        return parts[0].to_vec();
+    }
+    let mut times: Vec<f64> = parts.iter().flat_map(|p| p.iter().map(|s| s.t_s)).collect();
+    times.sort_by(f64::total_cmp);
+    times.dedup();
+    let mut at = vec![0usize; parts.len()];
+    times
+        .iter()
+        .map(|&t| {
+            let mut sum = Sample { t_s: t, states: [0; 10], offline: 0, wan_bytes: 0.0, lan_bytes: 0.0 };
+            for (p, i) in parts.iter().zip(&mut at) {
+                while *i + 1 < p.len() && p[*i + 1].t_s <= t {
+                    *i += 1;
+                }
+                let Some(s) = p.get(*i) else { continue };
+                for (a, b) in sum.states.iter_mut().zip(&s.states) {
+                    *a += b;
+                }
+                sum.offline += s.offline;
+                sum.wan_bytes += s.wan_bytes;
+                sum.lan_bytes += s.lan_bytes;
+            }
+            sum
+        })
+        .collect()
 }
 
 /// Mean, median, 90th and 99th percentiles of durations; `None` when there are none.

@@ -44,10 +44,30 @@ impl<T> RadixQueue<T> {
         self.len += 1;
     }
 
+    /// The smallest key pending. It does not move entries (so keys at or above the last
+    /// popped one may still be pushed): it reads the first bucket that holds any, which
+    /// the next pop would split anyway.
+    pub fn peek(&self) -> Option<Key> {
+        let bucket = self.buckets.iter().find(|b| !b.is_empty())?;
+        bucket.iter().map(|(k, _)| *k).min()
+    }
+
     /// Removes the entry with the smallest key.
     pub fn pop(&mut self) -> Option<(Key, T)> {
+        self.settle();
+        // Bucket 0 holds only keys equal to `last`, and keys are unique (the sequence
+        // grows), so it holds exactly one entry.
+        let entry = self.buckets[0].pop();
+        if entry.is_some() {
+            self.len -= 1;
+        }
+        entry
+    }
+
+    /// Brings the smallest key pending into bucket 0.
+    fn settle(&mut self) {
         if self.len == 0 {
-            return None;
+            return;
         }
         if self.buckets[0].is_empty() {
             // Invariant: len > 0, so some bucket is non-empty.
@@ -60,13 +80,6 @@ impl<T> RadixQueue<T> {
                 self.buckets[b].push((key, value));
             }
         }
-        // Bucket 0 holds only keys equal to `last`, and keys are unique (the sequence
-        // grows), so it holds exactly one entry.
-        let entry = self.buckets[0].pop();
-        if entry.is_some() {
-            self.len -= 1;
-        }
-        entry
     }
 }
 
@@ -102,6 +115,7 @@ mod tests {
                 radix.push((t, seq), i);
                 heap.push(Reverse(((t, seq), i)));
             } else {
+                assert_eq!(radix.peek(), heap.peek().map(|Reverse((k, _))| *k));
                 let a = radix.pop().unwrap();
                 let Reverse(b) = heap.pop().unwrap();
                 assert_eq!(a, b);

@@ -130,6 +130,18 @@ pub struct Sim {
     /// UTC time of day at which the release is published (virtual time zero).
     #[serde(default = "midnight")]
     pub start_utc: TimeOfDay,
+    /// Plays the fleet as this many shards of whole sites, one thread each, in step
+    /// windows of `directives.report_delay_s` (the soonest one site can affect
+    /// another: a report). 1, the default, plays it as one. Part of the model, like
+    /// the seed: the same seed and shards give the same results on any machine; other
+    /// shards may order events of the same microsecond differently. Needs sites that
+    /// only reports couple: an unlimited origin, no `[[path]]`, a report delay above 0.
+    #[serde(default = "one_shard")]
+    pub shards: u32,
+}
+
+fn one_shard() -> u32 {
+    1
 }
 
 fn midnight() -> TimeOfDay {
@@ -594,6 +606,9 @@ impl Scenario {
                 return bad("sim.sample_s", "more than a million samples: use at least duration_s / 1e6");
             }
         }
+        if self.sim.shards == 0 || self.sim.shards > self.fleet.sites {
+            return bad("sim.shards", "must be between 1 and fleet.sites");
+        }
         let f = &self.fleet;
         if f.devices == 0 || f.devices > MAX_DEVICES {
             return bad("fleet.devices", &format!("must be between 1 and {MAX_DEVICES}"));
@@ -705,6 +720,20 @@ impl Scenario {
         let d = &self.directives;
         time("directives.report_delay_s", d.report_delay_s)?;
         time("directives.delay_s", d.delay_s)?;
+        if self.sim.shards > 1 {
+            let why = if self.network.origin_egress_mbps > 0.0 {
+                Some("a finite network.origin_egress_mbps couples every site's WAN flows")
+            } else if !self.paths.is_empty() {
+                Some("[[path]] links are shared by sites")
+            } else if d.report_delay_s < 1e-3 {
+                Some("a directives.report_delay_s under 1 ms leaves no window to play sites apart")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return bad("sim.shards", &format!("{why}: use shards = 1"));
+            }
+        }
         for (key, v) in [
             ("directives.halt_at_s", d.halt_at_s),
             ("directives.resume_at_s", d.resume_at_s),
