@@ -401,6 +401,51 @@ fn fleet_gaps(watchers: &[&Device], reporters: &[&Device], release: ReleaseId, s
     gaps
 }
 
+/// What `d` knew when it went wrong, for the failure message: the v2 reports in its
+/// `/fleet`, its gossip refusals and graylisting, and its connections (by device name).
+fn explain(devices: &[Device], d: &Device, release: ReleaseId) -> String {
+    let name_of = |peer: &str| {
+        devices.iter().find(|x| x.peer == peer).map_or_else(|| peer.to_owned(), |x| x.node.name.clone())
+    };
+    let fleet = api_json(&d.node.api, "/fleet").unwrap_or(Value::Null);
+    let reports: Vec<String> = fleet["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x["release"] == release.to_string())
+        .map(|x| {
+            let who = devices.iter().find(|y| x["device_id"] == y.id.to_string());
+            format!("{} {}", who.map_or("?", |y| y.node.name.as_str()), x["state"])
+        })
+        .collect();
+    let metrics = otamesh_node::client::Client::new(&d.node.api)
+        .ok()
+        .and_then(|c| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(c.metrics()).ok()
+        })
+        .map(|m| m.0)
+        .unwrap_or_default();
+    let refusals: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && (l.contains("refused") || l.contains("graylisted")))
+        .collect();
+    let status = status_of(&d.node);
+    let connections: Vec<String> = status["fleet_mesh"]["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{}{}",
+                name_of(c["peer"].as_str().unwrap_or("?")),
+                if c["relayed"] == true { " (relayed)" } else { "" }
+            )
+        })
+        .collect();
+    format!("its v2 reports: {reports:?}; refusals: {refusals:?}; connections: {connections:?}")
+}
+
 /// Waits up to `limit` until [`fleet_gaps`] finds none; panics naming the gaps left.
 fn wait_for_fleet(limit: Duration, what: &str, gaps: impl Fn() -> Vec<String>) {
     let start = Instant::now();
@@ -531,12 +576,16 @@ fn nated_sites_share_reports_and_directives_over_a_hole_punched_mesh() {
     let until = start + (later + 10) * 1000;
     while otamesh_node::clock::now_ms() < until {
         for d in second_wave.iter().filter(|d| d.site != 1) {
-            assert_eq!(
-                active_seq(&d.node),
-                Some(1),
-                "{} installed v2 despite site 1's failures",
-                d.node.name
-            );
+            if active_seq(&d.node) != Some(1) {
+                let known: Vec<String> = devices
+                    .iter()
+                    .map(|x| format!("{}: {}", x.node.name, explain(&devices, x, v2)))
+                    .collect();
+                panic!(
+                    "{} installed v2 despite site 1's failures; what each device knew: {known:#?}",
+                    d.node.name
+                );
+            }
         }
         std::thread::sleep(Duration::from_millis(250));
     }

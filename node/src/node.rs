@@ -25,7 +25,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, ping, tcp, yamux};
 use otamesh_core::chunking::VerifiedChunk;
 use otamesh_core::fetch::{Output, Planner, PlannerConfig, Source};
 use otamesh_core::lifecycle::Phase;
@@ -135,7 +135,19 @@ struct Behaviour {
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     fleet: crate::fleetmesh::Behaviour,
+    /// Wakes every connection each [`PING_INTERVAL`]. Gossipsub queues a peer's messages
+    /// once for all its connections, and a connection's handler looks at that queue only
+    /// when its connection is woken. With a relayed and a direct connection to a peer,
+    /// the relayed one often carries all gossip; when the relay dies, that connection
+    /// hangs until it times out, and the direct one, never woken, leaves the messages
+    /// queued until they expire (seen in the NAT test: one site's failure reports never
+    /// left it, for 15 s, and a gate elsewhere let a bad release in). A ping a second
+    /// bounds that stall to a second, well inside gossipsub's 5 s publish deadline.
+    ping: ping::Behaviour,
 }
+
+/// How often every connection is pinged (see [`Behaviour::ping`]).
+const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 impl crate::fleetmesh::Carrier for Behaviour {
     fn fleet(&mut self) -> &mut crate::fleetmesh::Behaviour {
@@ -359,6 +371,7 @@ fn build_swarm(
                 identify,
                 mdns: Toggle::from(mdns),
                 fleet,
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
             })
         })
         .map_err(|e| net(&e))?

@@ -132,10 +132,10 @@ pub struct Sim {
     pub start_utc: TimeOfDay,
     /// Plays the fleet as this many shards of whole sites, one thread each, in step
     /// windows of `directives.report_delay_s` (the soonest one site can affect
-    /// another: a report). 1, the default, plays it as one. Part of the model, like
-    /// the seed: the same seed and shards give the same results on any machine; other
-    /// shards may order events of the same microsecond differently. Needs sites that
-    /// only reports couple: an unlimited origin, no `[[path]]`, a report delay above 0.
+    /// another: a report). 1, the default, plays it as one. Any number of shards plays
+    /// the same rollout as one (the same counts, times and bytes, but for the rounding
+    /// of sums; `sim/tests/shards.rs`), only faster. Needs sites that only reports
+    /// couple: an unlimited origin, no `[[path]]`, a report delay of 1 ms or more.
     #[serde(default = "one_shard")]
     pub shards: u32,
 }
