@@ -5,8 +5,9 @@
 #   bench-100k.toml (100,000 devices, 1,000 sites)   <= 10 s
 #   fleet-1m.toml   (1,000,000 devices, 10,000 sites) <= 30 s, <= 1 GiB peak RSS
 # Usage: bench/sim.sh [RUNS]   (default 3; prints each run and the median)
-# The simulator is single-threaded: on a machine busy with other work, wall time grows
-# while CPU time stays put; on an idle machine the two are about equal.
+# fleet-1m plays as 2 shards (sim.shards = 2, one thread each): on an idle 2-core
+# machine its wall time is about half its CPU time; on a busy one, wall time grows while
+# CPU time stays put. bench-100k plays as one world (wall about equals CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-3}"
