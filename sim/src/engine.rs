@@ -195,8 +195,7 @@ fn run_sharded(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> 
     let end = loop {
         let next = worlds.iter().filter_map(|w| w.heap.peek()).map(|(t, _)| t).min();
         let Some(next) = next.filter(|&t| t <= end_us) else {
-            let all_idle = worlds.iter().all(|w| w.idle_from.is_some());
-            break worlds.iter().filter_map(|w| w.idle_from).max().filter(|_| all_idle).unwrap_or(end_us);
+            break idle_since(&worlds).unwrap_or(end_us);
         };
         let until = next.saturating_add(window);
         std::thread::scope(|s| {
@@ -222,8 +221,8 @@ fn run_sharded(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> 
             committed: worlds.iter().map(|w| w.counts[COMMITTED as usize]).sum(),
             events: worlds.iter().map(|w| w.events).sum(),
         });
-        if mail.iter().all(Vec::is_empty) && worlds.iter().all(|w| w.idle_from.is_some()) {
-            break worlds.iter().filter_map(|w| w.idle_from).max().unwrap_or(0);
+        if let Some(end) = idle_since(&worlds).filter(|_| mail.iter().all(Vec::is_empty)) {
+            break end;
         }
     };
     let parts = std::thread::scope(|s| {
@@ -243,6 +242,12 @@ fn run_sharded(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> 
         handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
     });
     assemble(parts)
+}
+
+/// The instant since which every shard has been idle (nothing important pending, no
+/// transfer live); `None` while one is not.
+fn idle_since(worlds: &[World<'_>]) -> Option<Micros> {
+    worlds.iter().map(|w| w.idle_from).try_fold(0, |end, idle| idle.map(|t| end.max(t)))
 }
 
 /// Why [`World::run_until`] returned.
@@ -902,15 +907,7 @@ impl<'a> World<'a> {
             if t >= until {
                 return Pause::Window;
             }
-            // Invariant: peeked just now.
-            let ((t, _), (important, ev)) = self.heap.pop().expect("an event was peeked");
-            self.now = t;
-            if important {
-                self.important -= 1;
-            }
-            self.events += 1;
-            self.handle(ev);
-            self.after_event();
+            self.step();
             if self.sharded {
                 self.note_idle();
             }
@@ -925,6 +922,18 @@ impl<'a> World<'a> {
                 });
             }
         }
+    }
+
+    /// Plays the next event.
+    fn step(&mut self) {
+        let Some(((t, _), (important, ev))) = self.heap.pop() else { return };
+        self.now = t;
+        if important {
+            self.important -= 1;
+        }
+        self.events += 1;
+        self.handle(ev);
+        self.after_event();
     }
 
     /// A shard: notes since when nothing important is pending and no transfer is live
@@ -965,18 +974,8 @@ impl<'a> World<'a> {
     /// Ends the run at `end`: plays what is left before it (in a shard that went idle
     /// sooner than the fleet: samples and churn), then takes the last sample.
     fn finish(&mut self, end: Micros) {
-        while let Some((t, _)) = self.heap.peek()
-            && t < end
-        {
-            // Invariant: peeked just now.
-            let ((t, _), (important, ev)) = self.heap.pop().expect("an event was peeked");
-            self.now = t;
-            if important {
-                self.important -= 1;
-            }
-            self.events += 1;
-            self.handle(ev);
-            self.after_event();
+        while self.heap.peek().is_some_and(|(t, _)| t < end) {
+            self.step();
         }
         self.now = end;
         self.sample();
