@@ -44,6 +44,45 @@ const NONE: u32 = u32::MAX;
 /// sequence), so that reports due in an instant go first (see `World::push_report`).
 const FIRST_SEQ: u64 = 1 << 63;
 
+/// One value per device of a shard, indexed by the device's fleet-wide index: a shard
+/// keeps only its own devices' state, so two shards of a fleet take the memory of one.
+#[derive(Debug, Clone)]
+struct PerDevice<T> {
+    first: u32,
+    values: Vec<T>,
+}
+
+impl<T> PerDevice<T> {
+    fn from_fn(devices: &Range<u32>, f: impl FnMut(u32) -> T) -> Self {
+        Self { first: devices.start, values: devices.clone().map(f).collect() }
+    }
+
+    /// None at all, for state a scenario's mode never reads.
+    fn none() -> Self {
+        Self { first: 0, values: Vec::new() }
+    }
+}
+
+impl<T: Clone> PerDevice<T> {
+    fn new(devices: &Range<u32>, value: T) -> Self {
+        Self { first: devices.start, values: vec![value; (devices.end - devices.start) as usize] }
+    }
+}
+
+impl<T> std::ops::Index<usize> for PerDevice<T> {
+    type Output = T;
+
+    fn index(&self, d: usize) -> &T {
+        &self.values[d - self.first as usize]
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for PerDevice<T> {
+    fn index_mut(&mut self, d: usize) -> &mut T {
+        &mut self.values[d - self.first as usize]
+    }
+}
+
 /// The device class of the simulated release and fleet (hardware profiles are the
 /// scenario's `classes`; every device takes the release).
 const SIM_CLASS: &str = "sim";
@@ -348,43 +387,43 @@ struct World<'a> {
     sample_us: Micros,
 
     // Devices (struct of arrays).
-    site: Vec<u32>,
-    class: Vec<u8>,
-    ids: Vec<DeviceId>,
-    online: Vec<bool>,
-    machine: Vec<Option<Device>>,
-    state: Vec<u8>,
-    started: Vec<bool>,
+    site: PerDevice<u32>,
+    class: PerDevice<u8>,
+    ids: PerDevice<DeviceId>,
+    online: PerDevice<bool>,
+    machine: PerDevice<Option<Device>>,
+    state: PerDevice<u8>,
+    started: PerDevice<bool>,
     /// When each device last began fetching (the start of its planner's settle).
-    fetching_since: Vec<Micros>,
-    life_epoch: Vec<u32>,
-    net_epoch: Vec<u32>,
-    attempts: Vec<u8>,
-    churn_n: Vec<u32>,
-    have: Vec<u64>,
-    download: Vec<FlowId>,
+    fetching_since: PerDevice<Micros>,
+    life_epoch: PerDevice<u32>,
+    net_epoch: PerDevice<u32>,
+    attempts: PerDevice<u8>,
+    churn_n: PerDevice<u32>,
+    have: PerDevice<u64>,
+    download: PerDevice<FlowId>,
     /// Flows the device receives (its LAN or origin download, and WAN pieces it owns).
-    receiving: Vec<u16>,
+    receiving: PerDevice<u16>,
     /// Flows the device serves to site peers.
-    uploads: Vec<u16>,
+    uploads: PerDevice<u16>,
     /// Its place in its site's `servers`, or `NONE`.
-    server_pos: Vec<u32>,
+    server_pos: PerDevice<u32>,
     /// Central mode: bytes of the release a device already has from an interrupted
     /// download (HTTP range requests resume there). Empty in the other modes.
-    got: Vec<f64>,
+    got: PerDevice<f64>,
     /// Who hears the release in which gossip round.
     spread: Spread,
     /// An open system (`[arrivals]`): when each device arrives; empty otherwise.
     arrive_at: Vec<Micros>,
     /// When each device entered its current state, and the finished fetches' and
     /// installs' durations (seconds).
-    state_at: Vec<Micros>,
+    state_at: PerDevice<Micros>,
     fetch_durations: Vec<f64>,
     install_durations: Vec<f64>,
-    requesting: Vec<bool>,
-    report_seq: Vec<u32>,
-    in_blocked: Vec<bool>,
-    in_waiters: Vec<bool>,
+    requesting: PerDevice<bool>,
+    report_seq: PerDevice<u32>,
+    in_blocked: PerDevice<bool>,
+    in_waiters: PerDevice<bool>,
     queued_reports: BTreeMap<u32, Vec<(Verdict, u32)>>,
 
     // Sites.
@@ -481,6 +520,18 @@ struct Part {
     fetch_durations: Vec<f64>,
     install_durations: Vec<f64>,
     origin_log: Vec<(Micros, f64)>,
+}
+
+/// Device `d`'s identity: the scenario's, or drawn from the seed.
+fn device_id(sc: &Scenario, seed: u64, d: u32) -> DeviceId {
+    if let Some(&id) = sc.fleet.device_ids.get(d as usize) {
+        return id;
+    }
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&rng::draw(seed, u64::from(d), Purpose::Identity, 0).to_le_bytes());
+    key[8..16].copy_from_slice(&rng::draw(seed, u64::from(d), Purpose::Identity, 1).to_le_bytes());
+    key[16..20].copy_from_slice(&d.to_le_bytes());
+    DeviceId::of_public_key(&key)
 }
 
 impl<'a> World<'a> {
@@ -583,36 +634,25 @@ impl<'a> World<'a> {
                 zones[(rng::draw(seed, u64::from(s), Purpose::SiteZone, 0) % zones.len() as u64) as usize]
             })
             .collect();
-        let class = (0..n)
-            .map(|d| {
-                let u = rng::unit(seed, u64::from(d), Purpose::Class, 0) * 100.0;
-                let mut acc = 0.0;
-                let mut pick = sc.classes.len() - 1;
-                for (i, c) in sc.classes.iter().enumerate() {
-                    acc += c.share;
-                    if u < acc {
-                        pick = i;
-                        break;
-                    }
+        let class = PerDevice::from_fn(&devices, |d| {
+            let u = rng::unit(seed, u64::from(d), Purpose::Class, 0) * 100.0;
+            let mut acc = 0.0;
+            let mut pick = sc.classes.len() - 1;
+            for (i, c) in sc.classes.iter().enumerate() {
+                acc += c.share;
+                if u < acc {
+                    pick = i;
+                    break;
                 }
-                pick as u8
-            })
-            .collect::<Vec<u8>>();
-        let mut ids: Vec<DeviceId> = (0..n)
-            .map(|d| {
-                let mut key = [0u8; 32];
-                key[..8].copy_from_slice(&rng::draw(seed, u64::from(d), Purpose::Identity, 0).to_le_bytes());
-                key[8..16]
-                    .copy_from_slice(&rng::draw(seed, u64::from(d), Purpose::Identity, 1).to_le_bytes());
-                key[16..20].copy_from_slice(&d.to_le_bytes());
-                sc.fleet.device_ids.get(d as usize).copied().unwrap_or_else(|| DeviceId::of_public_key(&key))
-            })
-            .collect();
+            }
+            pick as u8
+        });
+        let mut ids = PerDevice::from_fn(&devices, |d| device_id(sc, seed, d));
         let mut traced = BTreeMap::new();
         let mut traces = Vec::new();
         for &(d, id) in setup.map_or(&[][..], |s| &s.devices[..]) {
-            if let Some(slot) = ids.get_mut(d as usize) {
-                *slot = id;
+            if devices.contains(&d) {
+                ids[d as usize] = id;
                 traced.insert(d, traces.len());
                 traces.push(Trace { device: d, ..Trace::default() });
             }
@@ -623,7 +663,7 @@ impl<'a> World<'a> {
         // share its two links, so nothing moves faster than a device can send or take.
         let mbps = |x: f64| x * 1e6 / 8.0;
         let origin = sc.network.origin_egress_mbps;
-        let mut caps = Vec::with_capacity(2 * sites as usize + 1 + 2 * n as usize);
+        let mut caps = Vec::with_capacity(2 * sites as usize + 1 + 2 * devices.len());
         caps.extend((0..sites).map(|_| mbps(sc.network.site_lan_mbps)));
         caps.extend((0..sites).map(|s| {
             let u = rng::unit(seed, u64::from(s), Purpose::SiteWan, 0);
@@ -638,8 +678,8 @@ impl<'a> World<'a> {
             mbps(sc.network.site_wan_at(u, z))
         }));
         caps.push(if origin > 0.0 { mbps(origin) } else { f64::INFINITY });
-        caps.extend(class.iter().map(|&c| mbps(sc.classes[c as usize].downlink_mbps)));
-        caps.extend(class.iter().map(|&c| mbps(sc.classes[c as usize].uplink_mbps)));
+        caps.extend(class.values.iter().map(|&c| mbps(sc.classes[c as usize].downlink_mbps)));
+        caps.extend(class.values.iter().map(|&c| mbps(sc.classes[c as usize].uplink_mbps)));
         // Named links, after every device's; a site's path crosses them in order.
         let first_named = caps.len() as LinkId;
         caps.extend(sc.links.iter().map(|l| mbps(l.mbps)));
@@ -704,6 +744,7 @@ impl<'a> World<'a> {
             }
             AnnounceMode::Poll => Spread::default(),
         };
+        let spread = if shards > 1 { spread.only(devices.clone()) } else { spread };
 
         let sample_s = sc.sim.sample_s.unwrap_or((sc.sim.duration_s / 5000.0).max(1.0));
         Self {
@@ -725,33 +766,37 @@ impl<'a> World<'a> {
             latency_us,
             end_us: (sc.sim.duration_s * 1e6).round() as Micros,
             sample_us: ((sample_s * 1e6).round() as Micros).max(1),
-            site,
+            site: PerDevice::from_fn(&devices, |d| site[d as usize]),
             class,
             ids,
-            online: vec![true; n as usize],
-            machine: devices.clone().map(|_| None).collect(),
-            state: vec![UNANNOUNCED; n as usize],
-            started: vec![false; n as usize],
-            fetching_since: vec![0; n as usize],
-            life_epoch: vec![0; n as usize],
-            net_epoch: vec![0; n as usize],
-            attempts: vec![0; n as usize],
-            churn_n: vec![0; n as usize],
-            have: vec![0; n as usize],
-            download: vec![NONE; n as usize],
-            receiving: vec![0; n as usize],
-            uploads: vec![0; n as usize],
-            server_pos: vec![NONE; n as usize],
-            got: if sc.network.mode == Mode::Central { vec![0.0; n as usize] } else { Vec::new() },
+            online: PerDevice::new(&devices, true),
+            machine: PerDevice::new(&devices, None),
+            state: PerDevice::new(&devices, UNANNOUNCED),
+            started: PerDevice::new(&devices, false),
+            fetching_since: PerDevice::new(&devices, 0),
+            life_epoch: PerDevice::new(&devices, 0),
+            net_epoch: PerDevice::new(&devices, 0),
+            attempts: PerDevice::new(&devices, 0),
+            churn_n: PerDevice::new(&devices, 0),
+            have: PerDevice::new(&devices, 0),
+            download: PerDevice::new(&devices, NONE),
+            receiving: PerDevice::new(&devices, 0),
+            uploads: PerDevice::new(&devices, 0),
+            server_pos: PerDevice::new(&devices, NONE),
+            got: if sc.network.mode == Mode::Central {
+                PerDevice::new(&devices, 0.0)
+            } else {
+                PerDevice::none()
+            },
             spread,
             arrive_at,
-            state_at: vec![0; n as usize],
+            state_at: PerDevice::new(&devices, 0),
             fetch_durations: Vec::new(),
             install_durations: Vec::new(),
-            requesting: vec![false; n as usize],
-            report_seq: vec![0; n as usize],
-            in_blocked: vec![false; n as usize],
-            in_waiters: vec![false; n as usize],
+            requesting: PerDevice::new(&devices, false),
+            report_seq: PerDevice::new(&devices, 0),
+            in_blocked: PerDevice::new(&devices, false),
+            in_waiters: PerDevice::new(&devices, false),
             queued_reports: BTreeMap::new(),
             site_start,
             site_zone,
@@ -815,9 +860,14 @@ impl<'a> World<'a> {
         }
     }
 
-    /// Device `d`'s place in this shard's arrays of machines.
-    fn local(&self, d: u32) -> usize {
-        (d - self.devices.start) as usize
+    /// Device `d`'s place among this shard's devices.
+    fn local(&self, d: u32) -> u32 {
+        d - self.devices.start
+    }
+
+    /// Device `d`'s identity, whichever shard plays it.
+    fn id(&self, d: u32) -> DeviceId {
+        if self.devices.contains(&d) { self.ids[d as usize] } else { device_id(self.sc, self.seed, d) }
     }
 
     /// Device `d`'s report reaches the tally at `t`: this shard's, and (sharded) every
@@ -1082,8 +1132,7 @@ impl<'a> World<'a> {
                 let bucket = self.calendar.remove(&self.now).unwrap_or_default();
                 let ms = self.now_ms();
                 for d in bucket {
-                    let due =
-                        self.machine[self.local(d)].as_ref().is_some_and(|m| m.poll_timeout() == Some(ms));
+                    let due = self.machine[d as usize].as_ref().is_some_and(|m| m.poll_timeout() == Some(ms));
                     if due {
                         self.timeout(d);
                     }
@@ -1163,7 +1212,7 @@ impl<'a> World<'a> {
             Ev::Online(d) => self.go_online(d),
             Ev::Offline(d) => self.go_offline(d),
             Ev::Report { d, verdict, seq } => {
-                let reporter = self.ids[d as usize];
+                let reporter = self.id(d);
                 let _ = self.heard.record_report(reporter, self.release.id, u64::from(seq), verdict);
                 let traced: Vec<u32> = self.traced.keys().copied().collect();
                 for t in traced {
@@ -1226,9 +1275,8 @@ impl<'a> World<'a> {
     /// Feeds device `d`'s machine one input, then executes what it wants ([`World::sync`]).
     fn feed(&mut self, d: u32, f: impl FnOnce(&mut Device, &Heard, Millis)) {
         let now = self.now_ms();
-        let local = self.local(d);
         let Self { machine, heard, .. } = self;
-        if let Some(dev) = machine[local].as_mut() {
+        if let Some(dev) = machine[d as usize].as_mut() {
             f(dev, heard, now);
         }
         self.sync(d);
@@ -1284,11 +1332,11 @@ impl<'a> World<'a> {
 
     /// Device `d`'s machine, made when it first hears anything.
     fn ensure_machine(&mut self, d: u32) {
-        let (i, local) = (d as usize, self.local(d));
-        if self.machine[local].is_none() {
+        let i = d as usize;
+        if self.machine[i].is_none() {
             let zone = self.site_zone[self.site[i] as usize];
             let slots = Slots { active: Some(self.previous), inactive: None };
-            self.machine[local] = Some(Device::new(self.ids[i], zone, slots));
+            self.machine[i] = Some(Device::new(self.ids[i], zone, slots));
         }
     }
 
@@ -1305,12 +1353,10 @@ impl<'a> World<'a> {
     fn recover(&mut self, d: u32) {
         let i = d as usize;
         let now = self.now_ms();
-        let local = self.local(d);
-        let Some(old) = self.machine[local].as_ref() else { return };
+        let Some(old) = self.machine[i].as_ref() else { return };
         let last = old.current().map(|(r, s)| (r, s.clone()));
         let zone = self.site_zone[self.site[i] as usize];
-        self.machine[local] =
-            Some(Device::restore(now, &self.heard, self.ids[i], zone, old.slots(), [], last));
+        self.machine[i] = Some(Device::restore(now, &self.heard, self.ids[i], zone, old.slots(), [], last));
         self.sync(d);
     }
 
@@ -1384,8 +1430,8 @@ impl<'a> World<'a> {
     /// After any input to device `d`: record its state, schedule its timeout, execute
     /// its actions (the drain rule), and note it when only reports can move it.
     fn sync(&mut self, d: u32) {
-        let (i, local) = (d as usize, self.local(d));
-        let Some(m) = self.machine[local].as_ref() else { return };
+        let i = d as usize;
+        let Some(m) = self.machine[i].as_ref() else { return };
         // A device that refused the release (revoked before it heard of it) has none.
         let new = m.current().map_or(UNANNOUNCED, |(_, s)| state_index(s));
         let wake = m.poll_timeout();
@@ -1400,14 +1446,14 @@ impl<'a> World<'a> {
                 }
             }
         }
-        while let Some(output) = self.machine[local].as_mut().and_then(|m| m.poll_output()) {
+        while let Some(output) = self.machine[i].as_mut().and_then(|m| m.poll_output()) {
             if let Some(&t) = self.traced.get(&d) {
                 let now = self.now_ms();
                 self.traces[t].outputs.push((now, output.clone()));
             }
             self.execute(d, output);
         }
-        let Some(m) = self.machine[local].as_ref() else { return };
+        let Some(m) = self.machine[i].as_ref() else { return };
         if self.state[i] == WAITING && m.poll_timeout().is_none() && !m.is_halted() && !self.in_blocked[i] {
             self.in_blocked[i] = true;
             let key = m.wave(&self.heard).map_or(u16::MAX, |w| w as u16);
@@ -1537,9 +1583,7 @@ impl<'a> World<'a> {
 
     fn still_blocked(&self, d: u32) -> bool {
         self.state[d as usize] == WAITING
-            && self.machine[self.local(d)]
-                .as_ref()
-                .is_some_and(|m| m.poll_timeout().is_none() && !m.is_halted())
+            && self.machine[d as usize].as_ref().is_some_and(|m| m.poll_timeout().is_none() && !m.is_halted())
     }
 
     fn mark_site(&mut self, s: u32) {
@@ -1668,12 +1712,12 @@ impl<'a> World<'a> {
 
     /// Device `d`'s downlink.
     fn down_link(&self, d: u32) -> LinkId {
-        2 * self.sites + 1 + d
+        2 * self.sites + 1 + self.local(d)
     }
 
     /// Device `d`'s uplink.
     fn up_link(&self, d: u32) -> LinkId {
-        2 * self.sites + 1 + self.n + d
+        2 * self.sites + 1 + (self.devices.end - self.devices.start) + self.local(d)
     }
 
     /// Keeps device `d` in its site's list of servers exactly when it is online, holds
@@ -2099,11 +2143,11 @@ impl<'a> World<'a> {
         let eligible = u64::from(self.devices.end - self.devices.start) - self.counts[UNANNOUNCED as usize];
         let (mut failed, mut rolled_back, mut never_started, mut first_wave) = (0, 0, 0, 0);
         for d in self.devices.clone() {
-            let (i, local) = (d as usize, self.local(d));
+            let i = d as usize;
             if !self.started[i] {
                 never_started += 1;
             }
-            let Some(m) = self.machine[local].as_ref() else { continue };
+            let Some(m) = self.machine[i].as_ref() else { continue };
             let Some((_, state)) = m.current() else { continue };
             match state {
                 State::RolledBack(Reason::Revoked) if self.started[i] => rolled_back += 1,

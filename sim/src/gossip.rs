@@ -48,6 +48,8 @@
 //! (pushes go to uniform random devices, online or not, where gossipsub would send
 //! only to connected peers: a lost push is the pessimistic side of that).
 
+use std::ops::Range;
+
 use crate::churn;
 use crate::net::Micros;
 use crate::rng::{self, Purpose};
@@ -86,6 +88,26 @@ impl Spread {
     /// The last round in which someone heard (0 for an empty fleet).
     pub fn last_round(&self) -> u8 {
         (self.starts.len().saturating_sub(2)).min(usize::from(MAX_ROUND)) as u8
+    }
+
+    /// The spread as a shard playing `devices` needs it: only they are in the rounds'
+    /// lists (every device's round is kept).
+    pub fn only(self, devices: Range<u32>) -> Spread {
+        let tail = self.order.len() - self.late as usize;
+        let mut order = Vec::new();
+        let mut starts = vec![0];
+        let mut late = 0;
+        for r in 0..self.starts.len().saturating_sub(1) {
+            let (a, b) = (self.starts[r] as usize, self.starts[r + 1] as usize);
+            for (at, &d) in self.order[a..b].iter().enumerate() {
+                if devices.contains(&d) {
+                    order.push(d);
+                    late += u32::from(a + at >= tail);
+                }
+            }
+            starts.push(order.len() as u32);
+        }
+        Spread { round: self.round, order, starts, late }
     }
 }
 
@@ -489,6 +511,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_shard_sees_its_own_devices_in_the_rounds_they_heard() {
+        let all = push(9, 5_000, 1, None);
+        let (low, high) = (all.clone().only(0..2_000), all.clone().only(2_000..5_000));
+        assert_eq!(low.last_round(), all.last_round());
+        for r in 0..=all.last_round() {
+            let mine = |s: &Spread, range: std::ops::Range<u32>| -> Vec<u32> {
+                let heard: Vec<u32> = s.heard_in(r).to_vec();
+                assert!(heard.iter().all(|d| range.contains(d)), "round {r}: another shard's device");
+                heard
+            };
+            let mut both = mine(&low, 0..2_000);
+            both.extend(mine(&high, 2_000..5_000));
+            both.sort_unstable();
+            let mut want = all.heard_in(r).to_vec();
+            want.sort_unstable();
+            assert_eq!(both, want, "round {r}");
+        }
+        assert_eq!(low.round, all.round);
     }
 
     #[test]

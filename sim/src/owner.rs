@@ -13,6 +13,8 @@
 //!
 //! **Non-goals:** deciding anything: the rule is the core's, this only remembers it.
 
+use std::ops::Index;
+
 use otamesh_core::{ChunkId, DeviceId, fetch};
 
 /// No owner remembered: the next [`Owners::owner`] asks the core rule.
@@ -33,7 +35,7 @@ impl Owners {
 
     /// Device `d` became a member of site `s` (online and fetching): it takes over each
     /// remembered piece whose rule ranks it above the owner.
-    pub fn joined(&mut self, s: u32, d: u32, ids: &[DeviceId], chunks: &[ChunkId]) {
+    pub fn joined(&mut self, s: u32, d: u32, ids: &impl Index<usize, Output = DeviceId>, chunks: &[ChunkId]) {
         for (p, chunk) in chunks.iter().enumerate() {
             let slot = self.slot(s, p as u32);
             let cur = self.owner[slot];
@@ -66,7 +68,7 @@ impl Owners {
         s: u32,
         p: u32,
         chunk: ChunkId,
-        ids: &[DeviceId],
+        ids: &impl Index<usize, Output = DeviceId>,
         members: impl Iterator<Item = u32> + Clone,
     ) -> Option<u32> {
         let slot = self.slot(s, p);
