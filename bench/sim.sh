@@ -4,8 +4,10 @@
 # per-device links and random gossip on:
 #   bench-100k.toml (100,000 devices, 1,000 sites)   <= 10 s
 #   fleet-1m.toml   (1,000,000 devices, 10,000 sites) <= 30 s, <= 1 GiB peak RSS
+#   fleet-10m.toml  (10,000,000 devices, 100,000 sites) <= 5 min, <= 8 GiB peak RSS
+#     (not run here: about 5 minutes a run; run it by hand, see its header)
 # Usage: bench/sim.sh [RUNS]   (default 3; prints each run and the median)
-# fleet-1m plays as 2 shards (sim.shards = 2, one thread each): on an idle 2-core
+# fleet-1m and fleet-10m play as 2 shards (sim.shards = 2, one thread each): on an idle 2-core
 # machine its wall time is about half its CPU time; on a busy one, wall time grows while
 # CPU time stays put. bench-100k plays as one world (wall about equals CPU).
 set -euo pipefail
