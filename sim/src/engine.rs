@@ -30,6 +30,7 @@ use crate::churn;
 use crate::gossip::{self, Spread};
 use crate::net::{Ended, FlowId, Flushed, LinkId, Micros, NO_LINK, NO_ROUTE, Net, Path, RouteId, Timer};
 use crate::owner::Owners;
+use crate::pieces::{Pieces, Wide};
 use crate::queue::RadixQueue;
 use crate::rng::{self, Purpose};
 use crate::scenario::{AnnounceMode, GossipStyle, Mode, Scenario, SiteSize, SizeDist};
@@ -197,10 +198,19 @@ pub struct Progress {
 
 /// Runs a scenario with a master seed. `progress` is called every few thousand events.
 pub fn run(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunResult {
-    if sc.sim.shards > 1 {
-        return run_sharded(sc, seed, progress);
+    if sc.pieces() <= u64::CAPACITY {
+        run_with::<u64>(sc, seed, progress)
+    } else {
+        run_with::<Wide>(sc, seed, progress)
     }
-    let mut w = World::new(sc, seed, None, 0, 1);
+}
+
+/// Runs a scenario whose piece sets are `P`s.
+fn run_with<P: Pieces>(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunResult {
+    if sc.sim.shards > 1 {
+        return run_sharded::<P>(sc, seed, progress);
+    }
+    let mut w = World::<P>::new(sc, seed, None, 0, 1);
     w.run(progress);
     let part = w.part();
     assemble(vec![part])
@@ -213,9 +223,9 @@ pub fn run(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunR
 /// others (conservative synchronization with that lookahead); then the reports each
 /// sent in the window are delivered to the others, and the next window starts. Every
 /// shard keeps the whole fleet's tally, fed the same reports at the same times.
-fn run_sharded(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunResult {
+fn run_sharded<P: Pieces>(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunResult {
     let shards = sc.sim.shards;
-    let mut worlds: Vec<World<'_>> = std::thread::scope(|s| {
+    let mut worlds: Vec<World<'_, P>> = std::thread::scope(|s| {
         let handles: Vec<_> =
             (0..shards).map(|i| s.spawn(move || World::new(sc, seed, None, i, shards))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
@@ -285,7 +295,7 @@ fn run_sharded(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> 
 
 /// The instant since which every shard has been idle (nothing important pending, no
 /// transfer live); `None` while one is not.
-fn idle_since(worlds: &[World<'_>]) -> Option<Micros> {
+fn idle_since<P: Pieces>(worlds: &[World<'_, P>]) -> Option<Micros> {
     worlds.iter().map(|w| w.idle_from).try_fold(0, |end, idle| idle.map(|t| end.max(t)))
 }
 
@@ -313,7 +323,16 @@ struct Mail {
 /// machine was fed and every output it gave (see [`crate::trace`]).
 /// Traced runs play the fleet as one shard, whatever `sim.shards` says.
 pub fn run_traced(sc: &Scenario, seed: u64, setup: &TraceSetup) -> (RunResult, Vec<Trace>) {
-    let mut w = World::new(sc, seed, Some(setup), 0, 1);
+    if sc.pieces() <= u64::CAPACITY {
+        traced_with::<u64>(sc, seed, setup)
+    } else {
+        traced_with::<Wide>(sc, seed, setup)
+    }
+}
+
+/// [`run_traced`] with piece sets of `P`.
+fn traced_with<P: Pieces>(sc: &Scenario, seed: u64, setup: &TraceSetup) -> (RunResult, Vec<Trace>) {
+    let mut w = World::<P>::new(sc, seed, Some(setup), 0, 1);
     w.run(&mut |_| {});
     let traces = std::mem::take(&mut w.traces);
     (assemble(vec![w.part()]), traces)
@@ -359,11 +378,11 @@ struct FlowMeta {
     dst: u32,
     /// The serving peer of a LAN flow (`NONE` for the origin).
     src: u32,
-    piece: u8,
+    piece: u16,
 }
 
 #[derive(Debug)]
-struct World<'a> {
+struct World<'a, P: Pieces> {
     sc: &'a Scenario,
     seed: u64,
     n: u32,
@@ -371,7 +390,7 @@ struct World<'a> {
     k: u32,
     mode: Mode,
     piece_len: Vec<f64>,
-    need_mask: u64,
+    need_mask: P,
     chunk_ids: Vec<ChunkId>,
     release: ReleaseInfo,
     policy: RolloutPolicy,
@@ -400,7 +419,7 @@ struct World<'a> {
     net_epoch: PerDevice<u32>,
     attempts: PerDevice<u8>,
     churn_n: PerDevice<u32>,
-    have: PerDevice<u64>,
+    have: PerDevice<P>,
     download: PerDevice<FlowId>,
     /// Flows the device receives (its LAN or origin download, and WAN pieces it owns).
     receiving: PerDevice<u16>,
@@ -442,7 +461,7 @@ struct World<'a> {
     /// Whether a site's WAN flows share its group (the origin is unlimited), so every
     /// flow a device receives is in one group and its downlink is one shared link.
     merged: bool,
-    inflight: Vec<u64>,
+    inflight: Vec<P>,
     wan_count: Vec<u32>,
     wan_flow: Vec<FlowId>,
     /// p2p-dedup: each piece's rendezvous owner on each site, kept as members change.
@@ -534,7 +553,7 @@ fn device_id(sc: &Scenario, seed: u64, d: u32) -> DeviceId {
     DeviceId::of_public_key(&key)
 }
 
-impl<'a> World<'a> {
+impl<'a, P: Pieces> World<'a, P> {
     /// Shard `shard` of `shards` of the fleet (0 of 1: all of it).
     fn new(sc: &'a Scenario, seed: u64, setup: Option<&TraceSetup>, shard: u32, shards: u32) -> Self {
         let n = sc.fleet.devices;
@@ -594,12 +613,15 @@ impl<'a> World<'a> {
             .collect();
         // A delta: the same pieces are already on every device (they all run the
         // previous release); which ones is drawn once per run.
-        let full = if k == 64 { u64::MAX } else { (1u64 << k) - 1 };
+        let full = P::below(k);
         let present = ((sc.release.delta_fraction * f64::from(k)).round() as u32).min(k);
         let mut order: Vec<u32> = (0..k).collect();
         order.sort_by_key(|&p| rng::draw(seed, u64::from(p), Purpose::Delta, 0));
-        let delta: u64 = order[..present as usize].iter().fold(0, |m, &p| m | (1 << p));
-        let need_mask = full & !delta;
+        let mut delta = P::default();
+        for &p in &order[..present as usize] {
+            delta.insert(p);
+        }
+        let need_mask = full.minus(delta);
 
         // Sites: contiguous ranges of device indexes.
         let weights: Vec<f64> = (0..sites)
@@ -778,7 +800,7 @@ impl<'a> World<'a> {
             net_epoch: PerDevice::new(&devices, 0),
             attempts: PerDevice::new(&devices, 0),
             churn_n: PerDevice::new(&devices, 0),
-            have: PerDevice::new(&devices, 0),
+            have: PerDevice::new(&devices, P::default()),
             download: PerDevice::new(&devices, NONE),
             receiving: PerDevice::new(&devices, 0),
             uploads: PerDevice::new(&devices, 0),
@@ -807,7 +829,7 @@ impl<'a> World<'a> {
             site_route,
             site_latency,
             slots: sc.network.upload_slots.min(u32::from(u16::MAX)) as u16,
-            inflight: vec![0; sites as usize],
+            inflight: vec![P::default(); sites as usize],
             wan_count: vec![0; sites as usize],
             wan_flow: vec![NONE; sites as usize * k as usize],
             owners: Owners::new(sites, k),
@@ -1681,7 +1703,7 @@ impl<'a> World<'a> {
             receivers.push(self.flow_meta[f as usize].dst);
             self.abort_flow(f);
         }
-        for p in bits(self.have[i]) {
+        for p in self.have[i].iter() {
             self.holders[(s * self.k + p) as usize] -= 1;
         }
         self.update_server(d);
@@ -1725,7 +1747,7 @@ impl<'a> World<'a> {
     fn update_server(&mut self, d: u32) {
         let i = d as usize;
         let s = self.site[i] as usize;
-        let serves = self.online[i] && self.have[i] != 0 && self.uploads[i] < self.slots;
+        let serves = self.online[i] && !self.have[i].is_empty() && self.uploads[i] < self.slots;
         let pos = self.server_pos[i];
         if serves && pos == NONE {
             self.server_pos[i] = self.servers[s].len() as u32;
@@ -1749,11 +1771,11 @@ impl<'a> World<'a> {
 
     fn add_holdings(&mut self, d: u32, s: u32) {
         let have = self.have[d as usize];
-        for p in bits(have) {
+        for p in have.iter() {
             self.add_holder(s, p);
         }
         self.update_server(d);
-        if have != 0 {
+        if !have.is_empty() {
             // A server is back: up to `slots` waiting peers may fetch from it.
             self.wake_waiters(s, usize::from(self.slots));
         }
@@ -1803,8 +1825,8 @@ impl<'a> World<'a> {
             return;
         }
         let s = self.site[i];
-        let need = self.need_mask & !self.have[i];
-        if need == 0 {
+        let need = self.need_mask.minus(self.have[i]);
+        if need.is_empty() {
             let (r, others) = (self.release.id, self.site_others(d));
             self.record_site(d, others);
             self.record(d, || Input::Fetched);
@@ -1816,36 +1838,36 @@ impl<'a> World<'a> {
         }
         if self.mode == Mode::Central {
             // An interrupted download resumes where it stopped (an HTTP range request).
-            let total = bits(need).map(|p| self.piece_len[p as usize]).sum::<f64>() * self.size_factor(d);
+            let total = need.iter().map(|p| self.piece_len[p as usize]).sum::<f64>() * self.size_factor(d);
             let bytes = (total - self.got[i]).max(0.0);
-            self.start_flow(FlowMeta { kind: FlowKind::Central, dst: d, src: NONE, piece: u8::MAX }, bytes);
+            self.start_flow(FlowMeta { kind: FlowKind::Central, dst: d, src: NONE, piece: u16::MAX }, bytes);
             return;
         }
         let rot = (rng::draw(self.seed, u64::from(d), Purpose::PieceOrder, 0) % u64::from(self.k)) as u32;
         // Pieces a site peer with a free upload slot can serve now (each holder serves
         // `upload_slots` peers at once, whatever pieces they ask for, as swarming
         // clients do).
-        let mut unheld = 0u64;
-        for p in bits(need) {
+        let mut unheld = P::default();
+        for p in need.iter() {
             if self.holders[(s * self.k + p) as usize] == 0 {
-                unheld |= 1 << p;
+                unheld.insert(p);
             }
         }
-        let wanted = need & !unheld;
-        let mut servable = 0u64;
-        if wanted != 0 {
+        let wanted = need.minus(unheld);
+        let mut servable = P::default();
+        if !wanted.is_empty() {
             for &e in &self.servers[s as usize] {
-                servable |= self.have[e as usize];
-                if servable & wanted == wanted {
+                servable = servable.union(self.have[e as usize]);
+                if wanted.minus(servable).is_empty() {
                     break;
                 }
             }
         }
         // Rarest first among them.
         let mut best: Option<(u32, u32, u32)> = None;
-        for p in bits(wanted) {
+        for p in wanted.iter() {
             let h = self.holders[(s * self.k + p) as usize];
-            if servable & (1 << p) == 0 {
+            if !servable.contains(p) {
                 continue;
             }
             let key = (h, (p + self.k - rot) % self.k, p);
@@ -1855,25 +1877,25 @@ impl<'a> World<'a> {
         }
         if let Some((_, _, p)) = best {
             let src = self.server_of(s, p);
-            let meta = FlowMeta { kind: FlowKind::Lan, dst: d, src, piece: p as u8 };
+            let meta = FlowMeta { kind: FlowKind::Lan, dst: d, src, piece: p as u16 };
             self.start_flow(meta, self.piece_len[p as usize]);
             return;
         }
-        let first_in = |mask: u64| (0..self.k).map(|j| (rot + j) % self.k).find(|&p| mask & (1 << p) != 0);
+        let first_in = |set: P| (0..self.k).map(|j| (rot + j) % self.k).find(|&p| set.contains(p));
         if self.mode == Mode::P2p {
             // A piece nobody on the site holds comes from the origin; one that peers
             // hold but cannot serve yet is worth waiting for.
             if let Some(p) = first_in(unheld) {
-                let meta = FlowMeta { kind: FlowKind::Wan, dst: d, src: NONE, piece: p as u8 };
+                let meta = FlowMeta { kind: FlowKind::Wan, dst: d, src: NONE, piece: p as u16 };
                 self.start_flow(meta, self.piece_len[p as usize]);
                 return;
             }
         }
         // p2p-dedup: the piece's rendezvous owner among the site's live fetching
         // members brings it over the WAN; everyone else waits for it on the LAN.
-        let absent = unheld & !self.inflight[s as usize];
+        let absent = unheld.minus(self.inflight[s as usize]);
         if self.mode == Mode::P2pDedup
-            && absent != 0
+            && !absent.is_empty()
             && self.wan_count[s as usize] < self.sc.network.wan_parallel
             && let Some(p) = first_in(absent)
         {
@@ -1882,7 +1904,7 @@ impl<'a> World<'a> {
             let settled =
                 self.fetching_since[owner as usize].saturating_add(self.secs(self.sc.network.settle_s));
             if self.now >= settled {
-                let meta = FlowMeta { kind: FlowKind::WanPiece, dst: owner, src: NONE, piece: p as u8 };
+                let meta = FlowMeta { kind: FlowKind::WanPiece, dst: owner, src: NONE, piece: p as u16 };
                 self.start_flow(meta, self.piece_len[p as usize]);
             } else if !self.requesting[i] {
                 self.requesting[i] = true;
@@ -1912,7 +1934,7 @@ impl<'a> World<'a> {
     fn server_of(&self, s: u32, p: u32) -> u32 {
         let mut best = NONE;
         for &e in &self.servers[s as usize] {
-            if self.have[e as usize] & (1 << p) == 0 {
+            if !self.have[e as usize].contains(p) {
                 continue;
             }
             if best == NONE || self.uploads[e as usize] < self.uploads[best as usize] {
@@ -2023,7 +2045,7 @@ impl<'a> World<'a> {
             FlowKind::WanPiece => {
                 let slot = (s * self.k + u32::from(meta.piece)) as usize;
                 self.wan_flow[slot] = id;
-                self.inflight[s as usize] |= 1 << meta.piece;
+                self.inflight[s as usize].insert(u32::from(meta.piece));
                 self.wan_count[s as usize] += 1;
             }
             FlowKind::Lan => {
@@ -2053,7 +2075,7 @@ impl<'a> World<'a> {
             FlowKind::WanPiece => {
                 self.wan_bytes += bytes;
                 self.wan_flow[(s * self.k + u32::from(meta.piece)) as usize] = NONE;
-                self.inflight[s as usize] &= !(1 << meta.piece);
+                self.inflight[s as usize].remove(u32::from(meta.piece));
                 self.wan_count[s as usize] -= 1;
             }
             FlowKind::Central | FlowKind::Wan => {
@@ -2086,14 +2108,14 @@ impl<'a> World<'a> {
         let i = d as usize;
         let s = self.site[i];
         if meta.kind == FlowKind::Central {
-            self.have[i] |= self.need_mask;
+            self.have[i] = self.have[i].union(self.need_mask);
             self.got[i] = 0.0;
         } else {
-            let bit = 1u64 << meta.piece;
-            if self.have[i] & bit == 0 {
-                self.have[i] |= bit;
+            let p = u32::from(meta.piece);
+            if !self.have[i].contains(p) {
+                self.have[i].insert(p);
                 if self.online[i] {
-                    self.add_holder(s, u32::from(meta.piece));
+                    self.add_holder(s, p);
                     self.update_server(d);
                 }
                 // A new holder serves `slots` more peers; a LAN transfer also freed its
@@ -2343,18 +2365,6 @@ fn holds_site_slot(index: u8) -> bool {
 
 fn state_index(s: &State) -> u8 {
     s.phase() as u8
-}
-
-/// The set bits of a mask, lowest first.
-fn bits(mut mask: u64) -> impl Iterator<Item = u32> {
-    std::iter::from_fn(move || {
-        if mask == 0 {
-            return None;
-        }
-        let p = mask.trailing_zeros();
-        mask &= mask - 1;
-        Some(p)
-    })
 }
 
 /// Splits `n` devices over sites in proportion to `weights`, each site at least one

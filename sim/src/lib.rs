@@ -22,6 +22,7 @@ pub mod engine;
 pub mod gossip;
 pub mod net;
 pub mod owner;
+pub mod pieces;
 pub mod plot;
 pub mod queue;
 pub mod report;

@@ -16,8 +16,8 @@ use otamesh_core::UpdateKind;
 use otamesh_core::rollout::{PolicyError, RolloutPolicy, TimeOfDay};
 use serde::{Deserialize, Serialize};
 
-/// The most pieces a release may be cut into (a device's pieces are one `u64` bitmap).
-pub const MAX_PIECES: u64 = 64;
+/// The most pieces a release may be cut into (see [`crate::pieces`]).
+pub const MAX_PIECES: u64 = crate::pieces::MAX_PIECES as u64;
 
 /// The largest fleet a scenario may describe.
 pub const MAX_DEVICES: u32 = 20_000_000;
@@ -243,7 +243,7 @@ pub struct Release {
     pub id: Option<otamesh_core::ReleaseId>,
     /// Payload size in bytes.
     pub bytes: u64,
-    /// The simulator's transfer granularity ("piece"), bytes; at most 64 pieces.
+    /// The simulator's transfer granularity ("piece"), bytes; at most [`MAX_PIECES`] pieces.
     pub piece_bytes: u64,
     /// Update kind (for `skip_waves` / `skip_window`).
     #[serde(default = "firmware")]

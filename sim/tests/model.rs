@@ -141,6 +141,27 @@ fn plain_p2p_costs_more_wan_than_dedup() {
 }
 
 #[test]
+fn a_release_in_more_than_64_pieces_moves_the_same_bytes_and_swarms_sooner() {
+    // 16 MB in 256 pieces of 62.5 kB (wide piece sets) against 16 pieces of 1 MB.
+    let fine = simulate(BASE, &["release.piece_bytes=62_500"], 4);
+    let coarse = simulate(BASE, &[], 4);
+    assert_eq!(fine.committed, 400);
+    assert_eq!(fine.wan_bytes, 8.0 * 16_000_000.0, "each site fetches the release once");
+    assert_eq!(fine.lan_bytes, (400.0 - 8.0) * 16_000_000.0);
+    // Store and forward: a piece is passed on only once whole, so finer pieces reach the
+    // swarm sooner.
+    let (t50_fine, t50_coarse) = (fine.t_s[0].expect("t50"), coarse.t_s[0].expect("t50"));
+    assert!(t50_fine < t50_coarse, "t50 {t50_fine} s with 256 pieces, {t50_coarse} s with 16");
+    for mode in ["p2p", "central"] {
+        let r = simulate(BASE, &[&format!("network.mode=\"{mode}\""), "release.piece_bytes=62_500"], 4);
+        assert_eq!(r.committed, 400, "{mode}");
+    }
+    // A delta of 1,024 pieces: the half already on the devices is not fetched.
+    let delta = ["network.mode=\"central\"", "release.piece_bytes=15_625", "release.delta_fraction=0.5"];
+    assert_eq!(simulate(BASE, &delta, 3).wan_bytes, 400.0 * 8_000_000.0);
+}
+
+#[test]
 fn delta_fetches_only_missing_pieces() {
     let r = simulate(BASE, &["network.mode=\"central\"", "release.delta_fraction=0.5"], 3);
     assert_eq!(r.wan_bytes, 400.0 * 8_000_000.0);

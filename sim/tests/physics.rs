@@ -182,7 +182,8 @@ fn small() -> impl Strategy<Value = Small> {
         2u32..=10,
         prop_oneof![Just("central"), Just("p2p"), Just("p2p-dedup")],
         1_000_000u64..=20_000_000,
-        1u64..=8,
+        // Up to 8 pieces, or more than a 64-piece set holds.
+        prop_oneof![1u64..=8, 65u64..=160],
         (1.0f64..200.0, 0.5f64..100.0),
         (1.0f64..500.0, prop_oneof![Just(0.0), 1.0f64..500.0], 10.0f64..1000.0),
         (1u32..=6, 1u32..=4),
