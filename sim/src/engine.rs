@@ -198,22 +198,37 @@ pub struct Progress {
 
 /// Runs a scenario with a master seed. `progress` is called every few thousand events.
 pub fn run(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunResult {
+    play(sc, seed, None, progress).0
+}
+
+/// Plays a scenario, tracing the devices `setup` names (as one shard, whatever
+/// `sim.shards` says), with the narrowest piece sets that hold its release.
+fn play(
+    sc: &Scenario,
+    seed: u64,
+    setup: Option<&TraceSetup>,
+    progress: &mut dyn FnMut(Progress),
+) -> (RunResult, Vec<Trace>) {
     if sc.pieces() <= u64::CAPACITY {
-        run_with::<u64>(sc, seed, progress)
+        play_with::<u64>(sc, seed, setup, progress)
     } else {
-        run_with::<Wide>(sc, seed, progress)
+        play_with::<Wide>(sc, seed, setup, progress)
     }
 }
 
-/// Runs a scenario whose piece sets are `P`s.
-fn run_with<P: Pieces>(sc: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunResult {
-    if sc.sim.shards > 1 {
-        return run_sharded::<P>(sc, seed, progress);
+fn play_with<P: Pieces>(
+    sc: &Scenario,
+    seed: u64,
+    setup: Option<&TraceSetup>,
+    progress: &mut dyn FnMut(Progress),
+) -> (RunResult, Vec<Trace>) {
+    if sc.sim.shards > 1 && setup.is_none() {
+        return (run_sharded::<P>(sc, seed, progress), Vec::new());
     }
-    let mut w = World::<P>::new(sc, seed, None, 0, 1);
+    let mut w = World::<P>::new(sc, seed, setup, 0, 1);
     w.run(progress);
-    let part = w.part();
-    assemble(vec![part])
+    let traces = std::mem::take(&mut w.traces);
+    (assemble(vec![w.part()]), traces)
 }
 
 /// Plays the fleet as `sim.shards` shards of whole sites, one thread each. Sites are
@@ -323,19 +338,7 @@ struct Mail {
 /// machine was fed and every output it gave (see [`crate::trace`]).
 /// Traced runs play the fleet as one shard, whatever `sim.shards` says.
 pub fn run_traced(sc: &Scenario, seed: u64, setup: &TraceSetup) -> (RunResult, Vec<Trace>) {
-    if sc.pieces() <= u64::CAPACITY {
-        traced_with::<u64>(sc, seed, setup)
-    } else {
-        traced_with::<Wide>(sc, seed, setup)
-    }
-}
-
-/// [`run_traced`] with piece sets of `P`.
-fn traced_with<P: Pieces>(sc: &Scenario, seed: u64, setup: &TraceSetup) -> (RunResult, Vec<Trace>) {
-    let mut w = World::<P>::new(sc, seed, Some(setup), 0, 1);
-    w.run(&mut |_| {});
-    let traces = std::mem::take(&mut w.traces);
-    (assemble(vec![w.part()]), traces)
+    play(sc, seed, Some(setup), &mut |_| {})
 }
 
 #[derive(Debug, Clone, Copy)]
