@@ -262,9 +262,7 @@ fn direct_remote(d: &Device, site_of: &BTreeMap<String, usize>) -> BTreeSet<Stri
 
 /// Bytes that went through relay circuits at `n` (both directions).
 fn relayed_bytes(n: &Node) -> f64 {
-    let Ok(client) = otamesh_node::client::Client::new(&n.api) else { return 0.0 };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let Ok(m) = rt.block_on(client.metrics()) else { return 0.0 };
+    let Some(m) = n.metrics() else { return 0.0 };
     m.0.lines()
         .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{") && l.contains("p2p-circuit"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -418,14 +416,7 @@ fn explain(devices: &[Device], d: &Device, release: ReleaseId) -> String {
             format!("{} {}", who.map_or("?", |y| y.node.name.as_str()), x["state"])
         })
         .collect();
-    let metrics = otamesh_node::client::Client::new(&d.node.api)
-        .ok()
-        .and_then(|c| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(c.metrics()).ok()
-        })
-        .map(|m| m.0)
-        .unwrap_or_default();
+    let metrics = d.node.metrics().map(|m| m.0).unwrap_or_default();
     let refusals: Vec<&str> = metrics
         .lines()
         .filter(|l| !l.starts_with('#') && (l.contains("refused") || l.contains("graylisted")))

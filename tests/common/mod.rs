@@ -318,8 +318,13 @@ impl Node {
             Some((n, rest)) => (n, rest.trim_end_matches('}').split(',').map(str::trim).collect()),
             None => (name, Vec::new()),
         };
-        let Ok(client) = Client::new(&self.api) else { return 0.0 };
-        runtime().block_on(client.metrics()).map_or(0.0, |m| m.sum(name, &labels))
+        self.metrics().map_or(0.0, |m| m.sum(name, &labels))
+    }
+
+    /// The node's `/metrics`, if it answers.
+    pub fn metrics(&self) -> Option<otamesh_node::client::Metrics> {
+        let client = Client::new(&self.api).ok()?;
+        runtime().block_on(client.metrics()).ok()
     }
 
     /// (chunks_have, chunks_total) of the first release, if any.
