@@ -2,7 +2,7 @@
 //! stack: it joins a site's gossip and lies. It claims every chunk of the releases it is
 //! told of (have and fetching bitfields all set), claims an install slot, answers no
 //! chunk request (it keeps the request open until it times out), and can flood the site
-//! topic with well-formed messages.
+//! topic with well-formed messages, and its connections with pings.
 //!
 //! **Goals:** the attacks of issue 11, as a LAN stranger (self-enrolled) or as an
 //! enrolled device, against real node processes.
@@ -14,8 +14,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, noise, tcp, yamux};
+use libp2p::{Multiaddr, noise, ping, tcp, yamux};
 use otamesh_core::enrolment::SignedEnrolment;
 use otamesh_core::site::SlotClaim;
 use otamesh_core::trust::MAX_SIGNATURES;
@@ -48,6 +49,9 @@ pub struct Plan {
     pub peers: Vec<Multiaddr>,
     /// What it publishes at `rate`, one kind per tick in turn; empty: its site message.
     pub floods: Vec<Flood>,
+    /// Pings each connection this often, the next as soon as the last is answered
+    /// (libp2p's ping protocol, which every node answers); `None`: never.
+    pub ping_every: Option<Duration>,
 }
 
 /// A kind of crafted message. Each message of a kind differs from the last, so that
@@ -85,7 +89,8 @@ impl Hostile {
         Self { stop: Some(stop), thread: Some(thread) }
     }
 
-    /// Stops the peer; returns how many messages it published.
+    /// Stops the peer; returns how many messages it published plus how many of its
+    /// pings were answered.
     pub fn stop(mut self) -> u64 {
         self.halt()
     }
@@ -108,6 +113,7 @@ impl Drop for Hostile {
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     chunks: request_response::Behaviour<ChunkCodec>,
+    ping: Toggle<ping::Behaviour>,
 }
 
 async fn run(plan: Plan, mut stopped: oneshot::Receiver<()>) -> u64 {
@@ -128,7 +134,10 @@ async fn run(plan: Plan, mut stopped: oneshot::Receiver<()>) -> u64 {
                     [(CHUNK_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(600)),
                 );
-                Ok(Behaviour { gossipsub, chunks })
+                let ping = plan
+                    .ping_every
+                    .map(|every| ping::Behaviour::new(ping::Config::new().with_interval(every)));
+                Ok(Behaviour { gossipsub, chunks, ping: Toggle::from(ping) })
             })
             .map_err(|e| e.to_string())
         });
@@ -219,6 +228,7 @@ async fn run(plan: Plan, mut stopped: oneshot::Receiver<()>) -> u64 {
                     let _ = swarm.behaviour_mut().gossipsub.report_message_validation_result(
                         &message_id, &propagation_source, gossipsub::MessageAcceptance::Ignore);
                 }
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { result: Ok(_), .. })) => sent += 1,
                 _ => {}
             },
         }
