@@ -246,6 +246,29 @@ fn status_ms(api: &str) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// The 99th percentile (ms) of `/status` round trips to `api`, one every 20 ms for
+/// `span`, and how many were made.
+fn status_p99(api: &str, span: Duration) -> (f64, usize) {
+    let mut latencies = Vec::new();
+    let until = std::time::Instant::now() + span;
+    while std::time::Instant::now() < until {
+        latencies.push(status_ms(api));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    latencies.sort_by(f64::total_cmp);
+    (latencies[latencies.len() * 99 / 100], latencies.len())
+}
+
+/// Node `a` (fetching from `origin`) and node `b` (peered only with `a`) of site `s`,
+/// once they are members of each other's site.
+fn a_and_b(dir: &Path, trust: &Path, origin: &Origin) -> Vec<Node> {
+    let a = Node::start(dir, "a", "s", trust, &["--origin".into(), origin.url.clone()]);
+    let b = Node::start(dir, "b", "s", trust, &["--peer".into(), a.addr()]);
+    let nodes = vec![a, b];
+    wait_members(&nodes, 1);
+    nodes
+}
+
 fn rss_kib(n: &Node) -> u64 {
     let pid = n.process.pid().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -263,10 +286,7 @@ fn rss_kib(n: &Node) -> u64 {
 #[test]
 fn a_flood_of_a_strangers_site_messages_is_refused_counted_and_never_forwarded() {
     let World { dir, trust, origin, .. } = World::new();
-    let a = Node::start(dir.path(), "a", "s", &trust, &["--origin".into(), origin.url.clone()]);
-    let b = Node::start(dir.path(), "b", "s", &trust, &["--peer".into(), a.addr()]);
-    let nodes = vec![a, b];
-    wait_members(&nodes, 1);
+    let nodes = a_and_b(dir.path(), &trust, &origin);
     let (a, b) = (&nodes[0], &nodes[1]);
     let data = noise(51, MIB);
     let m = manifest_for(&data, "gw", 1);
@@ -275,21 +295,14 @@ fn a_flood_of_a_strangers_site_messages_is_refused_counted_and_never_forwarded()
     let rss_before = rss_kib(a);
     let hostile = otamesh_node::hostile::Hostile::start(plan);
     wait_for(Duration::from_secs(30), "the flood refused", || refused(a, "not_enrolled") >= 1.0);
-    let mut latencies = Vec::new();
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < until {
-        latencies.push(status_ms(&a.api));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (p99, requests) = status_p99(&a.api, Duration::from_secs(10));
     let sent = hostile.stop();
-    latencies.sort_by(f64::total_cmp);
-    let p99 = latencies[latencies.len() * 99 / 100];
     let graylisted = a.metric("otamesh_gossip_graylisted_dropped_total");
     let refusals: f64 = ["not_enrolled", "flood"].iter().map(|r| refused(a, r)).sum();
     eprintln!(
         "flood: {sent} messages published; a refused {refusals} and dropped {graylisted} from the graylisted stranger; \
          /status p99 {p99:.1} ms over {} requests; RSS {rss_before} -> {} KiB",
-        latencies.len(),
+        requests,
         rss_kib(a)
     );
     assert!(sent >= 1000, "the stranger flooded ({sent})");
@@ -305,10 +318,7 @@ fn a_flood_of_a_strangers_site_messages_is_refused_counted_and_never_forwarded()
 #[test]
 fn a_strangers_flood_of_pings_leaves_the_site_working() {
     let World { dir, key, trust, store, origin } = World::new();
-    let a = Node::start(dir.path(), "a", "s", &trust, &["--origin".into(), origin.url.clone()]);
-    let b = Node::start(dir.path(), "b", "s", &trust, &["--peer".into(), a.addr()]);
-    let nodes = vec![a, b];
-    wait_members(&nodes, 1);
+    let nodes = a_and_b(dir.path(), &trust, &origin);
     let (a, b) = (&nodes[0], &nodes[1]);
     let data = noise(53, MIB);
     let m = manifest_for(&data, "gw", 1);
@@ -317,18 +327,13 @@ fn a_strangers_flood_of_pings_leaves_the_site_working() {
     plan.holds_slot = false;
     plan.ping_every = Some(Duration::from_millis(1));
     let hostile = otamesh_node::hostile::Hostile::start(plan);
-    let mut latencies = Vec::new();
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < until {
-        latencies.push(status_ms(&a.api));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (p99, requests) = status_p99(&a.api, Duration::from_secs(10));
     publish(&store, &key, &data, "gw", 1);
     wait_for(Duration::from_secs(60), "both nodes complete under the flood", || a.complete() && b.complete());
     let answered = hostile.stop();
-    latencies.sort_by(f64::total_cmp);
-    let p99 = latencies[latencies.len() * 99 / 100];
-    eprintln!("ping flood: {answered} pings answered (and site messages); /status p99 {p99:.1} ms");
+    eprintln!(
+        "ping flood: {answered} pings answered (and site messages); /status p99 {p99:.1} ms over {requests} requests"
+    );
     // 10 s at one ping in flight at a time, answered in well under a millisecond each.
     assert!(answered >= 1000, "the stranger's pings were answered ({answered})");
     assert!(b.status().is_some_and(|s| s["site_members"].as_array().map(|m| m.len()) == Some(1)));
@@ -420,10 +425,7 @@ fn twelve_nodes_in_three_sites_started_together_after_the_release_fetch_each_chu
 fn a_flood_of_signature_bombs_re_encodings_and_huge_site_messages_is_refused_and_never_forwarded() {
     use otamesh_node::hostile::{Flood, Hostile};
     let World { dir, key, trust, origin, .. } = World::new();
-    let a = Node::start(dir.path(), "a", "s", &trust, &["--origin".into(), origin.url.clone()]);
-    let b = Node::start(dir.path(), "b", "s", &trust, &["--peer".into(), a.addr()]);
-    let nodes = vec![a, b];
-    wait_members(&nodes, 1);
+    let nodes = a_and_b(dir.path(), &trust, &origin);
     let (a, b) = (&nodes[0], &nodes[1]);
     let m = manifest_for(&noise(53, MIB), "gw", 1);
     let genuine = key.sign_manifest(m.clone());
@@ -438,16 +440,9 @@ fn a_flood_of_signature_bombs_re_encodings_and_huge_site_messages_is_refused_and
     let heard =
         |n: &Node, topic: &str| n.metric(&format!("otamesh_gossip_messages_total{{topic=\"{topic}\"}}"));
     wait_for(Duration::from_secs(30), "the flood reaching a", || heard(a, "releases") >= 1.0);
-    let mut latencies = Vec::new();
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < until {
-        latencies.push(status_ms(&a.api));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (p99, requests) = status_p99(&a.api, Duration::from_secs(10));
     let rss_after = rss_kib(a);
     let sent = hostile.stop();
-    latencies.sort_by(f64::total_cmp);
-    let p99 = latencies[latencies.len() * 99 / 100];
     let taken = |n: &Node, topic: &str| {
         n.metric(&format!("otamesh_gossip_messages_total{{topic=\"{topic}\",result=\"accepted\"}}"))
     };
@@ -458,7 +453,7 @@ fn a_flood_of_signature_bombs_re_encodings_and_huge_site_messages_is_refused_and
         taken(a, "releases"),
         heard(a, "site"),
         a.metric("otamesh_gossip_graylisted_dropped_total"),
-        latencies.len(),
+        requests,
     );
     assert!(sent >= 1000, "the stranger flooded ({sent})");
     assert_eq!(taken(a, "releases"), 0.0, "no crafted manifest was taken");
