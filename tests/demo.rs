@@ -145,14 +145,18 @@ fn demo_rolls_out_halts_a_bad_release_revokes_it_and_reports() {
             .args(["demo", "--out", out_dir.to_str().unwrap(), "--sites", "2", "--nodes", "3"])
             .args(["--size-mib", "2", "--wave-after", "5", "--keep-running"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("demo.stderr")).unwrap())
             .spawn()
             .unwrap(),
     );
     let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
     let mut transcript = String::new();
     loop {
-        let line = lines.next().expect("the demo ended before its report").unwrap();
+        let Some(line) = lines.next() else {
+            let stderr = std::fs::read_to_string(dir.path().join("demo.stderr")).unwrap_or_default();
+            panic!("the demo ended before its report:\n{transcript}\nits stderr:\n{stderr}");
+        };
+        let line = line.unwrap();
         transcript.push_str(&line);
         transcript.push('\n');
         if line.contains("the fleet keeps running") {
