@@ -152,8 +152,10 @@ pub struct RunResult {
     pub never_started: u64,
     /// Bytes over site WAN links (finished, aborted and, at the end, in flight).
     pub wan_bytes: f64,
-    /// Bytes over site LANs (the same).
+    /// Bytes between devices (the same): over site LANs and `[[peering]]` links.
     pub lan_bytes: f64,
+    /// Of those, bytes over `[[peering]]` links.
+    pub peering_bytes: f64,
     /// Every commit, seconds since publication, in time order.
     pub commit_s: Vec<f64>,
     /// Peak origin egress, bytes per second.
@@ -371,6 +373,9 @@ enum FlowKind {
     Wan,
     /// A site's rendezvous owner fetching a piece over the WAN (p2p-dedup).
     WanPiece,
+    /// A site's rendezvous owner fetching a piece from a holder at a peered site, over
+    /// their `[[peering]]` link (p2p-dedup).
+    PeerPiece,
     /// A device fetching a piece from a site peer.
     Lan,
 }
@@ -464,6 +469,11 @@ struct World<'a, P: Pieces> {
     /// Whether a site's WAN flows share its group (the origin is unlimited), so every
     /// flow a device receives is in one group and its downlink is one shared link.
     merged: bool,
+    /// Each site's flow group: the site itself, or with `[[peering]]` the lowest site
+    /// its peerings join it to (their links couple their flows). Empty without.
+    site_group: Vec<u32>,
+    /// Per site, the sites it peers with (empty without `[[peering]]`).
+    peers: Vec<Vec<Peer>>,
     inflight: Vec<P>,
     wan_count: Vec<u32>,
     wan_flow: Vec<FlowId>,
@@ -505,6 +515,7 @@ struct World<'a, P: Pieces> {
     commit_times: Vec<Micros>,
     wan_bytes: f64,
     lan_bytes: f64,
+    peering_bytes: f64,
     /// Bytes moved so far by the flows' rates (the time series), and when last updated.
     wan_flowed: f64,
     lan_flowed: f64,
@@ -533,6 +544,68 @@ struct World<'a, P: Pieces> {
     /// after each change since then (see `World::note_idle`).
     idle_from: Option<Micros>,
     idle_offline: Vec<(Micros, u64)>,
+}
+
+/// A site's peering (`[[peering]]`), seen from one of its two sites.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    /// The other site.
+    site: u32,
+    /// Their link.
+    link: LinkId,
+    /// Whether a piece the other site is fetching from the origin is worth waiting
+    /// for: its way to the origin is no slower than this site's.
+    awaits: bool,
+}
+
+/// Each site's flow group and peers, from the scenario's `[[peering]]`s (both empty
+/// without), given each site's WAN capacity (`wan`) and where the named links start.
+fn peerings(sc: &Scenario, wan: &[f64], first_named: LinkId) -> (Vec<u32>, Vec<Vec<Peer>>) {
+    if sc.peerings.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let named = |name: &str| {
+        // Invariant: `Scenario::check` found every name.
+        sc.links.iter().position(|l| l.name == name).expect("a checked link name")
+    };
+    // The slowest link on a site's way to the origin: its WAN, or a [[path]] link.
+    let mut way = wan.to_vec();
+    for p in &sc.paths {
+        let slowest =
+            p.links.iter().map(|n| sc.links[named(n)].mbps * 1e6 / 8.0).fold(f64::INFINITY, f64::min);
+        for &s in &p.sites {
+            way[s as usize] = way[s as usize].min(slowest);
+        }
+    }
+    // Groups: sites joined by peerings (or by peerings over one shared link) share one,
+    // named by its lowest site.
+    let mut group: Vec<u32> = (0..wan.len() as u32).collect();
+    fn root(group: &mut [u32], s: u32) -> u32 {
+        let mut r = s;
+        while group[r as usize] != r {
+            r = group[r as usize];
+        }
+        group[s as usize] = r;
+        r
+    }
+    let mut join = |a: u32, b: u32| {
+        let (ra, rb) = (root(&mut group, a), root(&mut group, b));
+        group[ra.max(rb) as usize] = ra.min(rb);
+    };
+    let mut peers = vec![Vec::new(); wan.len()];
+    for (i, p) in sc.peerings.iter().enumerate() {
+        let [a, b] = p.sites;
+        join(a, b);
+        if let Some(o) = sc.peerings[..i].iter().find(|o| o.link == p.link) {
+            join(a, o.sites[0]);
+        }
+        let link = first_named + named(&p.link) as LinkId;
+        let (wa, wb) = (way[a as usize], way[b as usize]);
+        peers[a as usize].push(Peer { site: b, link, awaits: wb >= wa });
+        peers[b as usize].push(Peer { site: a, link, awaits: wa >= wb });
+    }
+    let site_group = (0..wan.len() as u32).map(|s| root(&mut group, s)).collect();
+    (site_group, peers)
 }
 
 /// What one shard measured, for [`assemble`].
@@ -708,6 +781,7 @@ impl<'a, P: Pieces> World<'a, P> {
         // Named links, after every device's; a site's path crosses them in order.
         let first_named = caps.len() as LinkId;
         caps.extend(sc.links.iter().map(|l| mbps(l.mbps)));
+        let (site_group, peers) = peerings(sc, &caps[sites as usize..2 * sites as usize], first_named);
         // One group per site, and one for every WAN flow when a finite origin couples
         // them (or named links may: they are shared by the sites on their paths).
         let mut net = Net::new(caps, sites as usize + 1);
@@ -829,6 +903,8 @@ impl<'a, P: Pieces> World<'a, P> {
             servers: vec![Vec::new(); sites as usize],
             downlink: sc.classes.iter().map(|c| mbps(c.downlink_mbps)).collect(),
             merged: origin <= 0.0 && sc.paths.is_empty(),
+            site_group,
+            peers,
             site_route,
             site_latency,
             slots: sc.network.upload_slots.min(u32::from(u16::MAX)) as u16,
@@ -863,6 +939,7 @@ impl<'a, P: Pieces> World<'a, P> {
             commit_times: Vec::new(),
             wan_bytes: 0.0,
             lan_bytes: 0.0,
+            peering_bytes: 0.0,
             wan_flowed: 0.0,
             lan_flowed: 0.0,
             flowed_at: 0,
@@ -1693,12 +1770,12 @@ impl<'a, P: Pieces> World<'a, P> {
         // they wait).
         let serving: Vec<FlowId> = self
             .net
-            .group_flows(s)
+            .group_flows(self.group_of(s))
             .iter()
             .copied()
             .filter(|&f| {
                 let m = self.flow_meta[f as usize];
-                m.kind == FlowKind::Lan && m.src == d
+                matches!(m.kind, FlowKind::Lan | FlowKind::PeerPiece) && m.src == d
             })
             .collect();
         let mut receivers = Vec::with_capacity(serving.len());
@@ -1900,14 +1977,15 @@ impl<'a, P: Pieces> World<'a, P> {
         if self.mode == Mode::P2pDedup
             && !absent.is_empty()
             && self.wan_count[s as usize] < self.sc.network.wan_parallel
-            && let Some(p) = first_in(absent)
+            && let Some((p, from)) = self.first_source(s, absent, rot)
         {
             let owner = self.wan_owner(s, p);
             // As on the node: no origin fetch before the owner's planner has settled.
             let settled =
                 self.fetching_since[owner as usize].saturating_add(self.secs(self.sc.network.settle_s));
             if self.now >= settled {
-                let meta = FlowMeta { kind: FlowKind::WanPiece, dst: owner, src: NONE, piece: p as u16 };
+                let kind = if from == NONE { FlowKind::WanPiece } else { FlowKind::PeerPiece };
+                let meta = FlowMeta { kind, dst: owner, src: from, piece: p as u16 };
                 self.start_flow(meta, self.piece_len[p as usize]);
             } else if !self.requesting[i] {
                 self.requesting[i] = true;
@@ -1919,6 +1997,34 @@ impl<'a, P: Pieces> World<'a, P> {
             self.in_waiters[i] = true;
             self.waiters[s as usize].push(d);
         }
+    }
+
+    /// p2p-dedup: the first piece of `absent` (none of site `s` holds or fetches them),
+    /// from piece `rot` on, that site `s` should fetch now, and from where: a holder at
+    /// a peered site with a free upload slot, or the origin ([`NONE`]). A piece a peered
+    /// site holds but cannot serve yet, or is fetching over a way to the origin no slower
+    /// than this site's, is waited for; `None` when every piece is.
+    fn first_source(&self, s: u32, absent: P, rot: u32) -> Option<(u32, u32)> {
+        let pieces = (0..self.k).map(|j| (rot + j) % self.k).filter(|&p| absent.contains(p));
+        let Some(peers) = self.peers.get(s as usize) else {
+            return pieces.map(|p| (p, NONE)).next();
+        };
+        'pieces: for p in pieces {
+            for peer in peers {
+                let t = peer.site;
+                if self.holders[(t * self.k + p) as usize] > 0 {
+                    match self.server_holding(t, p) {
+                        NONE => continue 'pieces,
+                        e => return Some((p, e)),
+                    }
+                }
+                if peer.awaits && self.inflight[t as usize].contains(p) {
+                    continue 'pieces;
+                }
+            }
+            return Some((p, NONE));
+        }
+        None
     }
 
     /// Central mode: device `d`'s release size over the scenario's `bytes`
@@ -1935,6 +2041,14 @@ impl<'a, P: Pieces> World<'a, P> {
     /// The server of site `s` that holds piece `p` and serves the fewest peers (the
     /// first in the list on a tie). The caller saw one.
     fn server_of(&self, s: u32, p: u32) -> u32 {
+        let best = self.server_holding(s, p);
+        debug_assert_ne!(best, NONE, "a server of the piece was seen");
+        best
+    }
+
+    /// The server of site `s` that holds piece `p` and serves the fewest peers (the
+    /// first in the list on a tie), or [`NONE`].
+    fn server_holding(&self, s: u32, p: u32) -> u32 {
         let mut best = NONE;
         for &e in &self.servers[s as usize] {
             if !self.have[e as usize].contains(p) {
@@ -1947,7 +2061,6 @@ impl<'a, P: Pieces> World<'a, P> {
                 }
             }
         }
-        debug_assert_ne!(best, NONE, "a server of the piece was seen");
         best
     }
 
@@ -1984,12 +2097,23 @@ impl<'a, P: Pieces> World<'a, P> {
         let s = self.site[dst as usize];
         let (down, cap) = self.receiver_bound(dst);
         match kind {
-            FlowKind::Lan => (s, [self.up_link(src), self.lan_link(s), down], cap),
-            _ => {
-                let group = if self.merged { s } else { self.sites };
+            FlowKind::Lan => (self.group_of(s), [self.up_link(src), self.lan_link(s), down], cap),
+            FlowKind::PeerPiece => {
+                let t = self.site[src as usize];
+                // Invariant: a peer piece comes from a peered site.
+                let link = self.peers[s as usize].iter().find(|p| p.site == t).expect("a peered site").link;
+                (self.group_of(s), [self.up_link(src), link, down], cap)
+            }
+            FlowKind::Central | FlowKind::Wan | FlowKind::WanPiece => {
+                let group = if self.merged { self.group_of(s) } else { self.sites };
                 (group, [self.wan_link(s), self.origin_link(), down], cap)
             }
         }
+    }
+
+    /// The flow group of site `s`'s LAN flows (see `site_group`).
+    fn group_of(&self, s: u32) -> u32 {
+        self.site_group.get(s as usize).copied().unwrap_or(s)
     }
 
     /// The downlink as a link (or none) and the ceiling of each of `dst`'s flows.
@@ -2036,27 +2160,25 @@ impl<'a, P: Pieces> World<'a, P> {
         let s = self.site[meta.dst as usize];
         self.receiving[meta.dst as usize] += 1;
         let (group, path, cap) = self.route(meta.kind, meta.dst, meta.src);
-        let route = if meta.kind == FlowKind::Lan { NO_ROUTE } else { self.site_route[s as usize] };
-        let metered = meta.kind != FlowKind::Lan;
+        let metered = !matches!(meta.kind, FlowKind::Lan | FlowKind::PeerPiece);
+        let route = if metered { self.site_route[s as usize] } else { NO_ROUTE };
         let id = self.net.start_routed(self.now, group, path, route, cap, bytes, metered);
         if self.flow_meta.len() <= id as usize {
             self.flow_meta.resize(id as usize + 1, meta);
         }
         self.flow_meta[id as usize] = meta;
         self.live_flows += 1;
-        match meta.kind {
-            FlowKind::WanPiece => {
-                let slot = (s * self.k + u32::from(meta.piece)) as usize;
-                self.wan_flow[slot] = id;
-                self.inflight[s as usize].insert(u32::from(meta.piece));
-                self.wan_count[s as usize] += 1;
-            }
-            FlowKind::Lan => {
-                self.download[meta.dst as usize] = id;
-                self.uploads[meta.src as usize] += 1;
-                self.update_server(meta.src);
-            }
-            FlowKind::Central | FlowKind::Wan => self.download[meta.dst as usize] = id,
+        if matches!(meta.kind, FlowKind::WanPiece | FlowKind::PeerPiece) {
+            let slot = (s * self.k + u32::from(meta.piece)) as usize;
+            self.wan_flow[slot] = id;
+            self.inflight[s as usize].insert(u32::from(meta.piece));
+            self.wan_count[s as usize] += 1;
+        } else {
+            self.download[meta.dst as usize] = id;
+        }
+        if matches!(meta.kind, FlowKind::Lan | FlowKind::PeerPiece) {
+            self.uploads[meta.src as usize] += 1;
+            self.update_server(meta.src);
         }
         if self.receiving[meta.dst as usize] > 1 {
             self.retune(meta.dst);
@@ -2069,22 +2191,23 @@ impl<'a, P: Pieces> World<'a, P> {
         self.live_flows -= 1;
         let s = self.site[meta.dst as usize];
         match meta.kind {
-            FlowKind::Lan => {
+            FlowKind::Lan => self.lan_bytes += bytes,
+            FlowKind::PeerPiece => {
                 self.lan_bytes += bytes;
-                self.download[meta.dst as usize] = NONE;
-                self.uploads[meta.src as usize] -= 1;
-                self.update_server(meta.src);
+                self.peering_bytes += bytes;
             }
-            FlowKind::WanPiece => {
-                self.wan_bytes += bytes;
-                self.wan_flow[(s * self.k + u32::from(meta.piece)) as usize] = NONE;
-                self.inflight[s as usize].remove(u32::from(meta.piece));
-                self.wan_count[s as usize] -= 1;
-            }
-            FlowKind::Central | FlowKind::Wan => {
-                self.wan_bytes += bytes;
-                self.download[meta.dst as usize] = NONE;
-            }
+            FlowKind::Central | FlowKind::Wan | FlowKind::WanPiece => self.wan_bytes += bytes,
+        }
+        if matches!(meta.kind, FlowKind::WanPiece | FlowKind::PeerPiece) {
+            self.wan_flow[(s * self.k + u32::from(meta.piece)) as usize] = NONE;
+            self.inflight[s as usize].remove(u32::from(meta.piece));
+            self.wan_count[s as usize] -= 1;
+        } else {
+            self.download[meta.dst as usize] = NONE;
+        }
+        if matches!(meta.kind, FlowKind::Lan | FlowKind::PeerPiece) {
+            self.uploads[meta.src as usize] -= 1;
+            self.update_server(meta.src);
         }
         self.receiving[meta.dst as usize] -= 1;
         if self.receiving[meta.dst as usize] > 0 {
@@ -2099,8 +2222,11 @@ impl<'a, P: Pieces> World<'a, P> {
         match meta.kind {
             // The origin serves ranges: the bytes it got are kept.
             FlowKind::Central => self.got[meta.dst as usize] += bytes,
-            // Someone else must bring this piece now, or a serving slot is free.
-            FlowKind::WanPiece | FlowKind::Lan => self.wake_waiters(self.site[meta.dst as usize], 1),
+            // Someone else must bring this piece now, or a serving slot is free (at a
+            // peered site too: waking a site wakes its peers).
+            FlowKind::WanPiece | FlowKind::PeerPiece | FlowKind::Lan => {
+                self.wake_waiters(self.site[meta.dst as usize], 1);
+            }
             FlowKind::Wan => {}
         }
     }
@@ -2128,14 +2254,31 @@ impl<'a, P: Pieces> World<'a, P> {
                 self.wake_waiters(s, 1);
             }
         }
-        if meta.kind != FlowKind::WanPiece && self.online[i] && self.state[i] == FETCHING {
+        if meta.kind == FlowKind::PeerPiece {
+            // Its sender's upload slot is free.
+            self.wake_waiters(self.site[meta.src as usize], 1);
+        }
+        if !matches!(meta.kind, FlowKind::WanPiece | FlowKind::PeerPiece)
+            && self.online[i]
+            && self.state[i] == FETCHING
+        {
             self.fetch_step(d);
+        }
+    }
+
+    /// Lets waiting devices of site `s`, and then of each site it peers with (what
+    /// changed at `s` may let them fetch over the peering), choose again; see
+    /// [`World::wake_site`].
+    fn wake_waiters(&mut self, s: u32, budget: usize) {
+        self.wake_site(s, budget);
+        for j in 0..self.peers.get(s as usize).map_or(0, Vec::len) {
+            self.wake_site(self.peers[s as usize][j].site, budget);
         }
     }
 
     /// Lets waiting devices of site `s` choose again, until `budget` of them started a
     /// transfer; the others keep waiting in order.
-    fn wake_waiters(&mut self, s: u32, budget: usize) {
+    fn wake_site(&mut self, s: u32, budget: usize) {
         let list = std::mem::take(&mut self.waiters[s as usize]);
         let mut started = 0;
         let mut done = 0;
@@ -2185,10 +2328,18 @@ impl<'a, P: Pieces> World<'a, P> {
             }
         }
         // Transfers cut by the end of the run count what they moved.
-        let mut in_flight = [0.0; 2];
+        let mut in_flight = [0.0; 3];
         for (f, meta) in self.flow_meta.iter().enumerate() {
             if self.net.is_live(f as FlowId) {
-                in_flight[usize::from(meta.kind == FlowKind::Lan)] += self.net.moved(self.now, f as FlowId);
+                let moved = self.net.moved(self.now, f as FlowId);
+                match meta.kind {
+                    FlowKind::Lan => in_flight[1] += moved,
+                    FlowKind::PeerPiece => {
+                        in_flight[1] += moved;
+                        in_flight[2] += moved;
+                    }
+                    FlowKind::Central | FlowKind::Wan | FlowKind::WanPiece => in_flight[0] += moved,
+                }
             }
         }
         let wave_starts_s = if self.policy.skip_waves.contains(&self.release.kind) {
@@ -2211,6 +2362,7 @@ impl<'a, P: Pieces> World<'a, P> {
             never_started,
             wan_bytes: self.wan_bytes + in_flight[0],
             lan_bytes: self.lan_bytes + in_flight[1],
+            peering_bytes: self.peering_bytes + in_flight[2],
             commit_s: self.commit_times.iter().map(|&t| t as f64 / 1e6).collect(),
             origin_peak: self.origin_peak,
             halted_at_s: self.halted_at.map(|t| t as f64 / 1e6),
@@ -2265,6 +2417,7 @@ fn assemble(mut parts: Vec<Part>) -> RunResult {
         r.events += q.events;
         r.wan_bytes += q.wan_bytes;
         r.lan_bytes += q.lan_bytes;
+        r.peering_bytes += q.peering_bytes;
         r.end_s = r.end_s.max(q.end_s);
         r.halted_at_s = earliest(r.halted_at_s, q.halted_at_s);
         r.revoked_at_s = earliest(r.revoked_at_s, q.revoked_at_s);

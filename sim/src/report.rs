@@ -43,8 +43,10 @@ pub struct Summary {
     pub never_started: u64,
     /// Bytes over site WAN links.
     pub wan_bytes: u64,
-    /// Bytes over site LANs.
+    /// Bytes between devices: over site LANs and `[[peering]]` links.
     pub lan_bytes: u64,
+    /// Of those, bytes over `[[peering]]` links.
+    pub peering_bytes: u64,
     /// Peak origin egress, bits per second.
     pub origin_peak_bps: u64,
     /// When the release was first halted (health gate breached, or an operator halt).
@@ -103,6 +105,7 @@ impl Summary {
             never_started: r.never_started,
             wan_bytes: r.wan_bytes.round() as u64,
             lan_bytes: r.lan_bytes.round() as u64,
+            peering_bytes: r.peering_bytes.round() as u64,
             origin_peak_bps: (r.origin_peak * 8.0).round() as u64,
             halted_at_s: r.halted_at_s,
             revoked_at_s: r.revoked_at_s,

@@ -66,6 +66,10 @@ pub struct Scenario {
     /// Which sites' WAN flows cross which named links (`[[path]]`).
     #[serde(default, rename = "path")]
     pub paths: Vec<SitePath>,
+    /// Pairs of sites joined by a named link (`[[peering]]`), over which p2p-dedup
+    /// sites share pieces.
+    #[serde(default, rename = "peering")]
+    pub peerings: Vec<Peering>,
 }
 
 /// `[arrivals]`: when each device arrives and asks for the release (an open system).
@@ -107,6 +111,18 @@ pub struct SitePath {
     pub sites: Vec<u32>,
     /// Link names, at most [`MAX_PATH`].
     pub links: Vec<String>,
+}
+
+/// `[[peering]]`: two sites joined by a named link. In p2p-dedup, a piece one of
+/// them holds crosses the link to the other (from a holder with a free upload slot to
+/// the other site's rendezvous owner of the piece) instead of coming from the origin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peering {
+    /// The two site indexes.
+    pub sites: [u32; 2],
+    /// The link's name (a `[[link]]` that no `[[path]]` names).
+    pub link: String,
 }
 
 /// The most named links one path may cross.
@@ -725,6 +741,8 @@ impl Scenario {
                 Some("a finite network.origin_egress_mbps couples every site's WAN flows")
             } else if !self.paths.is_empty() {
                 Some("[[path]] links are shared by sites")
+            } else if !self.peerings.is_empty() {
+                Some("[[peering]] couples its two sites")
             } else if d.report_delay_s < 1e-3 {
                 Some("a directives.report_delay_s under 1 ms leaves no window to play sites apart")
             } else {
@@ -800,6 +818,37 @@ impl Scenario {
                     }
                     Some(r) => *r = true,
                 }
+            }
+        }
+        let mut pairs: Vec<[u32; 2]> = Vec::new();
+        for (i, p) in self.peerings.iter().enumerate() {
+            let key = |k: &str| format!("peering[{i}].{k}");
+            if n.mode != Mode::P2pDedup {
+                return bad(&key("sites"), "sites share pieces only in network.mode = \"p2p-dedup\"");
+            }
+            if let Some(s) = p.sites.iter().find(|&&s| s >= self.fleet.sites) {
+                return bad(
+                    &key("sites"),
+                    &format!("site {s} does not exist: sites are 0 to {}", self.fleet.sites - 1),
+                );
+            }
+            let [a, b] = p.sites;
+            if a == b {
+                return bad(&key("sites"), &format!("site {a} cannot peer with itself: name two sites"));
+            }
+            let pair = [a.min(b), a.max(b)];
+            if pairs.contains(&pair) {
+                return bad(&key("sites"), &format!("sites {a} and {b} already peer: one link per pair"));
+            }
+            pairs.push(pair);
+            if !self.links.iter().any(|l| l.name == p.link) {
+                return bad(&key("link"), &format!("no [[link]] is named {:?}", p.link));
+            }
+            if self.paths.iter().any(|path| path.links.contains(&p.link)) {
+                return bad(
+                    &key("link"),
+                    &format!("link {:?} is on a [[path]]: give the peering its own link", p.link),
+                );
             }
         }
         self.rollout.validate().map_err(|e| (policy_key(&e), e.to_string()))?;
@@ -984,6 +1033,47 @@ site_lan_mbps = 1000
             assert_eq!(&e.key, key, "{set}: {e}");
             assert!(e.reason.contains(word), "{set}: {e}");
         }
+    }
+
+    #[test]
+    fn a_bad_peering_is_named() {
+        // BASE has 4 sites and is p2p-dedup.
+        let link = "\n[[link]]\nname = \"x\"\nmbps = 100\n";
+        let peering =
+            |sites: &str, link: &str| format!("\n[[peering]]\nsites = {sites}\nlink = \"{link}\"\n");
+        // (text after BASE, override, expected key, a word of the reason)
+        let table: Vec<(String, &str, &str, &str)> = vec![
+            (format!("{link}{}", peering("[0, 9]", "x")), "", "peering[0].sites", "does not exist"),
+            (format!("{link}{}", peering("[1, 1]", "x")), "", "peering[0].sites", "itself"),
+            (
+                format!("{link}{}{}", peering("[0, 1]", "x"), peering("[1, 0]", "x")),
+                "",
+                "peering[1].sites",
+                "already",
+            ),
+            (peering("[0, 1]", "y"), "", "peering[0].link", "no [[link]]"),
+            (
+                format!("{link}{}\n[[path]]\nsites = [2]\nlinks = [\"x\"]\n", peering("[0, 1]", "x")),
+                "",
+                "peering[0].link",
+                "[[path]]",
+            ),
+            (
+                format!("{link}{}", peering("[0, 1]", "x")),
+                "network.mode=\"p2p\"",
+                "peering[0].sites",
+                "p2p-dedup",
+            ),
+            (format!("{link}{}", peering("[0, 1]", "x")), "sim.shards=2", "sim.shards", "[[peering]]"),
+        ];
+        for (extra, set, key, word) in &table {
+            let sets: &[&str] = if set.is_empty() { &[] } else { &[set] };
+            let e = rejects(&format!("{BASE}{extra}"), sets);
+            assert_eq!(&e.key, key, "{extra} {set}: {e}");
+            assert!(e.reason.contains(word), "{extra} {set}: {e}");
+        }
+        Scenario::parse("x.toml", &format!("{BASE}{link}{}", peering("[0, 1]", "x")), &[])
+            .expect("a good peering");
     }
 
     #[test]
