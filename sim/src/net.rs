@@ -393,14 +393,19 @@ impl Net {
                 self.solve(group);
             }
             let g = &mut self.groups[group as usize];
-            g.metered_sum = g.flows.iter().filter(|f| f.metered).map(|f| f.rate).sum();
-            // The flow that finishes first: the smallest remaining/rate.
+            // In one pass: the metered rates' sum, and the flow that finishes first
+            // (the smallest remaining/rate).
+            let mut metered_sum = 0.0;
             let mut soonest = f64::INFINITY;
             for f in &g.flows {
+                if f.metered {
+                    metered_sum += f.rate;
+                }
                 if f.rate > 0.0 && f.remaining < soonest * f.rate {
                     soonest = f.remaining.max(0.0) / f.rate;
                 }
             }
+            g.metered_sum = metered_sum;
             let at = if soonest.is_finite() {
                 let left = soonest * 1e6;
                 let whole = left as Micros;
@@ -484,39 +489,36 @@ impl Net {
     /// then the root's. Returns false for any other shape, for
     /// [`Net::solve_laminar`].
     fn solve_tree(&mut self, group: u32) -> bool {
-        let Self { caps, groups, scratch: s, iota, .. } = self;
+        // A flow whose inner link is settled: it keeps its ceiling.
+        const FIXED: u32 = u32::MAX;
+        let Self { caps, groups, scratch: s, .. } = self;
         let Group { flows, rate_sum: g_rate_sum, .. } = &mut groups[group as usize];
-        let ids = &iota[..flows.len()];
-        let Some(&first) = ids.first() else {
+        let Some(first) = flows.first() else {
             *g_rate_sum = 0.0;
             return true;
         };
         let finite = |l: LinkId| l != NO_LINK && caps[l as usize].is_finite();
-        let root = flows[first as usize].path[1];
-        if ids.iter().any(|&id| {
-            let f = &flows[id as usize];
-            f.path[1] != root || finite(f.path[2]) || f.route != NO_ROUTE
-        }) {
-            return false;
-        }
+        let root = first.path[1];
+        let count = flows.len();
         s.rem.clear();
         s.n.clear();
-        s.fixed.clear();
         s.eff.clear();
+        s.eff.resize(count, 0.0);
         s.inner.clear();
+        s.inner.resize(count, FIXED);
         // Inner links get local indexes in order of first appearance, through a hash
-        // table of a few times the group's size (all in cache, unlike a table over
-        // every link of the fleet).
-        let size = (ids.len() * 4).next_power_of_two();
+        // table of twice the group's size or more (all in cache, unlike a table over
+        // every link of the fleet). The same pass checks the group's shape.
+        let size = (count * 2).next_power_of_two();
         s.table.clear();
         s.table.resize(size, (NO_LINK, 0));
-        for &id in ids {
-            let f = &flows[id as usize];
+        for ((f, eff), inner) in flows.iter().zip(&mut s.eff).zip(&mut s.inner) {
+            if f.path[1] != root || f.route != NO_ROUTE || finite(f.path[2]) {
+                return false;
+            }
+            *eff = f.cap;
             let l = f.path[0];
-            s.eff.push(f.cap);
             if l == NO_LINK || !f.cap0.is_finite() {
-                s.fixed.push(true);
-                s.inner.push(u32::MAX);
                 continue;
             }
             let mut slot = (l.wrapping_mul(0x9E37_79B9) as usize) & (size - 1);
@@ -534,21 +536,20 @@ impl Net {
                 }
             };
             s.n[li as usize] += 1;
-            s.inner.push(li);
-            s.fixed.push(false);
+            *inner = li;
         }
         // Inner links: a flow below its link's level keeps its ceiling; fixing it only
         // raises the level for the others, so repeat until nothing changes.
         loop {
             let mut changed = false;
-            for fi in 0..ids.len() {
-                if s.fixed[fi] {
+            for (&eff, inner) in s.eff.iter().zip(&mut s.inner) {
+                if *inner == FIXED {
                     continue;
                 }
-                let li = s.inner[fi] as usize;
-                if s.eff[fi] * f64::from(s.n[li]) <= s.rem[li] {
-                    s.fixed[fi] = true;
-                    s.rem[li] = (s.rem[li] - s.eff[fi]).max(0.0);
+                let li = *inner as usize;
+                if eff * f64::from(s.n[li]) <= s.rem[li] {
+                    *inner = FIXED;
+                    s.rem[li] = (s.rem[li] - eff).max(0.0);
                     s.n[li] -= 1;
                     changed = true;
                 }
@@ -557,29 +558,31 @@ impl Net {
                 break;
             }
         }
-        for fi in 0..ids.len() {
-            if !s.fixed[fi] {
-                let li = s.inner[fi] as usize;
-                s.eff[fi] = s.rem[li] / f64::from(s.n[li]);
+        // The inner levels, and what they add up to.
+        let mut inner_sum = 0.0;
+        for (eff, &inner) in s.eff.iter_mut().zip(&s.inner) {
+            if inner != FIXED {
+                *eff = s.rem[inner as usize] / f64::from(s.n[inner as usize]);
             }
+            inner_sum += *eff;
         }
         // The root link, the same way over the inner results.
-        let mut rate_sum = 0.0;
         // A root with room for everything the inner links allow changes nothing: every
         // flow would pass the test below in the first passes. The margin keeps float
         // rounding in the sum (far below 1e-12 of it) from ever deciding that, so the
         // shortcut gives exactly the rates the loop gives.
-        let roomy = finite(root) && s.eff.iter().sum::<f64>() <= caps[root as usize] * (1.0 - 1e-12);
+        let roomy = finite(root) && inner_sum <= caps[root as usize] * (1.0 - 1e-12);
         if finite(root) && !roomy {
             let mut rem = caps[root as usize];
-            let mut n = ids.len() as f64;
-            s.fixed.iter_mut().for_each(|x| *x = false);
+            let mut n = count as f64;
+            s.fixed.clear();
+            s.fixed.resize(count, false);
             loop {
                 let mut changed = false;
-                for fi in 0..ids.len() {
-                    if !s.fixed[fi] && s.eff[fi] * n <= rem {
-                        s.fixed[fi] = true;
-                        rem = (rem - s.eff[fi]).max(0.0);
+                for (&eff, fixed) in s.eff.iter().zip(&mut s.fixed) {
+                    if !*fixed && eff * n <= rem {
+                        *fixed = true;
+                        rem = (rem - eff).max(0.0);
                         n -= 1.0;
                         changed = true;
                     }
@@ -589,15 +592,16 @@ impl Net {
                 }
             }
             let level = if n > 0.0 { rem / n } else { 0.0 };
-            for fi in 0..ids.len() {
-                if !s.fixed[fi] {
-                    s.eff[fi] = level;
+            for (eff, &fixed) in s.eff.iter_mut().zip(&s.fixed) {
+                if !fixed {
+                    *eff = level;
                 }
             }
         }
-        for (fi, &id) in ids.iter().enumerate() {
-            flows[id as usize].rate = s.eff[fi];
-            rate_sum += s.eff[fi];
+        let mut rate_sum = 0.0;
+        for (f, &eff) in flows.iter_mut().zip(&s.eff) {
+            f.rate = eff;
+            rate_sum += eff;
         }
         *g_rate_sum = rate_sum;
         true
