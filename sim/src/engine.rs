@@ -119,7 +119,8 @@ pub struct Sample {
     pub offline: u64,
     /// Cumulative bytes over site WAN links, counted as they flow.
     pub wan_bytes: f64,
-    /// Cumulative bytes over site LANs, counted as they flow.
+    /// Cumulative bytes between devices (site LANs and `[[peering]]` links), counted
+    /// as they flow.
     pub lan_bytes: f64,
 }
 

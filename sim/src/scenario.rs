@@ -841,8 +841,16 @@ impl Scenario {
                 return bad(&key("sites"), &format!("sites {a} and {b} already peer: one link per pair"));
             }
             pairs.push(pair);
-            if !self.links.iter().any(|l| l.name == p.link) {
+            let Some(link) = self.links.iter().find(|l| l.name == p.link) else {
                 return bad(&key("link"), &format!("no [[link]] is named {:?}", p.link));
+            };
+            if link.latency_ms != 0.0 {
+                let why =
+                    "a peering link's latency is not modelled (a fetch over it starts at once): set it to 0";
+                return bad(
+                    &key("link"),
+                    &format!("link {:?} has latency_ms = {}; {why}", p.link, link.latency_ms),
+                );
             }
             if self.paths.iter().any(|path| path.links.contains(&p.link)) {
                 return bad(
@@ -1065,6 +1073,12 @@ site_lan_mbps = 1000
                 "p2p-dedup",
             ),
             (format!("{link}{}", peering("[0, 1]", "x")), "sim.shards=2", "sim.shards", "[[peering]]"),
+            (
+                format!("{link}{}", peering("[0, 1]", "x")),
+                "link.0.latency_ms=5",
+                "peering[0].link",
+                "latency",
+            ),
         ];
         for (extra, set, key, word) in &table {
             let sets: &[&str] = if set.is_empty() { &[] } else { &[set] };
