@@ -57,10 +57,24 @@ pub fn weight(chunk: ChunkId, member: DeviceId) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// The member that fetches `chunk` over the WAN for its site; `None` for no members.
-/// Ties (astronomically unlikely) break on the smaller device id, so it is total.
+/// Where a member stands for a chunk in the rendezvous order ([`rank`]): the member of
+/// the highest rank fetches the chunk over the WAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rank {
+    weight: u64,
+    /// Ties (astronomically unlikely) go to the smaller device id, so the order is total.
+    member: std::cmp::Reverse<DeviceId>,
+}
+
+/// The rank of `member` for `chunk`.
+pub fn rank(chunk: ChunkId, member: DeviceId) -> Rank {
+    Rank { weight: weight(chunk, member), member: std::cmp::Reverse(member) }
+}
+
+/// The member that fetches `chunk` over the WAN for its site, the one of highest
+/// [`rank`]; `None` for no members.
 pub fn wan_owner(chunk: ChunkId, members: impl IntoIterator<Item = DeviceId>) -> Option<DeviceId> {
-    members.into_iter().max_by_key(|m| (weight(chunk, *m), std::cmp::Reverse(*m)))
+    members.into_iter().max_by_key(|m| rank(chunk, *m))
 }
 
 /// Tunables of a [`Planner`]. The defaults suit a LAN of a few to a few dozen devices.

@@ -5,8 +5,9 @@
 //! Asking the core rule afresh hashes every member of the site (a hundred BLAKE3 hashes
 //! at a hundred devices a site), and a device asks each time it chooses a transfer:
 //! at a million devices that was most of a run's time. A member that joins can only
-//! take a piece over from the owner (one comparison by the same rule), and one that
-//! leaves matters only if it was the owner (then the piece is asked afresh next time).
+//! take a piece over from the owner (its [`fetch::rank`] against the owner's, which is
+//! remembered too: one hash), and one that leaves matters only if it was the owner
+//! (then the piece is asked afresh next time).
 //!
 //! **Goals:** exactly the owner the core rule names for the current members; work per
 //! membership change proportional to the pieces, not to the site.
@@ -15,22 +16,25 @@
 
 use std::ops::Index;
 
-use otamesh_core::{ChunkId, DeviceId, fetch};
+use otamesh_core::fetch::{self, Rank};
+use otamesh_core::{ChunkId, DeviceId};
 
 /// No owner remembered: the next [`Owners::owner`] asks the core rule.
 const UNKNOWN: u32 = u32::MAX;
 
-/// The remembered owner of every (site, piece).
+/// The remembered owner of every (site, piece), and its rank.
 #[derive(Debug, Clone)]
 pub struct Owners {
     pieces: u32,
     owner: Vec<u32>,
+    rank: Vec<Option<Rank>>,
 }
 
 impl Owners {
     /// Nothing remembered yet, for `sites` sites of a release of `pieces` pieces.
     pub fn new(sites: u32, pieces: u32) -> Self {
-        Self { pieces, owner: vec![UNKNOWN; sites as usize * pieces as usize] }
+        let slots = sites as usize * pieces as usize;
+        Self { pieces, owner: vec![UNKNOWN; slots], rank: vec![None; slots] }
     }
 
     /// Device `d` became a member of site `s` (online and fetching): it takes over each
@@ -42,9 +46,10 @@ impl Owners {
             if cur == UNKNOWN || cur == d {
                 continue;
             }
-            let pair = [ids[cur as usize], ids[d as usize]];
-            if fetch::wan_owner(*chunk, pair) == Some(ids[d as usize]) {
+            let rank = fetch::rank(*chunk, ids[d as usize]);
+            if Some(rank) > self.rank[slot] {
                 self.owner[slot] = d;
+                self.rank[slot] = Some(rank);
             }
         }
     }
@@ -69,16 +74,17 @@ impl Owners {
         p: u32,
         chunk: ChunkId,
         ids: &impl Index<usize, Output = DeviceId>,
-        members: impl Iterator<Item = u32> + Clone,
+        members: impl Iterator<Item = u32>,
     ) -> Option<u32> {
         let slot = self.slot(s, p);
         if self.owner[slot] != UNKNOWN {
             return Some(self.owner[slot]);
         }
-        let id = fetch::wan_owner(chunk, members.clone().map(|e| ids[e as usize]))?;
-        // Invariant: the rule names one of the members it was given.
-        let owner = members.into_iter().find(|&e| ids[e as usize] == id).expect("the owner is a member");
+        // The member of highest rank, as `fetch::wan_owner` picks it.
+        let (rank, owner) =
+            members.map(|e| (fetch::rank(chunk, ids[e as usize]), e)).max_by_key(|&(r, _)| r)?;
         self.owner[slot] = owner;
+        self.rank[slot] = Some(rank);
         Some(owner)
     }
 
