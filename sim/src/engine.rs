@@ -381,11 +381,49 @@ enum FlowKind {
     Lan,
 }
 
+impl FlowKind {
+    /// Whether a device sends it (holding one of its upload slots); the others come
+    /// from the origin.
+    fn from_device(self) -> bool {
+        matches!(self, Self::Lan | Self::PeerPiece)
+    }
+
+    /// Whether a site's owner fetches it for the whole site (a piece the site has in
+    /// flight), rather than its receiver for itself (the receiver's download).
+    fn for_site(self) -> bool {
+        matches!(self, Self::WanPiece | Self::PeerPiece)
+    }
+}
+
+/// Bytes moved, by where they went.
+#[derive(Debug, Clone, Copy, Default)]
+struct Moved {
+    /// From the origin, over site WANs.
+    wan: f64,
+    /// Between devices: on site LANs and over `[[peering]]` links.
+    lan: f64,
+    /// Of `lan`, over `[[peering]]` links.
+    peering: f64,
+}
+
+impl Moved {
+    fn add(&mut self, kind: FlowKind, bytes: f64) {
+        if kind.from_device() {
+            self.lan += bytes;
+        } else {
+            self.wan += bytes;
+        }
+        if kind == FlowKind::PeerPiece {
+            self.peering += bytes;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct FlowMeta {
     kind: FlowKind,
     dst: u32,
-    /// The serving peer of a LAN flow (`NONE` for the origin).
+    /// The sending device of a LAN or peer-piece flow (`NONE` for the origin).
     src: u32,
     piece: u16,
 }
@@ -514,9 +552,8 @@ struct World<'a, P: Pieces> {
     counts: [u64; 10],
     offline_count: u64,
     commit_times: Vec<Micros>,
-    wan_bytes: f64,
-    lan_bytes: f64,
-    peering_bytes: f64,
+    /// Bytes of finished and aborted transfers.
+    moved: Moved,
     /// Bytes moved so far by the flows' rates (the time series), and when last updated.
     wan_flowed: f64,
     lan_flowed: f64,
@@ -938,9 +975,7 @@ impl<'a, P: Pieces> World<'a, P> {
             counts: [0, 0, 0, 0, 0, 0, 0, 0, 0, u64::from(devices.end - devices.start)],
             offline_count: 0,
             commit_times: Vec::new(),
-            wan_bytes: 0.0,
-            lan_bytes: 0.0,
-            peering_bytes: 0.0,
+            moved: Moved::default(),
             wan_flowed: 0.0,
             lan_flowed: 0.0,
             flowed_at: 0,
@@ -1776,7 +1811,7 @@ impl<'a, P: Pieces> World<'a, P> {
             .copied()
             .filter(|&f| {
                 let m = self.flow_meta[f as usize];
-                matches!(m.kind, FlowKind::Lan | FlowKind::PeerPiece) && m.src == d
+                m.kind.from_device() && m.src == d
             })
             .collect();
         let mut receivers = Vec::with_capacity(serving.len());
@@ -2161,7 +2196,7 @@ impl<'a, P: Pieces> World<'a, P> {
         let s = self.site[meta.dst as usize];
         self.receiving[meta.dst as usize] += 1;
         let (group, path, cap) = self.route(meta.kind, meta.dst, meta.src);
-        let metered = !matches!(meta.kind, FlowKind::Lan | FlowKind::PeerPiece);
+        let metered = !meta.kind.from_device();
         let route = if metered { self.site_route[s as usize] } else { NO_ROUTE };
         let id = self.net.start_routed(self.now, group, path, route, cap, bytes, metered);
         if self.flow_meta.len() <= id as usize {
@@ -2169,7 +2204,7 @@ impl<'a, P: Pieces> World<'a, P> {
         }
         self.flow_meta[id as usize] = meta;
         self.live_flows += 1;
-        if matches!(meta.kind, FlowKind::WanPiece | FlowKind::PeerPiece) {
+        if meta.kind.for_site() {
             let slot = (s * self.k + u32::from(meta.piece)) as usize;
             self.wan_flow[slot] = id;
             self.inflight[s as usize].insert(u32::from(meta.piece));
@@ -2177,7 +2212,7 @@ impl<'a, P: Pieces> World<'a, P> {
         } else {
             self.download[meta.dst as usize] = id;
         }
-        if matches!(meta.kind, FlowKind::Lan | FlowKind::PeerPiece) {
+        if meta.kind.from_device() {
             self.uploads[meta.src as usize] += 1;
             self.update_server(meta.src);
         }
@@ -2191,22 +2226,15 @@ impl<'a, P: Pieces> World<'a, P> {
         let meta = self.flow_meta[id as usize];
         self.live_flows -= 1;
         let s = self.site[meta.dst as usize];
-        match meta.kind {
-            FlowKind::Lan => self.lan_bytes += bytes,
-            FlowKind::PeerPiece => {
-                self.lan_bytes += bytes;
-                self.peering_bytes += bytes;
-            }
-            FlowKind::Central | FlowKind::Wan | FlowKind::WanPiece => self.wan_bytes += bytes,
-        }
-        if matches!(meta.kind, FlowKind::WanPiece | FlowKind::PeerPiece) {
+        self.moved.add(meta.kind, bytes);
+        if meta.kind.for_site() {
             self.wan_flow[(s * self.k + u32::from(meta.piece)) as usize] = NONE;
             self.inflight[s as usize].remove(u32::from(meta.piece));
             self.wan_count[s as usize] -= 1;
         } else {
             self.download[meta.dst as usize] = NONE;
         }
-        if matches!(meta.kind, FlowKind::Lan | FlowKind::PeerPiece) {
+        if meta.kind.from_device() {
             self.uploads[meta.src as usize] -= 1;
             self.update_server(meta.src);
         }
@@ -2259,10 +2287,7 @@ impl<'a, P: Pieces> World<'a, P> {
             // Its sender's upload slot is free.
             self.wake_waiters(self.site[meta.src as usize], 1);
         }
-        if !matches!(meta.kind, FlowKind::WanPiece | FlowKind::PeerPiece)
-            && self.online[i]
-            && self.state[i] == FETCHING
-        {
+        if !meta.kind.for_site() && self.online[i] && self.state[i] == FETCHING {
             self.fetch_step(d);
         }
     }
@@ -2329,18 +2354,10 @@ impl<'a, P: Pieces> World<'a, P> {
             }
         }
         // Transfers cut by the end of the run count what they moved.
-        let mut in_flight = [0.0; 3];
+        let mut in_flight = Moved::default();
         for (f, meta) in self.flow_meta.iter().enumerate() {
             if self.net.is_live(f as FlowId) {
-                let moved = self.net.moved(self.now, f as FlowId);
-                match meta.kind {
-                    FlowKind::Lan => in_flight[1] += moved,
-                    FlowKind::PeerPiece => {
-                        in_flight[1] += moved;
-                        in_flight[2] += moved;
-                    }
-                    FlowKind::Central | FlowKind::Wan | FlowKind::WanPiece => in_flight[0] += moved,
-                }
+                in_flight.add(meta.kind, self.net.moved(self.now, f as FlowId));
             }
         }
         let wave_starts_s = if self.policy.skip_waves.contains(&self.release.kind) {
@@ -2361,9 +2378,9 @@ impl<'a, P: Pieces> World<'a, P> {
             failed,
             rolled_back,
             never_started,
-            wan_bytes: self.wan_bytes + in_flight[0],
-            lan_bytes: self.lan_bytes + in_flight[1],
-            peering_bytes: self.peering_bytes + in_flight[2],
+            wan_bytes: self.moved.wan + in_flight.wan,
+            lan_bytes: self.moved.lan + in_flight.lan,
+            peering_bytes: self.moved.peering + in_flight.peering,
             commit_s: self.commit_times.iter().map(|&t| t as f64 / 1e6).collect(),
             origin_peak: self.origin_peak,
             halted_at_s: self.halted_at.map(|t| t as f64 / 1e6),
