@@ -19,22 +19,18 @@ use std::ops::Index;
 use otamesh_core::fetch::{self, Rank};
 use otamesh_core::{ChunkId, DeviceId};
 
-/// No owner remembered: the next [`Owners::owner`] asks the core rule.
-const UNKNOWN: u32 = u32::MAX;
-
-/// The remembered owner of every (site, piece), and its rank.
+/// The remembered owner of every (site, piece) and its rank; `None` when none is
+/// remembered (the next [`Owners::owner`] asks the core rule).
 #[derive(Debug, Clone)]
 pub struct Owners {
     pieces: u32,
-    owner: Vec<u32>,
-    rank: Vec<Option<Rank>>,
+    owner: Vec<Option<(Rank, u32)>>,
 }
 
 impl Owners {
     /// Nothing remembered yet, for `sites` sites of a release of `pieces` pieces.
     pub fn new(sites: u32, pieces: u32) -> Self {
-        let slots = sites as usize * pieces as usize;
-        Self { pieces, owner: vec![UNKNOWN; slots], rank: vec![None; slots] }
+        Self { pieces, owner: vec![None; sites as usize * pieces as usize] }
     }
 
     /// Device `d` became a member of site `s` (online and fetching): it takes over each
@@ -42,14 +38,13 @@ impl Owners {
     pub fn joined(&mut self, s: u32, d: u32, ids: &impl Index<usize, Output = DeviceId>, chunks: &[ChunkId]) {
         for (p, chunk) in chunks.iter().enumerate() {
             let slot = self.slot(s, p as u32);
-            let cur = self.owner[slot];
-            if cur == UNKNOWN || cur == d {
+            let Some((owner_rank, owner)) = self.owner[slot] else { continue };
+            if owner == d {
                 continue;
             }
             let rank = fetch::rank(*chunk, ids[d as usize]);
-            if Some(rank) > self.rank[slot] {
-                self.owner[slot] = d;
-                self.rank[slot] = Some(rank);
+            if rank > owner_rank {
+                self.owner[slot] = Some((rank, d));
             }
         }
     }
@@ -59,8 +54,8 @@ impl Owners {
     pub fn left(&mut self, s: u32, d: u32) {
         for p in 0..self.pieces {
             let slot = self.slot(s, p);
-            if self.owner[slot] == d {
-                self.owner[slot] = UNKNOWN;
+            if self.owner[slot].is_some_and(|(_, owner)| owner == d) {
+                self.owner[slot] = None;
             }
         }
     }
@@ -77,15 +72,12 @@ impl Owners {
         members: impl Iterator<Item = u32>,
     ) -> Option<u32> {
         let slot = self.slot(s, p);
-        if self.owner[slot] != UNKNOWN {
-            return Some(self.owner[slot]);
+        if self.owner[slot].is_none() {
+            // The member of highest rank, as `fetch::wan_owner` picks it.
+            self.owner[slot] =
+                members.map(|e| (fetch::rank(chunk, ids[e as usize]), e)).max_by_key(|&(r, _)| r);
         }
-        // The member of highest rank, as `fetch::wan_owner` picks it.
-        let (rank, owner) =
-            members.map(|e| (fetch::rank(chunk, ids[e as usize]), e)).max_by_key(|&(r, _)| r)?;
-        self.owner[slot] = owner;
-        self.rank[slot] = Some(rank);
-        Some(owner)
+        self.owner[slot].map(|(_, owner)| owner)
     }
 
     fn slot(&self, s: u32, p: u32) -> usize {
