@@ -530,6 +530,8 @@ struct World<'a, P: Pieces> {
     live_flows: u64,
     timers: Vec<Flushed>,
     ended: Vec<Ended>,
+    /// Scratch for [`World::retune`]: the flows one device receives.
+    retuned: Vec<FlowId>,
 
     // Rollout state.
     blocked: BTreeMap<u16, VecDeque<u32>>,
@@ -960,6 +962,7 @@ impl<'a, P: Pieces> World<'a, P> {
             live_flows: 0,
             timers: Vec::new(),
             ended: Vec::new(),
+            retuned: Vec::new(),
             blocked: BTreeMap::new(),
             gate_breached: false,
             op_halted: false,
@@ -2173,23 +2176,24 @@ impl<'a, P: Pieces> World<'a, P> {
         let (down, cap) = self.receiver_bound(dst);
         let i = dst as usize;
         let s = self.site[i];
-        // Its LAN or origin download and the WAN pieces it owns: at most 1 + 64 flows.
-        let mut mine = [NONE; 65];
-        let mut count = 0;
+        // Its LAN or origin download and the pieces it fetches for its site (as many as
+        // `network.wan_parallel` allows).
+        let mut mine = std::mem::take(&mut self.retuned);
+        mine.clear();
         let own = (0..self.k).map(|p| self.wan_flow[(s * self.k + p) as usize]);
-        for f in std::iter::once(self.download[i]).chain(own) {
-            if f != NONE && self.flow_meta[f as usize].dst == dst {
-                mine[count] = f;
-                count += 1;
-            }
-        }
-        for &f in &mine[..count] {
+        mine.extend(
+            std::iter::once(self.download[i])
+                .chain(own)
+                .filter(|&f| f != NONE && self.flow_meta[f as usize].dst == dst),
+        );
+        for &f in &mine {
             let m = self.flow_meta[f as usize];
             let (_, mut path, _) = self.route(m.kind, dst, m.src);
             path[2] = down;
             self.net.set_path(self.now, f, path);
             self.net.set_flow_cap(self.now, f, cap);
         }
+        self.retuned = mine;
     }
 
     fn start_flow(&mut self, meta: FlowMeta, bytes: f64) {
