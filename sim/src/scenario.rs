@@ -594,8 +594,14 @@ impl Scenario {
         self.release.bytes.div_ceil(self.release.piece_bytes) as u32
     }
 
+    /// The index in `links` of the `[[link]]` named `name`.
+    pub fn link_index(&self, name: &str) -> Option<usize> {
+        self.links.iter().position(|l| l.name == name)
+    }
+
     fn check(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, reason: &str| Err((key.to_owned(), reason.to_owned()));
+        let no_site = |s: u32| format!("site {s} does not exist: sites are 0 to {}", self.fleet.sites - 1);
         let positive = |key: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
@@ -802,16 +808,13 @@ impl Scenario {
             if p.links.is_empty() || p.links.len() > MAX_PATH {
                 return bad(&format!("path[{i}].links"), &format!("name 1 to {MAX_PATH} links"));
             }
-            if let Some(name) = p.links.iter().find(|n| !self.links.iter().any(|l| &l.name == *n)) {
+            if let Some(name) = p.links.iter().find(|n| self.link_index(n).is_none()) {
                 return bad(&format!("path[{i}].links"), &format!("no [[link]] is named {name:?}"));
             }
             for &s in &p.sites {
                 match routed.get_mut(s as usize) {
                     None => {
-                        return bad(
-                            &format!("path[{i}].sites"),
-                            &format!("site {s} does not exist: sites are 0 to {}", self.fleet.sites - 1),
-                        );
+                        return bad(&format!("path[{i}].sites"), &no_site(s));
                     }
                     Some(true) => {
                         return bad(&format!("path[{i}].sites"), &format!("site {s} has two paths"));
@@ -827,10 +830,7 @@ impl Scenario {
                 return bad(&key("sites"), "sites share pieces only in network.mode = \"p2p-dedup\"");
             }
             if let Some(s) = p.sites.iter().find(|&&s| s >= self.fleet.sites) {
-                return bad(
-                    &key("sites"),
-                    &format!("site {s} does not exist: sites are 0 to {}", self.fleet.sites - 1),
-                );
+                return bad(&key("sites"), &no_site(*s));
             }
             let [a, b] = p.sites;
             if a == b {
@@ -841,7 +841,7 @@ impl Scenario {
                 return bad(&key("sites"), &format!("sites {a} and {b} already peer: one link per pair"));
             }
             pairs.push(pair);
-            let Some(link) = self.links.iter().find(|l| l.name == p.link) else {
+            let Some(link) = self.link_index(&p.link).map(|l| &self.links[l]) else {
                 return bad(&key("link"), &format!("no [[link]] is named {:?}", p.link));
             };
             if link.latency_ms != 0.0 {
