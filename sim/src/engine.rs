@@ -384,7 +384,7 @@ enum FlowKind {
 impl FlowKind {
     /// Whether a device sends it (holding one of its upload slots); the others come
     /// from the origin.
-    fn from_device(self) -> bool {
+    fn sent_by_device(self) -> bool {
         matches!(self, Self::Lan | Self::PeerPiece)
     }
 
@@ -408,7 +408,7 @@ struct Moved {
 
 impl Moved {
     fn add(&mut self, kind: FlowKind, bytes: f64) {
-        if kind.from_device() {
+        if kind.sent_by_device() {
             self.lan += bytes;
         } else {
             self.wan += bytes;
@@ -604,10 +604,8 @@ fn peerings(sc: &Scenario, wan: &[f64], first_named: LinkId) -> (Vec<u32>, Vec<V
     if sc.peerings.is_empty() {
         return (Vec::new(), Vec::new());
     }
-    let named = |name: &str| {
-        // Invariant: `Scenario::check` found every name.
-        sc.links.iter().position(|l| l.name == name).expect("a checked link name")
-    };
+    // Invariant: `Scenario::check` found every name.
+    let named = |name: &str| sc.link_index(name).expect("a checked link name");
     // The slowest link on a site's way to the origin: its WAN, or a [[path]] link.
     let mut way = wan.to_vec();
     for p in &sc.paths {
@@ -835,7 +833,7 @@ impl<'a, P: Pieces> World<'a, P> {
                     .links
                     .iter()
                     // Invariant: `Scenario::check` found every name.
-                    .map(|n| sc.links.iter().position(|l| &l.name == n).expect("a checked link name"))
+                    .map(|n| sc.link_index(n).expect("a checked link name"))
                     .collect();
                 let links: Vec<LinkId> = named.iter().map(|&i| first_named + i as LinkId).collect();
                 let route = net.add_route(&links);
@@ -1814,7 +1812,7 @@ impl<'a, P: Pieces> World<'a, P> {
             .copied()
             .filter(|&f| {
                 let m = self.flow_meta[f as usize];
-                m.kind.from_device() && m.src == d
+                m.kind.sent_by_device() && m.src == d
             })
             .collect();
         let mut receivers = Vec::with_capacity(serving.len());
@@ -2200,7 +2198,7 @@ impl<'a, P: Pieces> World<'a, P> {
         let s = self.site[meta.dst as usize];
         self.receiving[meta.dst as usize] += 1;
         let (group, path, cap) = self.route(meta.kind, meta.dst, meta.src);
-        let metered = !meta.kind.from_device();
+        let metered = !meta.kind.sent_by_device();
         let route = if metered { self.site_route[s as usize] } else { NO_ROUTE };
         let id = self.net.start_routed(self.now, group, path, route, cap, bytes, metered);
         if self.flow_meta.len() <= id as usize {
@@ -2216,7 +2214,7 @@ impl<'a, P: Pieces> World<'a, P> {
         } else {
             self.download[meta.dst as usize] = id;
         }
-        if meta.kind.from_device() {
+        if meta.kind.sent_by_device() {
             self.uploads[meta.src as usize] += 1;
             self.update_server(meta.src);
         }
@@ -2238,7 +2236,7 @@ impl<'a, P: Pieces> World<'a, P> {
         } else {
             self.download[meta.dst as usize] = NONE;
         }
-        if meta.kind.from_device() {
+        if meta.kind.sent_by_device() {
             self.uploads[meta.src as usize] -= 1;
             self.update_server(meta.src);
         }
