@@ -489,8 +489,6 @@ impl Net {
     /// then the root's. Returns false for any other shape, for
     /// [`Net::solve_laminar`].
     fn solve_tree(&mut self, group: u32) -> bool {
-        // A flow whose inner link is settled: it keeps its ceiling.
-        const FIXED: u32 = u32::MAX;
         let Self { caps, groups, scratch: s, .. } = self;
         let Group { flows, rate_sum: g_rate_sum, .. } = &mut groups[group as usize];
         let Some(first) = flows.first() else {
@@ -538,26 +536,8 @@ impl Net {
             s.n[li as usize] += 1;
             *inner = li;
         }
-        // Inner links: a flow below its link's level keeps its ceiling; fixing it only
-        // raises the level for the others, so repeat until nothing changes.
-        loop {
-            let mut changed = false;
-            for (&eff, inner) in s.eff.iter().zip(&mut s.inner) {
-                if *inner == FIXED {
-                    continue;
-                }
-                let li = *inner as usize;
-                if eff * f64::from(s.n[li]) <= s.rem[li] {
-                    *inner = FIXED;
-                    s.rem[li] = (s.rem[li] - eff).max(0.0);
-                    s.n[li] -= 1;
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
+        // Inner links first.
+        level(&s.eff, &mut s.inner, &mut s.rem, &mut s.n);
         // The inner levels, and what they add up to.
         let mut inner_sum = 0.0;
         for (eff, &inner) in s.eff.iter_mut().zip(&s.inner) {
@@ -566,35 +546,23 @@ impl Net {
             }
             inner_sum += *eff;
         }
-        // The root link, the same way over the inner results.
-        // A root with room for everything the inner links allow changes nothing: every
-        // flow would pass the test below in the first passes. The margin keeps float
+        // Then the root link, levelled the same way (one link over every flow) over the
+        // inner results. A root with room for everything the inner links allow changes
+        // nothing: every flow would be settled in the first pass. The margin keeps float
         // rounding in the sum (far below 1e-12 of it) from ever deciding that, so the
         // shortcut gives exactly the rates the loop gives.
         let roomy = finite(root) && inner_sum <= caps[root as usize] * (1.0 - 1e-12);
         if finite(root) && !roomy {
-            let mut rem = caps[root as usize];
-            let mut n = count as f64;
-            s.fixed.clear();
-            s.fixed.resize(count, false);
-            loop {
-                let mut changed = false;
-                for (&eff, fixed) in s.eff.iter().zip(&mut s.fixed) {
-                    if !*fixed && eff * n <= rem {
-                        *fixed = true;
-                        rem = (rem - eff).max(0.0);
-                        n -= 1.0;
-                        changed = true;
-                    }
-                }
-                if !changed {
-                    break;
-                }
-            }
-            let level = if n > 0.0 { rem / n } else { 0.0 };
-            for (eff, &fixed) in s.eff.iter_mut().zip(&s.fixed) {
-                if !fixed {
-                    *eff = level;
+            s.inner.clear();
+            s.inner.resize(count, 0);
+            s.rem.clear();
+            s.rem.push(caps[root as usize]);
+            s.n.clear();
+            s.n.push(count as u32);
+            level(&s.eff, &mut s.inner, &mut s.rem, &mut s.n);
+            for (eff, &inner) in s.eff.iter_mut().zip(&s.inner) {
+                if inner != FIXED {
+                    *eff = s.rem[0] / f64::from(s.n[0]);
                 }
             }
         }
@@ -935,6 +903,36 @@ impl Ord for Share {
     fn cmp(&self, other: &Self) -> Ordering {
         // Reversed: BinaryHeap is a max-heap and we want the smallest share first.
         other.share.total_cmp(&self.share).then(other.link.cmp(&self.link)).then(other.ver.cmp(&self.ver))
+    }
+}
+
+/// In [`level`]: a flow settled at its own ceiling.
+const FIXED: u32 = u32::MAX;
+
+/// Max-min levelling over links that partition the flows: flow `i` (ceiling `eff[i]`)
+/// crosses link `link[i]`, which has `rem` capacity left for its `n` unsettled flows. A
+/// flow whose ceiling is within its link's fair share keeps its ceiling (its `link`
+/// becomes [`FIXED`], the link gives up that much); settling one only raises the share
+/// for the others, so repeat until nothing changes. The unsettled flows of link `l` then
+/// share `rem[l] / n[l]` each.
+fn level(eff: &[f64], link: &mut [u32], rem: &mut [f64], n: &mut [u32]) {
+    loop {
+        let mut changed = false;
+        for (&eff, link) in eff.iter().zip(link.iter_mut()) {
+            if *link == FIXED {
+                continue;
+            }
+            let l = *link as usize;
+            if eff * f64::from(n[l]) <= rem[l] {
+                *link = FIXED;
+                rem[l] = (rem[l] - eff).max(0.0);
+                n[l] -= 1;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
     }
 }
 
