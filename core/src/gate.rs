@@ -6,6 +6,7 @@
 //! passed on the new version, never "image written".
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use serde::{Deserialize, Serialize};
 
@@ -72,17 +73,25 @@ impl Tally {
     /// Records that `device` (in wave `wave`, which the caller computes itself from the
     /// device id, never trusting the report) said `verdict` in its report `sequence`.
     pub fn record(&mut self, device: DeviceId, sequence: u64, verdict: Verdict, wave: u16) -> Recorded {
-        let previous = self.devices.get(&device).copied();
-        if let Some((seq, ..)) = previous
-            && seq >= sequence
-        {
-            return Recorded::Stale;
-        }
+        // One walk down the map (a simulated fleet's tally holds millions of devices).
+        let previous = match self.devices.entry(device) {
+            Entry::Occupied(mut known) => {
+                let previous = *known.get();
+                if previous.0 >= sequence {
+                    return Recorded::Stale;
+                }
+                known.insert((sequence, verdict, wave));
+                Some(previous)
+            }
+            Entry::Vacant(new) => {
+                new.insert((sequence, verdict, wave));
+                None
+            }
+        };
         if let Some((_, old, old_wave)) = previous {
             self.count(old, old_wave, false);
         }
         self.count(verdict, wave, true);
-        self.devices.insert(device, (sequence, verdict, wave));
         if previous.is_some() { Recorded::Updated } else { Recorded::New }
     }
 
