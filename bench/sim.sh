@@ -5,18 +5,30 @@
 #   bench-100k.toml (100,000 devices, 1,000 sites)   <= 10 s
 #   fleet-1m.toml   (1,000,000 devices, 10,000 sites) <= 30 s, <= 1 GiB peak RSS
 #   fleet-10m.toml  (10,000,000 devices, 100,000 sites) <= 5 min, <= 8 GiB peak RSS
-#     (not run here: about 5 minutes a run; run it by hand, see its header)
-# Usage: bench/sim.sh [RUNS]   (default 3; prints each run and the median)
+#     (about 4 minutes a run, so only when named: bench/sim.sh 1 fleet-10m)
+# Usage: bench/sim.sh [RUNS [SCENARIO...]]   (default 3 runs of bench-100k and fleet-1m;
+# prints each run and the median)
 # fleet-1m and fleet-10m play as 2 shards (sim.shards = 2, one thread each): on an idle 2-core
 # machine its wall time is about half its CPU time; on a busy one, wall time grows while
 # CPU time stays put. bench-100k plays as one world (wall about equals CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-3}"
+shift || true
+scenarios=("$@")
+if [ ${#scenarios[@]} -eq 0 ]; then
+    scenarios=(bench-100k fleet-1m)
+fi
+for scenario in "${scenarios[@]}"; do
+    if [ ! -f "scenarios/$scenario.toml" ]; then
+        echo "bench/sim.sh: no scenarios/$scenario.toml: name a file of scenarios/ without .toml" >&2
+        exit 2
+    fi
+done
 cargo build --release --quiet --bin otamesh
 # The build's target directory (a wrapper may place it outside the checkout).
 target="$(cargo metadata --format-version 1 --no-deps | sed 's/.*"target_directory":"\([^"]*\)".*/\1/')"
-for scenario in bench-100k fleet-1m; do
+for scenario in "${scenarios[@]}"; do
     walls=()
     for i in $(seq "$runs"); do
         out="$(mktemp -d)"
