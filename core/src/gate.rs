@@ -76,12 +76,10 @@ impl Tally {
         // One walk down the map (a simulated fleet's tally holds millions of devices).
         let previous = match self.devices.entry(device) {
             Entry::Occupied(mut known) => {
-                let previous = *known.get();
-                if previous.0 >= sequence {
+                if known.get().0 >= sequence {
                     return Recorded::Stale;
                 }
-                known.insert((sequence, verdict, wave));
-                Some(previous)
+                Some(known.insert((sequence, verdict, wave)))
             }
             Entry::Vacant(new) => {
                 new.insert((sequence, verdict, wave));
