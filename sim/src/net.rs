@@ -537,41 +537,27 @@ impl Net {
             *inner = li;
         }
         // Inner links first.
-        level(&s.eff, &mut s.inner, &mut s.rem, &mut s.n);
-        // The inner levels, and what they add up to.
-        let mut inner_sum = 0.0;
-        for (eff, &inner) in s.eff.iter_mut().zip(&s.inner) {
-            if inner != FIXED {
-                *eff = s.rem[inner as usize] / f64::from(s.n[inner as usize]);
-            }
-            inner_sum += *eff;
-        }
+        let inner_sum = level(&mut s.eff, &mut s.inner, &mut s.rem, &mut s.n);
         // Then the root link, levelled the same way (one link over every flow) over the
         // inner results. A root with room for everything the inner links allow changes
         // nothing: every flow would be settled in the first pass. The margin keeps float
         // rounding in the sum (far below 1e-12 of it) from ever deciding that, so the
         // shortcut gives exactly the rates the loop gives.
         let roomy = finite(root) && inner_sum <= caps[root as usize] * (1.0 - 1e-12);
-        if finite(root) && !roomy {
+        *g_rate_sum = if finite(root) && !roomy {
             s.inner.clear();
             s.inner.resize(count, 0);
             s.rem.clear();
             s.rem.push(caps[root as usize]);
             s.n.clear();
             s.n.push(count as u32);
-            level(&s.eff, &mut s.inner, &mut s.rem, &mut s.n);
-            for (eff, &inner) in s.eff.iter_mut().zip(&s.inner) {
-                if inner != FIXED {
-                    *eff = s.rem[0] / f64::from(s.n[0]);
-                }
-            }
-        }
-        let mut rate_sum = 0.0;
+            level(&mut s.eff, &mut s.inner, &mut s.rem, &mut s.n)
+        } else {
+            inner_sum
+        };
         for (f, &eff) in flows.iter_mut().zip(&s.eff) {
             f.rate = eff;
-            rate_sum += eff;
         }
-        *g_rate_sum = rate_sum;
         true
     }
 
@@ -914,8 +900,8 @@ const FIXED: u32 = u32::MAX;
 /// flow whose ceiling is within its link's fair share keeps its ceiling (its `link`
 /// becomes [`FIXED`], the link gives up that much); settling one only raises the share
 /// for the others, so repeat until nothing changes. The unsettled flows of link `l` then
-/// share `rem[l] / n[l]` each.
-fn level(eff: &[f64], link: &mut [u32], rem: &mut [f64], n: &mut [u32]) {
+/// get `rem[l] / n[l]` each in `eff`. Returns the sum of `eff`, as levelled.
+fn level(eff: &mut [f64], link: &mut [u32], rem: &mut [f64], n: &mut [u32]) -> f64 {
     loop {
         let mut changed = false;
         for (&eff, link) in eff.iter().zip(link.iter_mut()) {
@@ -934,6 +920,14 @@ fn level(eff: &[f64], link: &mut [u32], rem: &mut [f64], n: &mut [u32]) {
             break;
         }
     }
+    let mut sum = 0.0;
+    for (eff, &link) in eff.iter_mut().zip(&*link) {
+        if link != FIXED {
+            *eff = rem[link as usize] / f64::from(n[link as usize]);
+        }
+        sum += *eff;
+    }
+    sum
 }
 
 #[cfg(test)]
